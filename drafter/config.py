@@ -1,0 +1,36 @@
+"""The drafter's frozen configuration, built once in launch/ and passed down."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    """Knobs of Ouroboros drafting (design.md §4). Each error names the CLI flag to change."""
+
+    gamma: int = 8  # draft tokens the draft model must produce per round (--gamma)
+    window: int = 4  # W: lookahead window columns (--window)
+    ngram: int = 4  # N: n-gram size incl. key token; phrases hold N-1 tokens (--ngram)
+    pool_size: int = 20  # G: phrases kept per key token (--pool-size)
+    branches: int = 3  # K: pool phrases attached after the trunk as branches (--branches)
+    phrases_checked: int = 4  # pool phrases verified inside one draft pass (--phrases-checked)
+    max_trunk: int = 64  # hard cap on trunk length sent in one round (--max-trunk)
+    seed_pool_from_text: bool = True  # prompt/committed text n-grams feed the pool (--no-text-phrases)
+
+    def __post_init__(self) -> None:
+        _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")
+        _require(self.window >= 0, f"--window must be >= 0, got {self.window}")
+        _require(self.ngram >= 2, f"--ngram must be >= 2, got {self.ngram}")
+        _require(self.pool_size >= 1, f"--pool-size must be >= 1, got {self.pool_size}")
+        _require(self.branches >= 0, f"--branches must be >= 0, got {self.branches}")
+        _require(self.phrases_checked >= 0, f"--phrases-checked must be >= 0, got {self.phrases_checked}")
+        _require(self.max_trunk >= self.gamma, f"--max-trunk ({self.max_trunk}) must be >= --gamma ({self.gamma})")
+
+    @property
+    def phrase_length(self) -> int:
+        return self.ngram - 1
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

