@@ -36,10 +36,11 @@ def tiny_model(arch: str = "llama", seed: int = 0, layers: int = 2) -> torch.nn.
 
 @torch.inference_mode()
 def reference_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, stop: list[int] = ()) -> list[int]:
-    """The target's own HF greedy generate, cut after the first stop token."""
+    """The target's own HF greedy generate, stopping after the first stop token."""
+    stop = list(stop)
+    bounds = {"eos_token_id": stop} if stop else {"min_new_tokens": max_new_tokens}
     out = model.generate(
-        torch.tensor([prompt]), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-        do_sample=False, pad_token_id=0,
+        torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, **bounds
     )[0, len(prompt):].tolist()
     for i, token in enumerate(out):
         if token in stop:
