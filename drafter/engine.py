@@ -56,6 +56,7 @@ class DraftEngine:
             )
         self.device = next(model.parameters()).device
         self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.token_ids: torch.Tensor | None = getattr(model, "draft_token_ids", None)
 
     def open(self, token_ids: Sequence[int]) -> DraftSession:
         """Start (or re-sync) a session on the committed tokens; nothing is computed yet."""
@@ -72,12 +73,24 @@ class DraftEngine:
     def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
         """Extend the session's draft to at least gamma tokens (or `budget`, if smaller) and
         return the trunk with up to K pool phrases keyed by its last token as branches."""
-        goal = self.config.gamma if budget is None else max(1, min(self.config.gamma, budget))
-        while session.num_drafted < goal and len(session.tokens) < self.max_context:
+        goal = self.goal(budget)
+        while session.num_drafted < goal and self.can_step(session):
             self.step(session)
+        return self.block_at(session, session.num_committed, budget)
+
+    def goal(self, budget: int | None) -> int:
+        """Draft tokens wanted for one round with `budget` new tokens left before the bonus."""
+        return self.config.gamma if budget is None else max(1, min(self.config.gamma, budget))
+
+    def can_step(self, session: DraftSession) -> bool:
+        return len(session.tokens) < self.max_context - 1
+
+    def block_at(self, session: DraftSession, base: int, budget: int | None = None) -> DraftBlock:
+        """The block for a verifier whose committed length is `base` (<= len(tokens)): the
+        drafted tokens after it as trunk, then K pool phrases keyed by its last token."""
         cap = min(self.config.max_trunk, budget if budget is not None else self.config.max_trunk)
-        trunk = session.tokens[session.num_committed : session.num_committed + cap]
-        key = trunk[-1] if trunk else session.tokens[-1]
+        trunk = session.tokens[base : base + max(cap, 0)]
+        key = trunk[-1] if trunk else session.tokens[base - 1]
         branches = [list(p) for p in self.pool.most_recent(key, self.config.branches)]
         return DraftBlock(trunk, branches)
 
@@ -88,8 +101,10 @@ class DraftEngine:
         current = session.tokens[-1]
         phrases = self.pool.most_recent(current, self.config.phrases_checked)
         layout = build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases)
-        logits = self._forward(session.cache, layout)
-        predictions = logits.argmax(dim=-1).tolist()
+        predictions = self._forward(session.cache, layout).argmax(dim=-1)
+        if self.token_ids is not None:  # a reduced output vocabulary: map back to token ids
+            predictions = self.token_ids[predictions]
+        predictions = predictions.tolist()
         next_token = predictions[0]
         row_of = {index: n for n, index in enumerate(layout.logit_indices)}
 

@@ -5,8 +5,6 @@ import argparse
 import sys
 import time
 
-import torch
-
 from launch import config as cfg
 
 
@@ -18,58 +16,109 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from launch.serve import add_serve_flags, add_serve_parser
+    from launch.workers import add_worker_parsers
+
     parser = argparse.ArgumentParser(prog="ouroboros", description="Lossless Ouroboros speculative decoding")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="complete one prompt")
+    gen = sub.add_parser("generate", help="complete one prompt (spawns the pipeline unless --connect)")
     gen.add_argument("prompt", help="prompt text (completed as is, no chat template)")
-    gen.add_argument("--in-process", action="store_true", help="run both engines in this process (sequential)")
-    gen.add_argument("--target-only", action="store_true", help="decode with the target alone (the reference)")
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--connect", metavar="ADDR", help="a running `ouroboros serve`, e.g. tcp://127.0.0.1:5555")
+    mode.add_argument("--spawn", action="store_true", help="start the pipeline for this prompt (the default)")
+    mode.add_argument("--in-process", action="store_true", help="both engines in this process (sequential)")
+    mode.add_argument("--target-only", action="store_true", help="the target alone (the reference)")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=128)
     gen.add_argument("--threads", type=_positive_int, default=2, help="torch threads for in-process runs")
-    cfg.add_model_flags(gen)
-    cfg.add_algorithm_flags(gen)
+    gen.add_argument("--timeout", type=float, default=120.0, help="seconds of server silence before giving up")
+    add_serve_flags(gen)
+    gen.set_defaults(port=0)
 
-    demo = sub.add_parser("demo", help="the built-in pair on a HumanEval prompt, beside the target alone")
-    demo.add_argument("--max-new-tokens", type=_positive_int, default=96)
-    cfg.add_model_flags(demo)
-    cfg.add_algorithm_flags(demo)
+    add_serve_parser(sub)
+    add_worker_parsers(sub)
+
+    demo = sub.add_parser("demo", help="the pipeline on a HumanEval prompt, beside the target alone")
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    demo.add_argument("--prompt-index", type=int, default=0, help="which HumanEval prompt")
+    add_serve_flags(demo)
+    demo.set_defaults(port=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("generate", "serve", "demo"):
+            cfg.drafter_config(args)  # fail fast, naming the flag, before any process starts
+            cfg.verifier_config(args)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "serve":
+            from launch.serve import run_serve
+
+            return run_serve(args)
         if args.command == "demo":
             from launch.demo import run_demo
 
             return run_demo(args)
+        from launch.workers import run_drafter, run_verifier
+
+        return run_verifier(args) if args.command == "verifier" else run_drafter(args)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"ouroboros: error: {exc}", file=sys.stderr)
         return 2
-    return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.in_process or args.target_only:
+        return _generate_in_process(args)
+    from launch.serve import LocalPipeline
+    from protocol.client import Client
+
+    if args.connect:
+        return _stream_completion(Client(args.connect, timeout=args.timeout), args)
+    with LocalPipeline(args) as pipeline:
+        return _stream_completion(Client(pipeline.endpoint, timeout=args.timeout), args)
+
+
+def _stream_completion(client, args: argparse.Namespace) -> int:
+    with client:
+        start = time.perf_counter()
+        print(args.prompt, end="", flush=True)
+        stream = client.stream(args.prompt, max_new_tokens=args.max_new_tokens)
+        for chunk in stream:
+            print(chunk.text, end="", flush=True)
+        elapsed = time.perf_counter() - start
+        completion = stream.completion
+    print()
+    _print_metrics(completion.completion_tokens, elapsed, completion.metrics | {"finish_reason": completion.finish_reason})
+    return 0
+
+
+def _generate_in_process(args: argparse.Namespace) -> int:
+    import torch
+
     from launch.local import InProcessPipeline
 
     torch.set_num_threads(args.threads)
-    drafter_config = cfg.drafter_config(args)
-    pipeline = InProcessPipeline.load(args.target, args.draft, drafter_config, dtype=args.dtype)
+    pipeline = InProcessPipeline.load(args.target, args.draft, cfg.drafter_config(args), dtype=args.dtype)
     start = time.perf_counter()
-    if args.target_only:
-        text, tokens, metrics = pipeline.target_only(args.prompt, args.max_new_tokens)
-    else:
-        text, tokens, metrics = pipeline.complete(args.prompt, args.max_new_tokens)
+    run = pipeline.target_only if args.target_only else pipeline.complete
+    text, tokens, metrics = run(args.prompt, args.max_new_tokens)
     elapsed = time.perf_counter() - start
     print(args.prompt + text)
-    print(f"\n--- {len(tokens)} tokens in {elapsed:.2f} s ({len(tokens) / elapsed:.1f} tokens/s)", file=sys.stderr)
-    for key, value in metrics.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else value
-        print(f"    {key}: {shown}", file=sys.stderr)
+    _print_metrics(len(tokens), elapsed, metrics)
     return 0
+
+
+def _print_metrics(num_tokens: int, elapsed: float, metrics: dict) -> None:
+    print(f"\n--- {num_tokens} tokens in {elapsed:.2f} s ({num_tokens / elapsed:.1f} tokens/s)", file=sys.stderr)
+    for key, value in metrics.items():
+        shown = f"{value:.3f}" if isinstance(value, float) and not float(value).is_integer() else value
+        print(f"    {key}: {shown}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,30 @@ def drafter_config(args: argparse.Namespace) -> DrafterConfig:
     )
 
 
-def verifier_config(args: argparse.Namespace) -> VerifierConfig:
+def add_verifier_flags(parser: argparse.ArgumentParser) -> None:
+    v = VerifierConfig()
+    parser.add_argument("--draft-timeout", type=float, default=v.draft_timeout_s,
+                        help="seconds to wait for a valid draft before a round is decoded by the target alone")
+    parser.add_argument("--max-sessions", type=int, default=v.max_sessions, help="concurrent requests")
+    parser.add_argument("--max-draft-tokens", type=int, default=v.max_draft_tokens,
+                        help="most trunk + branch tokens verified in one target pass")
+
+
+def verifier_config(args: argparse.Namespace, eos_token_id: int | None = None) -> VerifierConfig:
     return VerifierConfig(
-        draft_timeout_s=getattr(args, "draft_timeout", VerifierConfig.draft_timeout_s),
+        draft_timeout_s=args.draft_timeout, max_sessions=args.max_sessions, max_draft_tokens=args.max_draft_tokens,
+        stop_token_ids=() if eos_token_id is None else (int(eos_token_id),),
     )
+
+
+def algorithm_argv(args: argparse.Namespace) -> list[str]:
+    """The algorithm flags again, to hand them to a child process."""
+    argv = ["--gamma", str(args.gamma), "--window", str(args.window), "--ngram", str(args.ngram),
+            "--pool-size", str(args.pool_size), "--branches", str(args.branches),
+            "--phrases-checked", str(args.phrases_checked), "--max-trunk", str(args.max_trunk)]
+    return argv + (["--no-text-phrases"] if args.no_text_phrases else [])
+
+
+def verifier_argv(args: argparse.Namespace) -> list[str]:
+    return ["--draft-timeout", str(args.draft_timeout), "--max-sessions", str(args.max_sessions),
+            "--max-draft-tokens", str(args.max_draft_tokens)]

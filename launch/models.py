@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,9 +109,13 @@ def layers_draft(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
     return draft.eval()
 
 
-def load_draft(spec: str, target: torch.nn.Module, device: str, dtype: str) -> torch.nn.Module:
-    """`layers:0,1` builds a draft from the target's layers; anything else is loaded."""
+def load_draft(
+    spec: str, target: torch.nn.Module | Callable[[], torch.nn.Module], device: str, dtype: str
+) -> torch.nn.Module:
+    """`layers:0,1` builds a draft from the target's layers; anything else is loaded.
+    `target` may be a loader, called only when the draft needs the target's weights."""
     if spec.startswith("layers:"):
+        target = target() if callable(target) and not isinstance(target, torch.nn.Module) else target
         try:
             layers = [int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()]
         except ValueError as exc:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from drafter.engine import DraftEngine, DraftSession
 from verifier.engine import TargetEngine, TargetSession, VerifyResult
+from verifier.stopping import finish
 
 RoundHook = Callable[[TargetSession, DraftSession, VerifyResult], None]
 
@@ -33,16 +34,6 @@ class RoundStats:
         self.num_trunk_accepted += result.num_trunk_accepted
         self.num_branch_hits += int(result.num_branch_accepted > 0)
         self.num_branch_tokens += result.num_branch_accepted
-
-
-def finish(tokens: list[int], max_new_tokens: int, stop_token_ids: Sequence[int]) -> tuple[list[int], str | None]:
-    """Cut new tokens after the first stop token or at max_new_tokens; None = keep going."""
-    for i, token in enumerate(tokens[:max_new_tokens]):
-        if token in stop_token_ids:
-            return tokens[: i + 1], "stop"
-    if len(tokens) >= max_new_tokens:
-        return tokens[:max_new_tokens], "length"
-    return tokens, None
 
 
 def generate(

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 class VerifierConfig:
     max_draft_tokens: int = 256  # trunk + branch tokens verified in one pass (--max-draft-tokens)
     draft_timeout_s: float = 2.0  # wait for a valid draft before decoding alone (--draft-timeout)
+    max_sessions: int = 64  # concurrent requests; more get a "busy" Error (--max-sessions)
+    stop_token_ids: tuple[int, ...] = ()  # always end a request (the tokenizer's EOS)
 
     def __post_init__(self) -> None:
         if self.max_draft_tokens < 1:
             raise ValueError(f"--max-draft-tokens must be >= 1, got {self.max_draft_tokens}")
         if not self.draft_timeout_s > 0:
             raise ValueError(f"--draft-timeout must be > 0 seconds, got {self.draft_timeout_s}")
+        if self.max_sessions < 1:
+            raise ValueError(f"--max-sessions must be >= 1, got {self.max_sessions}")

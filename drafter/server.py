@@ -1,0 +1,177 @@
+"""The drafter process loop: owns the socket to the verifier, never a tensor."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import zmq
+
+from drafter.engine import DraftBlock, DraftEngine, DraftSession
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import Close, Draft, Hello, HelloAck, Open, Verdict
+from protocol.sockets import make_socket
+
+log = logging.getLogger("ouroboros.drafter")
+BASE_TAIL = 8  # committed tokens echoed in each Draft so the verifier can check the base
+MAX_AHEAD = 2  # drafts outstanding per request: the one being verified and one pre-draft
+
+
+@dataclass
+class DrafterRequest:
+    request_id: str
+    session: DraftSession
+    num_prompt: int
+    max_new_tokens: int
+    next_base: int  # committed length the next Draft assumes
+    sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
+    round: int = 0
+
+    def budget(self, base: int) -> int:
+        """Draft tokens still useful at `base`: the verifier adds one token itself."""
+        return self.max_new_tokens - (base - self.num_prompt) - 1
+
+
+@dataclass
+class DrafterStats:
+    num_drafts: int = 0
+    num_predrafts: int = 0
+    num_predrafts_kept: int = 0
+    num_predrafts_discarded: int = 0
+
+
+class DrafterServer:
+    def __init__(self, engine: DraftEngine, endpoint: str, model_name: str, vocab_size: int) -> None:
+        self.engine = engine
+        self.endpoint = endpoint
+        self.hello = Hello(drafter_id=uuid.uuid4().hex, vocab_size=vocab_size, model_name=model_name)
+        self.requests: dict[str, DrafterRequest] = {}
+        self.order: list[str] = []  # round-robin over requests
+        self.stats = DrafterStats()
+        self.is_acknowledged = False
+        self.is_running = True
+        self.ctx = zmq.Context.instance()
+        self.socket = make_socket(self.ctx, zmq.DEALER, hwm=10_000)
+
+    def serve_loop(self) -> None:
+        self.socket.connect(self.endpoint)
+        self.send(self.hello)
+        last_hello = time.monotonic()
+        while self.is_running:
+            busy = self.pick_request() is not None
+            if self.socket.poll(0 if busy else 50):
+                self.drain()
+            if not self.is_acknowledged and time.monotonic() - last_hello > 1.0:
+                self.send(self.hello)  # the verifier may not have been listening yet
+                last_hello = time.monotonic()
+            request_id = self.pick_request()
+            if request_id is not None:
+                self.advance(self.requests[request_id])
+                self.order.remove(request_id)
+                self.order.append(request_id)
+
+    def drain(self, limit: int = 256) -> None:
+        for _ in range(limit):
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frame)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from the verifier: %s", exc)
+                continue
+            handler = getattr(self, f"handle_{type(msg).__name__.lower()}", None)
+            if handler is None:
+                log.warning("ignored an unexpected %s from the verifier", type(msg).__name__)
+                continue
+            handler(msg)
+
+    def send(self, msg) -> None:
+        try:
+            self.socket.send(encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("verifier link full: dropped a %s", type(msg).__name__)
+
+    # ---- handlers ----
+    def handle_helloack(self, msg: HelloAck) -> None:
+        if msg.vocab_size != self.hello.vocab_size:
+            log.error("verifier vocabulary %d != draft vocabulary %d", msg.vocab_size, self.hello.vocab_size)
+        self.is_acknowledged = True
+
+    def handle_open(self, msg: Open) -> None:
+        """A new request, or a re-sync: the verifier's committed tokens are the truth."""
+        session = self.engine.open(msg.token_ids)
+        self.requests[msg.request_id] = DrafterRequest(
+            msg.request_id, session, len(msg.token_ids), msg.max_new_tokens, next_base=len(msg.token_ids)
+        )
+        if msg.request_id not in self.order:
+            self.order.append(msg.request_id)
+
+    def handle_close(self, msg: Close) -> None:
+        self.requests.pop(msg.request_id, None)
+        if msg.request_id in self.order:
+            self.order.remove(msg.request_id)
+
+    def handle_verdict(self, msg: Verdict) -> None:
+        request = self.requests.get(msg.request_id)
+        if request is None:
+            return
+        session = request.session
+        base = msg.committed_length - len(msg.appended)
+        if base != session.num_committed:
+            log.warning("verdict for %s at base %d but drafter is at %d: waiting for a re-sync",
+                        msg.request_id, base, session.num_committed)
+            self.handle_close(Close(request_id=msg.request_id))
+            return
+        kept = self.engine.sync(session, msg.appended)
+        block = request.sent.pop(base, None)
+        if block is not None:
+            accepted = _common_prefix(block.trunk, msg.appended)
+            self.engine.learn(block.trunk, block.branches, accepted, msg.trunk_predictions, msg.branch_predictions)
+        pre_drafted = msg.committed_length in request.sent
+        if kept and pre_drafted:
+            self.stats.num_predrafts_kept += 1
+        else:
+            self.stats.num_predrafts_discarded += int(pre_drafted)
+            request.sent.clear()
+            request.next_base = msg.committed_length
+        request.sent = {b: blk for b, blk in request.sent.items() if b >= msg.committed_length}
+
+    # ---- drafting ----
+    def pick_request(self) -> str | None:
+        for request_id in self.order:
+            if self.has_work(self.requests[request_id]):
+                return request_id
+        return None
+
+    def has_work(self, request: DrafterRequest) -> bool:
+        return len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0
+
+    def advance(self, request: DrafterRequest) -> None:
+        """One draft pass, or send a Draft once the block on next_base is long enough."""
+        session, base = request.session, request.next_base
+        budget = request.budget(base)
+        if len(session.tokens) - base < self.engine.goal(budget) and self.engine.can_step(session):
+            self.engine.step(session)
+            return
+        block = self.engine.block_at(session, base, budget)
+        request.sent[base] = block
+        request.round += 1
+        self.stats.num_drafts += 1
+        self.stats.num_predrafts += int(base > session.num_committed)
+        self.send(Draft(
+            request_id=request.request_id, round=request.round, base_length=base,
+            base_tail=session.tokens[max(0, base - BASE_TAIL) : base], trunk=block.trunk, branches=block.branches,
+        ))
+        # assume the trunk is accepted and the target's extra token is the draft's own next one
+        request.next_base = base + len(block.trunk) + 1
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n

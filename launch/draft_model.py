@@ -1,0 +1,177 @@
+"""Distilled drafts: build one from a target, ship only what the target cannot supply, load it back."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from launch.models import DTYPES
+
+FORMAT = "ouroboros-draft"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "draft.safetensors"
+META_FILE = "draft.json"
+EMBEDDING_KEY = "model.embed_tokens.weight"
+
+
+def build_student(target: nn.Module, layers: list[int], vocab_ids: torch.LongTensor | None) -> nn.Module:
+    """A draft of the target's class: its embedding (copied, frozen), the chosen decoder layers,
+    its final norm, and an output layer made of the target's output-embedding rows `vocab_ids`
+    (all rows when None). Row r of the head predicts token `draft_token_ids[r]`."""
+    num_layers = target.config.num_hidden_layers
+    if not layers or any(not 0 <= i < num_layers for i in layers):
+        raise ValueError(f"--layers must be target layer indices within 0..{num_layers - 1}, got {layers}")
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = len(layers)
+    config.tie_word_embeddings = False
+    if getattr(config, "layer_types", None):
+        config.layer_types = [target.config.layer_types[i] for i in layers]
+    device = target.get_input_embeddings().weight.device
+    dtype = target.get_input_embeddings().weight.dtype
+    student = type(target)(config).to(device=device, dtype=dtype)
+    inner, source = student.base_model, target.base_model
+    inner.embed_tokens.weight.data.copy_(source.embed_tokens.weight.data)
+    inner.embed_tokens.weight.requires_grad_(False)
+    for slot, index in enumerate(layers):
+        inner.layers[slot].load_state_dict(source.layers[index].state_dict())
+    inner.norm.load_state_dict(source.norm.state_dict())
+    head = target.get_output_embeddings().weight.detach()
+    if vocab_ids is not None:
+        vocab_ids = vocab_ids.to(device=device, dtype=torch.long)
+        if vocab_ids.ndim != 1 or vocab_ids.numel() == 0 or int(vocab_ids.max()) >= head.shape[0] or int(vocab_ids.min()) < 0:
+            raise ValueError(f"vocab_ids must be token ids within 0..{head.shape[0] - 1}")
+        student.lm_head = nn.Linear(config.hidden_size, vocab_ids.numel(), bias=False, device=device, dtype=dtype)
+        student.lm_head.weight.data.copy_(head[vocab_ids])
+        student.register_buffer("draft_token_ids", vocab_ids.clone())
+    else:
+        student.lm_head.weight.data.copy_(head)
+    return student.eval()
+
+
+def shipped_state(student: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything the draft needs beyond the target's file: all of its state but the embedding."""
+    return {k: v for k, v in student.state_dict().items() if k != EMBEDDING_KEY}
+
+
+def target_fingerprint(target: nn.Module) -> list[float]:
+    """A few embedding values: enough to tell a draft was made for another target's weights."""
+    return [round(float(x), 4) for x in target.get_input_embeddings().weight[:2, :4].float().flatten()]
+
+
+def save_draft(
+    student: nn.Module, out_dir: str | os.PathLike, target_name: str, layers: list[int], meta: dict,
+    dtype: torch.dtype = torch.bfloat16, fingerprint: list[float] | None = None,
+) -> Path:
+    """Write OUT/draft.safetensors (decoder layers, final norm, head, draft_token_ids; floats in
+    `dtype`, never the embedding) and OUT/draft.json describing it. Returns the weights path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in shipped_state(student).items()
+    }
+    token_ids = getattr(student, "draft_token_ids", None)
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "target": target_name,
+        "architecture": type(student).__name__,
+        "layers": list(layers),
+        "hidden_size": student.config.hidden_size,
+        "target_vocab_size": student.config.vocab_size,
+        "vocab_size": int(token_ids.numel()) if token_ids is not None else student.config.vocab_size,
+        "num_params": sum(v.numel() for k, v in state.items() if k != "draft_token_ids"),
+        "num_params_with_embedding": sum(p.numel() for p in student.parameters()),
+        "dtype": str(dtype).removeprefix("torch."),
+        "target_fingerprint": fingerprint,
+        "training": meta,
+    }
+    atomic_write(out / WEIGHTS_FILE, lambda path: save_file(state, path, metadata={"format": FORMAT}))
+    atomic_write(out / META_FILE, lambda path: Path(path).write_text(json.dumps(info, indent=2) + "\n"))
+    return out / WEIGHTS_FILE
+
+
+def load_draft_dir(
+    path: str | os.PathLike, target: nn.Module, device: str = "cpu", dtype: str | torch.dtype = "float32",
+    target_name: str | None = None,
+) -> nn.Module:
+    """Assemble a standard transformers draft from the target's embedding and the shipped part."""
+    path = Path(path)
+    if not (path / META_FILE).exists() or not (path / WEIGHTS_FILE).exists():
+        raise ValueError(f"{path} is not a draft directory: it needs {META_FILE} and {WEIGHTS_FILE}")
+    info = json.loads((path / META_FILE).read_text())
+    _check_matches(info, target, target_name, path)
+    state = load_file(str(path / WEIGHTS_FILE))
+    token_ids = state.get("draft_token_ids")
+    student = build_student(target, info["layers"], token_ids)
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if set(missing) != {EMBEDDING_KEY} or unexpected:
+        raise ValueError(f"{path / WEIGHTS_FILE} does not fit the target: missing {missing}, unexpected {unexpected}")
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    return student.to(device=device, dtype=dtype).eval()
+
+
+def _check_matches(info: dict, target: nn.Module, target_name: str | None, path: Path) -> None:
+    if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path / META_FILE}: not an {FORMAT} v{FORMAT_VERSION} file")
+    made_for = info["target"]
+    if target_name is not None and target_name != made_for:
+        raise ValueError(f"draft {path} was made for target {made_for!r}, not {target_name!r}")
+    config = target.config
+    expected = {"hidden_size": config.hidden_size, "target_vocab_size": config.vocab_size}
+    for key, value in expected.items():
+        if info[key] != value:
+            raise ValueError(f"draft {path} was made for target {made_for!r} with {key} {info[key]}; this target has {value}")
+    if max(info["layers"]) >= config.num_hidden_layers:
+        raise ValueError(f"draft {path} uses target layers {info['layers']}; this target has {config.num_hidden_layers}")
+    shipped = info.get("target_fingerprint")
+    if shipped and not all(math.isclose(a, b, rel_tol=2e-2, abs_tol=2e-3) for a, b in zip(shipped, target_fingerprint(target))):
+        raise ValueError(f"draft {path} was made for target {made_for!r}: this target's embedding differs")
+
+
+def atomic_write(final: Path, write: Callable[[str], object]) -> None:
+    """Write through a temporary file in the same directory, then rename over `final`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.no_grad()
+def teacher_forced_agreement(draft: nn.Module, items: list[tuple[list[int], list[int]]]) -> float:
+    """Fraction of continuation tokens the draft's argmax predicts, given the true prefix:
+    for (prompt, continuation), position len(prompt)-1+j must predict continuation[j]."""
+    device = next(draft.parameters()).device
+    token_ids = getattr(draft, "draft_token_ids", None)
+    num_agree = num_total = 0
+    for prompt, continuation in items:
+        if not continuation:
+            continue
+        ids = torch.tensor([prompt + continuation[:-1]], device=device)
+        logits = draft(input_ids=ids, logits_to_keep=len(continuation)).logits[0]
+        predicted = logits.argmax(dim=-1)
+        if token_ids is not None:
+            predicted = token_ids[predicted]
+        num_agree += int((predicted.cpu() == torch.tensor(continuation)).sum())
+        num_total += len(continuation)
+    return num_agree / max(num_total, 1)
+
+
+def expected_tokens_per_round(agreement: float, gamma: int) -> float:
+    """E = (1 - a^(g+1)) / (1 - a): tokens per round when each of g drafted tokens is accepted
+    independently with probability a (plus the target's own token)."""
+    if agreement >= 1.0:
+        return gamma + 1.0
+    return (1.0 - agreement ** (gamma + 1)) / (1.0 - agreement)

@@ -1,0 +1,149 @@
+"""`ouroboros serve`: start the verifier and drafter processes here and supervise them."""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from launch import config as cfg
+from protocol.sockets import bind_address, warn_if_public
+
+
+def add_serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="start the two-process pipeline on this machine")
+    add_serve_flags(serve)
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface for clients (default loopback only)")
+    parser.add_argument("--port", type=int, default=5555, help="client port (0 = any free port)")
+    parser.add_argument("--target-device", default="cpu", help="cpu or cuda:N")
+    parser.add_argument("--draft-device", default="cpu", help="cpu or cuda:N")
+    parser.add_argument("--threads-per-process", type=int, default=1, help="torch threads for each process")
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for both models")
+    parser.add_argument("--pool-file", default=None, help="phrase pool kept across drafter restarts")
+    cfg.add_model_flags(parser)
+    cfg.add_algorithm_flags(parser)
+    cfg.add_verifier_flags(parser)
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if serve itself dies, so no process is orphaned (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalPipeline:
+    """Both processes of the pipeline as children of this one; restarts a crashed drafter."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = tempfile.mkdtemp(prefix="ouroboros-")
+        self.drafter_endpoint = f"ipc://{self.workdir}/drafter.sock"
+        self.endpoint: str | None = None
+        self.verifier: subprocess.Popen | None = None
+        self.drafter: subprocess.Popen | None = None
+        self.num_drafter_restarts = 0
+
+    def _common(self) -> list[str]:
+        a = self.args
+        return ["--target", a.target, "--draft", a.draft, "--dtype", a.dtype]
+
+    def _spawn(self, role_args: list[str], stdout=None) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "launch.cli", *role_args]
+        return subprocess.Popen(cmd, stdout=stdout, preexec_fn=_die_with_parent)
+
+    def start_drafter(self) -> None:
+        a = self.args
+        role = ["drafter", "--connect", self.drafter_endpoint, "--device", a.draft_device,
+                "--threads", str(a.threads_per_process), *self._common(), *cfg.algorithm_argv(a)]
+        if a.pool_file:
+            role += ["--pool-file", a.pool_file]
+        self.drafter = self._spawn(role)
+
+    def start(self) -> str:
+        """Start both processes; returns the client endpoint once the handshake is done."""
+        a = self.args
+        warning = warn_if_public(a.host)
+        if warning:
+            print(f"ouroboros: warning: {warning}", file=sys.stderr)
+        role = ["verifier", "--bind", bind_address(a.host, a.port), "--drafter-bind", self.drafter_endpoint,
+                "--device", a.target_device, "--threads", str(a.threads_per_process),
+                "--ready-timeout", str(a.ready_timeout), *self._common(), *cfg.verifier_argv(a)]
+        self.verifier = self._spawn(role, stdout=subprocess.PIPE)
+        self.start_drafter()
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line.decode()) for line in self.verifier.stdout],
+                         daemon=True).start()
+        deadline = time.monotonic() + a.ready_timeout + 30
+        while time.monotonic() < deadline:
+            if self.verifier.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"the verifier exited with code {self.verifier.returncode} before it was ready")
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line.startswith("READY "):
+                self.endpoint = line.split(" ", 1)[1].strip()
+                return self.endpoint
+        self.stop()
+        raise RuntimeError(f"the pipeline was not ready within {a.ready_timeout:.0f} s (--ready-timeout)")
+
+    def check(self) -> int | None:
+        """Supervise once: restart a dead drafter; the verifier's exit code if it died."""
+        if self.verifier is not None and self.verifier.poll() is not None:
+            return self.verifier.returncode or 1
+        if self.drafter is not None and self.drafter.poll() is not None:
+            print(f"ouroboros: drafter exited ({self.drafter.returncode}); restarting it", file=sys.stderr)
+            self.num_drafter_restarts += 1
+            self.start_drafter()
+        return None
+
+    def stop(self) -> None:
+        """SIGTERM both, then SIGKILL what is still there after 10 s."""
+        procs = [p for p in (self.drafter, self.verifier) if p is not None and p.poll() is None]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> "LocalPipeline":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    stop_requested = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop_requested.set())
+    pipeline = LocalPipeline(args)
+    endpoint = pipeline.start()
+    print(f"ouroboros: serving on {endpoint} (Ctrl-C to stop)", flush=True)
+    code = 0
+    while not stop_requested.is_set():
+        verifier_code = pipeline.check()
+        if verifier_code is not None:
+            print(f"ouroboros: the verifier exited with code {verifier_code}; stopping", file=sys.stderr)
+            code = verifier_code
+            break
+        stop_requested.wait(0.2)
+    pipeline.stop()
+    return code

@@ -1,0 +1,84 @@
+"""The two process entry points: `ouroboros verifier` and `ouroboros drafter`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+import torch
+import zmq
+
+from launch import config as cfg
+
+
+def add_worker_parsers(sub) -> None:
+    ver = sub.add_parser("verifier", help="run the verifier process (target model, client front door)")
+    ver.add_argument("--bind", required=True, help="client endpoint to bind, e.g. tcp://127.0.0.1:5555")
+    ver.add_argument("--drafter-bind", required=True, help="endpoint the drafter connects to")
+    ver.add_argument("--device", default="cpu")
+    ver.add_argument("--threads", type=int, default=1)
+    ver.add_argument("--ready-timeout", type=float, default=600.0,
+                     help="seconds to wait for the drafter's handshake before serving alone")
+    cfg.add_model_flags(ver)
+    cfg.add_verifier_flags(ver)
+
+    dra = sub.add_parser("drafter", help="run the drafter process (draft model)")
+    dra.add_argument("--connect", required=True, help="the verifier's drafter endpoint")
+    dra.add_argument("--device", default="cpu")
+    dra.add_argument("--threads", type=int, default=1)
+    dra.add_argument("--pool-file", default=None, help="phrase pool to load at start and save at exit")
+    cfg.add_model_flags(dra)
+    cfg.add_algorithm_flags(dra)
+
+
+def _stop_on_signals(server) -> None:
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        server.is_running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def run_verifier(args: argparse.Namespace) -> int:
+    from launch.models import load_model, load_tokenizer
+    from verifier.engine import TargetEngine
+    from verifier.server import VerifierServer
+
+    logging.basicConfig(level=logging.INFO, format="[verifier] %(message)s", stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(args.target)
+    config = cfg.verifier_config(args, tokenizer.eos_token_id)
+    engine = TargetEngine(load_model(args.target, args.device, args.dtype), config)
+    server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind)
+    _stop_on_signals(server)
+    endpoint = server.clients.getsockopt(zmq.LAST_ENDPOINT).decode()
+    if not server.wait_for_drafter(args.ready_timeout):
+        logging.warning("no drafter after %.0f s (--ready-timeout): serving with the target alone", args.ready_timeout)
+    print(f"READY {endpoint}", flush=True)
+    server.serve_loop()
+    return 0
+
+
+def run_drafter(args: argparse.Namespace) -> int:
+    from drafter.engine import DraftEngine
+    from drafter.pool import PhrasePool
+    from drafter.server import DrafterServer
+    from launch.models import load_draft, load_model
+
+    logging.basicConfig(level=logging.INFO, format="[drafter] %(message)s", stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+    drafter_config = cfg.drafter_config(args)
+    draft = load_draft(args.draft, lambda: load_model(args.target, "cpu", args.dtype), args.device, args.dtype)
+    pool = PhrasePool.load(args.pool_file) if args.pool_file and os.path.exists(args.pool_file) else None
+    engine = DraftEngine(draft, drafter_config, pool)
+    server = DrafterServer(engine, args.connect, args.draft, int(draft.config.vocab_size))
+    _stop_on_signals(server)
+    try:
+        server.serve_loop()
+    finally:
+        if args.pool_file:
+            engine.pool.save(args.pool_file)
+    return 0
+

@@ -1,0 +1,140 @@
+"""Wire types: one frozen dataclass per message, plus the protocol version and size limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+
+# Limits the codec enforces on every decoded message.
+MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
+MAX_BRANCHES = 64  # outer list of a list[list[int]] (phrase branches and their predictions)
+MAX_TEXT_CHARS = 1_000_000  # any single string
+MAX_METRICS = 256  # entries in a dict[str, float]
+MAX_FRAME_BYTES = 8 * 1024 * 1024  # one encoded message
+TOKEN_ID_LIMIT = 2**31  # every list[int] on the wire holds token ids in [0, TOKEN_ID_LIMIT)
+
+
+class ErrorCode:
+    """Values of Error.code."""
+
+    INVALID_REQUEST = "invalid_request"  # failed validate_generate
+    PROTOCOL = "protocol_error"  # undecodable or malformed message
+    OVERLOADED = "overloaded"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+class FinishReason:
+    """Values of Done.finish_reason."""
+
+    LENGTH = "length"  # max_new_tokens reached
+    STOP = "stop"  # a stop string or stop token id was produced
+    CANCELLED = "cancelled"
+
+
+# ---- client -> verifier ----
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Generate:
+    request_id: str
+    prompt: str = ""
+    prompt_ids: list[int] = field(default_factory=list)
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    # False: the server may send all tokens in one Tokens message before Done.
+    stream: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
+    request_id: str
+
+
+# ---- verifier -> client ----
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tokens:
+    request_id: str
+    token_ids: list[int]
+    text: str  # text delta for these tokens
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Done:
+    request_id: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    seed: int | None = None  # the seed actually used (sampling)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Error:
+    request_id: str
+    code: str
+    message: str
+
+
+# ---- drafter -> verifier ----
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    drafter_id: str
+    vocab_size: int
+    model_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Draft:
+    request_id: str
+    round: int
+    base_length: int  # committed length the draft was built on
+    base_tail: list[int]  # last few committed tokens of that base
+    trunk: list[int]
+    branches: list[list[int]]
+
+
+# ---- verifier -> drafter ----
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HelloAck:
+    verifier_id: str
+    vocab_size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Open:
+    request_id: str
+    token_ids: list[int]
+    max_new_tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    request_id: str
+    round: int
+    committed_length: int
+    appended: list[int]  # accepted tokens + the correction or bonus token
+    trunk_predictions: list[int]
+    branch_predictions: list[list[int]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Close:
+    request_id: str
+
+
+Message = (
+    Generate | Cancel | Tokens | Done | Error | Hello | Draft | HelloAck | Open | Verdict | Close
+)
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (Generate, Cancel, Tokens, Done, Error, Hello, Draft, HelloAck, Open, Verdict, Close)
+}

@@ -1,0 +1,69 @@
+"""The one helper that makes every ZeroMQ socket, and endpoint helpers."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import zmq
+
+from protocol.messages import MAX_FRAME_BYTES
+
+log = logging.getLogger(__name__)
+
+
+def make_socket(
+    ctx: zmq.Context,
+    kind: int,
+    *,
+    linger_ms: int = 0,
+    hwm: int = 1000,
+    recv_timeout_ms: int | None = None,
+    send_timeout_ms: int | None = None,
+    max_message_bytes: int = MAX_FRAME_BYTES,
+    ipv6: bool = False,
+) -> zmq.Socket:
+    """A socket with bounded queues and timeouts; zmq itself drops frames over max_message_bytes.
+
+    Works for zmq.asyncio contexts too (returns a zmq.asyncio.Socket). None timeout = block.
+    """
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.RCVTIMEO, -1 if recv_timeout_ms is None else recv_timeout_ms)
+    sock.setsockopt(zmq.SNDTIMEO, -1 if send_timeout_ms is None else send_timeout_ms)
+    # Checked per frame on receive; a peer that sends a larger frame is disconnected.
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    if ipv6:
+        sock.setsockopt(zmq.IPV6, 1)
+    return sock
+
+
+def bind_address(host: str, port: int) -> str:
+    """tcp endpoint for binding: port 0 means any free port; IPv6 hosts get brackets."""
+    port_part = "*" if port == 0 else str(port)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port_part}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_public(host: str) -> str | None:
+    """Log and return a warning when `host` is reachable from other machines."""
+    if is_loopback(host):
+        return None
+    warning = (
+        f"binding to non-loopback host {host!r}: anyone who can reach it may submit requests; "
+        "the protocol has no authentication"
+    )
+    log.warning(warning)
+    return warning

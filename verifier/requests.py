@@ -1,0 +1,96 @@
+"""Per-request bookkeeping on the verifier: committed text, pending drafts, stats, text deltas."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from protocol.messages import Draft
+from verifier.engine import TargetSession, VerifyResult
+
+MAX_PENDING_DRAFTS = 4
+
+
+@dataclass
+class RequestStats:
+    num_rounds: int = 0
+    num_drafted: int = 0
+    num_trunk_accepted: int = 0
+    num_accepted: int = 0
+    num_branch_hits: int = 0
+    num_target_only_rounds: int = 0
+    num_stale_drafts: int = 0
+    num_predrafts_used: int = 0
+
+    def record(self, trunk_len: int, result: VerifyResult, is_predraft: bool) -> None:
+        self.num_rounds += 1
+        self.num_drafted += trunk_len
+        self.num_trunk_accepted += result.num_trunk_accepted
+        self.num_accepted += result.num_accepted
+        self.num_branch_hits += int(result.num_branch_accepted > 0)
+        self.num_target_only_rounds += int(trunk_len == 0)
+        self.num_predrafts_used += int(is_predraft)
+
+    def as_metrics(self, num_new: int) -> dict[str, float]:
+        return {
+            "rounds": float(self.num_rounds),
+            "tokens_per_round": num_new / max(self.num_rounds, 1),
+            "drafted_tokens": float(self.num_drafted),
+            "accepted_tokens": float(self.num_accepted),
+            "acceptance_rate": self.num_trunk_accepted / self.num_drafted if self.num_drafted else 0.0,
+            "branch_hits": float(self.num_branch_hits),
+            "target_only_rounds": float(self.num_target_only_rounds),
+            "stale_drafts": float(self.num_stale_drafts),
+            "predrafts_used": float(self.num_predrafts_used),
+        }
+
+
+@dataclass
+class ServerRequest:
+    request_id: str
+    client: bytes  # ROUTER identity of the client
+    session: TargetSession
+    max_new_tokens: int
+    stop_token_ids: frozenset[int]
+    is_stream: bool
+    started: float = field(default_factory=time.monotonic)
+    waiting_since: float = field(default_factory=time.monotonic)
+    drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> draft
+    early_bases: set[int] = field(default_factory=set)  # drafts that arrived before their base
+    new_tokens: list[int] = field(default_factory=list)
+    text_sent: str = ""
+    unsent: list[int] = field(default_factory=list)  # tokens kept back until streamed
+    stats: RequestStats = field(default_factory=RequestStats)
+
+    @property
+    def committed_length(self) -> int:
+        return len(self.session.tokens)
+
+    def offer(self, draft: Draft) -> bool:
+        """Keep a draft for its base; False (stale) if that base is already behind us."""
+        if draft.base_length < self.committed_length:
+            self.stats.num_stale_drafts += 1
+            return False
+        if draft.base_length > self.committed_length:
+            self.early_bases.add(draft.base_length)
+        self.drafts[draft.base_length] = draft
+        while len(self.drafts) > MAX_PENDING_DRAFTS:
+            self.drafts.pop(max(self.drafts))
+            self.stats.num_stale_drafts += 1
+        return True
+
+    def take_draft(self) -> tuple[Draft | None, bool]:
+        """The draft whose base equals the committed prefix (checked by its tail), if any."""
+        draft = self.drafts.pop(self.committed_length, None)
+        tail = list(draft.base_tail) if draft is not None else []
+        if draft is not None and tail and self.session.tokens[-len(tail) :] != tail:
+            self.stats.num_stale_drafts += 1
+            draft = None
+        is_early = self.committed_length in self.early_bases
+        self.early_bases.discard(self.committed_length)
+        return draft, is_early and draft is not None
+
+    def drop_stale(self) -> None:
+        for base in [b for b in self.drafts if b < self.committed_length]:
+            del self.drafts[base]
+            self.stats.num_stale_drafts += 1
+        self.early_bases = {b for b in self.early_bases if b >= self.committed_length}

@@ -1,0 +1,245 @@
+"""The verifier process loop: the front door for clients and the link to the drafter.
+Owns sockets, never a tensor: the engine takes and returns token lists."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import zmq
+
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Tokens, Verdict,
+)
+from protocol.sockets import make_socket
+from protocol.validation import validate_generate
+from verifier.config import VerifierConfig
+from verifier.engine import TargetEngine
+from verifier.requests import ServerRequest
+from verifier.stopping import finish
+
+log = logging.getLogger("ouroboros.verifier")
+
+
+class VerifierServer:
+    def __init__(self, engine: TargetEngine, tokenizer, config: VerifierConfig, client_endpoint: str,
+                 drafter_endpoint: str) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.config = config
+        self.verifier_id = uuid.uuid4().hex
+        self.requests: dict[str, ServerRequest] = {}
+        self.order: list[str] = []  # round-robin: the request served last goes to the back
+        self.drafter: bytes | None = None  # ROUTER identity of the live drafter
+        self.drafter_seen = 0.0
+        self.is_drafter_absent = True
+        self.is_running = True
+        self.ctx = zmq.Context.instance()
+        self.clients = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
+        self.drafter_link = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
+        self.clients.bind(client_endpoint)
+        self.drafter_link.bind(drafter_endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.clients, zmq.POLLIN)
+        self.poller.register(self.drafter_link, zmq.POLLIN)
+
+    def wait_for_drafter(self, timeout_s: float) -> bool:
+        """The ready handshake: True once a drafter said Hello and was acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while self.drafter is None and time.monotonic() < deadline:
+            if self.drafter_link.poll(100):
+                self.drain_drafter()
+        return self.drafter is not None
+
+    def serve_loop(self) -> None:
+        while self.is_running:
+            ready = self.pick_ready()
+            events = dict(self.poller.poll(0 if ready else 20))
+            if self.clients in events:
+                self.drain_clients()
+            if self.drafter_link in events:
+                self.drain_drafter()
+            request_id = self.pick_ready()
+            if request_id is not None:
+                self.order.remove(request_id)
+                self.order.append(request_id)
+                self.run_round(self.requests[request_id])
+
+    # ---- receiving ----
+    def drain_clients(self, limit: int = 256) -> None:
+        for _ in range(limit):
+            try:
+                identity, frame = _recv_pair(self.clients)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue  # not an identity + one frame: drop it
+            try:
+                msg = decode(frame)
+            except ProtocolError as exc:
+                self.reply(identity, Error(request_id="", code=ErrorCode.PROTOCOL, message=str(exc)))
+                continue
+            if isinstance(msg, Generate):
+                self.handle_generate(identity, msg)
+            elif isinstance(msg, Cancel):
+                self.handle_cancel(identity, msg)
+            else:
+                self.reply(identity, Error(request_id=getattr(msg, "request_id", ""), code=ErrorCode.PROTOCOL,
+                                           message=f"a client may not send {type(msg).__name__}"))
+
+    def drain_drafter(self, limit: int = 256) -> None:
+        for _ in range(limit):
+            try:
+                identity, frame = _recv_pair(self.drafter_link)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                msg = decode(frame)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message on the drafter link: %s", exc)
+                continue
+            if isinstance(msg, Hello):
+                self.handle_hello(identity, msg)
+            elif isinstance(msg, Draft) and identity == self.drafter:
+                self.drafter_seen = time.monotonic()
+                self.is_drafter_absent = False
+                request = self.requests.get(msg.request_id)
+                if request is not None:
+                    request.offer(msg)
+            else:
+                log.warning("ignored %s from %s on the drafter link", type(msg).__name__, identity.hex())
+
+    # ---- handlers ----
+    def handle_hello(self, identity: bytes, msg: Hello) -> None:
+        if msg.vocab_size != self.engine.vocab_size:
+            log.error("refused drafter %s: vocabulary %d != target's %d", msg.drafter_id, msg.vocab_size,
+                      self.engine.vocab_size)
+            return
+        is_new = identity != self.drafter
+        self.drafter, self.drafter_seen, self.is_drafter_absent = identity, time.monotonic(), False
+        self.to_drafter(HelloAck(verifier_id=self.verifier_id, vocab_size=self.engine.vocab_size))
+        if is_new:  # (re-)sync: the verifier's committed tokens are the truth
+            log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
+            for request in self.requests.values():
+                request.drafts.clear()
+                self.open_on_drafter(request)
+
+    def handle_generate(self, identity: bytes, msg: Generate) -> None:
+        try:
+            if msg.request_id in self.requests:
+                raise ProtocolError(f"request_id {msg.request_id!r} is already running")
+            if len(self.requests) >= self.config.max_sessions:
+                self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.OVERLOADED,
+                                           message=f"busy: {len(self.requests)} requests running (--max-sessions)"))
+                return
+            validate_generate(msg, self.engine.vocab_size, self.engine.max_context)
+            prompt_ids = list(msg.prompt_ids) or self.tokenizer(msg.prompt, add_special_tokens=False)["input_ids"]
+            session = self.engine.open(prompt_ids)
+        except (ProtocolError, ValueError) as exc:
+            self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
+            return
+        stops = set(msg.stop_token_ids) | set(self.config.stop_token_ids)
+        request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream)
+        self.requests[msg.request_id] = request
+        self.order.append(msg.request_id)
+        self.open_on_drafter(request)
+
+    def handle_cancel(self, identity: bytes, msg: Cancel) -> None:
+        request = self.requests.get(msg.request_id)
+        if request is not None and request.client == identity:
+            self.end(request, Done(request_id=msg.request_id, finish_reason=FinishReason.CANCELLED,
+                                   prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
+                                   metrics=request.stats.as_metrics(len(request.new_tokens))))
+
+    # ---- rounds ----
+    def pick_ready(self) -> str | None:
+        now = time.monotonic()
+        if self.drafter is not None and not self.is_drafter_absent and now - self.drafter_seen > self.config.draft_timeout_s:
+            if any(now - self.requests[r].waiting_since > self.config.draft_timeout_s for r in self.order):
+                self.is_drafter_absent = True  # silent past the bound: decode alone until it speaks
+                log.warning("no draft within %.1f s (--draft-timeout): decoding with the target alone",
+                            self.config.draft_timeout_s)
+        for request_id in self.order:
+            request = self.requests[request_id]
+            if (request.committed_length in request.drafts or self.is_drafter_absent
+                    or now - request.waiting_since > self.config.draft_timeout_s):
+                return request_id
+        return None
+
+    def run_round(self, request: ServerRequest) -> None:
+        draft, is_predraft = request.take_draft()
+        trunk, branches = (list(draft.trunk), list(draft.branches)) if draft else ([], [])
+        budget = request.max_new_tokens - len(request.new_tokens) - 1
+        trunk = trunk[: max(budget, 0)]
+        try:
+            result = self.engine.verify(request.session, trunk, branches if budget > len(trunk) else [])
+        except Exception as exc:  # the process survives; this request fails loudly
+            log.exception("verification failed for %s", request.request_id)
+            self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
+            return
+        request.stats.record(len(trunk), result, is_predraft)
+        request.drop_stale()
+        request.waiting_since = time.monotonic()
+        kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
+        fresh = kept[len(request.new_tokens) :]
+        request.new_tokens = kept
+        self.stream(request, fresh, is_final=reason is not None)
+        if reason is not None:
+            self.end(request, Done(request_id=request.request_id, finish_reason=reason,
+                                   prompt_tokens=request.session.num_prompt, completion_tokens=len(kept),
+                                   metrics=request.stats.as_metrics(len(kept))))
+            return
+        self.to_drafter(Verdict(request_id=request.request_id, round=request.stats.num_rounds,
+                                committed_length=request.committed_length, appended=result.appended,
+                                trunk_predictions=result.trunk_predictions,
+                                branch_predictions=result.branch_predictions))
+
+    # ---- sending ----
+    def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
+        """Send committed tokens with their text delta; a delta that ends inside a multi-byte
+        character waits for the next tokens (non-streaming requests send once, at the end)."""
+        request.unsent.extend(tokens)
+        if not request.unsent or (not request.is_stream and not is_final):
+            return
+        text = self.tokenizer.decode(request.new_tokens)
+        if text.endswith("\ufffd") and not is_final:
+            return
+        delta, request.text_sent = text[len(request.text_sent) :], text
+        self.reply(request.client, Tokens(request_id=request.request_id, token_ids=request.unsent, text=delta))
+        request.unsent = []
+
+    def end(self, request: ServerRequest, last: Done | Error) -> None:
+        self.requests.pop(request.request_id, None)
+        if request.request_id in self.order:
+            self.order.remove(request.request_id)
+        self.reply(request.client, last)
+        self.to_drafter(Close(request_id=request.request_id))
+
+    def open_on_drafter(self, request: ServerRequest) -> None:
+        self.to_drafter(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
+                             max_new_tokens=request.max_new_tokens - len(request.new_tokens)))
+
+    def reply(self, identity: bytes, msg) -> None:
+        try:
+            self.clients.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not send %s to a client: %s", type(msg).__name__, exc)
+
+    def to_drafter(self, msg) -> None:
+        if self.drafter is None:
+            return
+        try:
+            self.drafter_link.send_multipart([self.drafter, encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not send %s to the drafter: %s", type(msg).__name__, exc)
+
+
+def _recv_pair(socket: zmq.Socket) -> tuple[bytes, bytes]:
+    parts = socket.recv_multipart(zmq.NOBLOCK)
+    if len(parts) != 2:
+        raise ValueError(f"expected identity + one frame, got {len(parts)} frames")
+    return parts[0], parts[1]

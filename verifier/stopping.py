@@ -1,0 +1,14 @@
+"""When a request ends: stop tokens and the new-token budget."""
+from __future__ import annotations
+
+from collections.abc import Collection
+
+
+def finish(tokens: list[int], max_new_tokens: int, stop_token_ids: Collection[int]) -> tuple[list[int], str | None]:
+    """Cut new tokens after the first stop token or at max_new_tokens; None = keep going."""
+    for i, token in enumerate(tokens[:max_new_tokens]):
+        if token in stop_token_ids:
+            return tokens[: i + 1], "stop"
+    if len(tokens) >= max_new_tokens:
+        return tokens[:max_new_tokens], "length"
+    return tokens, None
