@@ -127,18 +127,20 @@ class DrafterServer:
             self.handle_close(Close(request_id=msg.request_id))
             return
         kept = self.engine.sync(session, msg.appended)
-        block = request.sent.pop(base, None)
+        block = _verified_block(request, base)
         if block is not None:
             accepted = _common_prefix(block.trunk, msg.appended)
             self.engine.learn(block.trunk, block.branches, accepted, msg.trunk_predictions, msg.branch_predictions)
-        pre_drafted = msg.committed_length in request.sent
-        if kept and pre_drafted:
+        length = msg.committed_length
+        # drafts the verifier can still use at `length` (exactly based there, or rebased)
+        useful = {b: blk for b, blk in request.sent.items() if b == length or b < length < b + len(blk.trunk)}
+        if kept and useful:
             self.stats.num_predrafts_kept += 1
+            request.sent = useful
         else:
-            self.stats.num_predrafts_discarded += int(pre_drafted)
-            request.sent.clear()
-            request.next_base = msg.committed_length
-        request.sent = {b: blk for b, blk in request.sent.items() if b >= msg.committed_length}
+            self.stats.num_predrafts_discarded += int(bool(request.sent))
+            request.sent = {}
+            request.next_base = length
 
     # ---- drafting ----
     def pick_request(self) -> str | None:
@@ -168,6 +170,15 @@ class DrafterServer:
         ))
         # assume the trunk is accepted and the target's extra token is the draft's own next one
         request.next_base = base + len(block.trunk) + 1
+
+
+def _verified_block(request: DrafterRequest, base: int) -> DraftBlock | None:
+    """The block the verifier just checked at `base`: sent there, or rebased onto it."""
+    for sent_base, block in sorted(request.sent.items()):
+        if sent_base == base or sent_base < base < sent_base + len(block.trunk):
+            del request.sent[sent_base]
+            return DraftBlock(block.trunk[base - sent_base :], block.branches)
+    return None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

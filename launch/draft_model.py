@@ -63,7 +63,7 @@ def shipped_state(student: nn.Module) -> dict[str, torch.Tensor]:
 
 def target_fingerprint(target: nn.Module) -> list[float]:
     """A few embedding values: enough to tell a draft was made for another target's weights."""
-    return [round(float(x), 4) for x in target.get_input_embeddings().weight[:2, :4].float().flatten()]
+    return [round(float(x), 4) for x in target.get_input_embeddings().weight[:2, :4].detach().float().flatten()]
 
 
 def save_draft(
@@ -143,6 +143,7 @@ def atomic_write(final: Path, write: Callable[[str], object]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

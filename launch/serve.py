@@ -24,6 +24,7 @@ def add_serve_parser(sub) -> None:
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface for clients (default loopback only)")
     parser.add_argument("--port", type=int, default=5555, help="client port (0 = any free port)")
+    parser.add_argument("--bind", default=None, help="client endpoint instead of --host/--port, e.g. ipc:///tmp/o.sock")
     parser.add_argument("--target-device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--draft-device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--threads-per-process", type=int, default=1, help="torch threads for each process")
@@ -76,7 +77,8 @@ class LocalPipeline:
         warning = warn_if_public(a.host)
         if warning:
             print(f"ouroboros: warning: {warning}", file=sys.stderr)
-        role = ["verifier", "--bind", bind_address(a.host, a.port), "--drafter-bind", self.drafter_endpoint,
+        client_endpoint = a.bind or bind_address(a.host, a.port)
+        role = ["verifier", "--bind", client_endpoint, "--drafter-bind", self.drafter_endpoint,
                 "--device", a.target_device, "--threads", str(a.threads_per_process),
                 "--ready-timeout", str(a.ready_timeout), *self._common(), *cfg.verifier_argv(a)]
         self.verifier = self._spawn(role, stdout=subprocess.PIPE)

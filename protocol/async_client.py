@@ -137,6 +137,7 @@ class AsyncClient:
             raise timeout_error(self.address, self.timeout) from None
 
     async def _next_reply(self, queue: asyncio.Queue[Message | Exception]) -> Message:
+        self._check_open()  # replies queued before close() are not delivered after it
         try:
             item = await asyncio.wait_for(queue.get(), self.timeout)
         except TimeoutError:

@@ -65,32 +65,44 @@ class ServerRequest:
     def committed_length(self) -> int:
         return len(self.session.tokens)
 
+    def has_draft_candidate(self) -> bool:
+        return any(base <= self.committed_length for base in self.drafts)
+
+    def needs_no_draft(self) -> bool:
+        """Only the target's own next token is left to produce."""
+        return self.max_new_tokens - len(self.new_tokens) <= 1
+
     def offer(self, draft: Draft) -> bool:
-        """Keep a draft for its base; False (stale) if that base is already behind us."""
-        if draft.base_length < self.committed_length:
+        """Keep a draft for its base; False (stale) if it cannot cover the committed text."""
+        if draft.base_length + len(draft.trunk) < self.committed_length:
             self.stats.num_stale_drafts += 1
             return False
         if draft.base_length > self.committed_length:
             self.early_bases.add(draft.base_length)
         self.drafts[draft.base_length] = draft
         while len(self.drafts) > MAX_PENDING_DRAFTS:
-            self.drafts.pop(max(self.drafts))
+            self.drafts.pop(min(self.drafts))
             self.stats.num_stale_drafts += 1
         return True
 
-    def take_draft(self) -> tuple[Draft | None, bool]:
-        """The draft whose base equals the committed prefix (checked by its tail), if any."""
-        draft = self.drafts.pop(self.committed_length, None)
-        tail = list(draft.base_tail) if draft is not None else []
-        if draft is not None and tail and self.session.tokens[-len(tail) :] != tail:
-            self.stats.num_stale_drafts += 1
-            draft = None
-        is_early = self.committed_length in self.early_bases
-        self.early_bases.discard(self.committed_length)
-        return draft, is_early and draft is not None
+    def take_draft(self) -> tuple[list[int], list[list[int]], bool] | None:
+        """(trunk, branches, is_predraft) for the committed prefix, or None if no draft fits.
 
-    def drop_stale(self) -> None:
-        for base in [b for b in self.drafts if b < self.committed_length]:
-            del self.drafts[base]
-            self.stats.num_stale_drafts += 1
-        self.early_bases = {b for b in self.early_bases if b >= self.committed_length}
+        A draft fits if its base (length + tail) is a prefix of the committed text and its
+        trunk agrees with every committed token past that base; its trunk is then rebased
+        onto the committed end. So a pre-draft survives a branch accepted beyond its base.
+        Drafts based at or behind the committed end are used now or never: they are dropped."""
+        length, tokens = self.committed_length, self.session.tokens
+        chosen = None
+        for base in sorted((b for b in self.drafts if b <= length), reverse=True):
+            draft = self.drafts.pop(base)
+            tail, covered = list(draft.base_tail), length - base
+            fits = not tail or tokens[base - len(tail) : base] == tail
+            fits = fits and list(draft.trunk[:covered]) == tokens[base:length]
+            if chosen is None and fits and (covered == 0 or len(draft.trunk) > covered):
+                is_predraft = base in self.early_bases or base < length
+                chosen = (list(draft.trunk[covered:]), [list(b) for b in draft.branches], is_predraft)
+            else:
+                self.stats.num_stale_drafts += 1
+        self.early_bases = {b for b in self.early_bases if b > length}
+        return chosen

@@ -165,14 +165,13 @@ class VerifierServer:
                             self.config.draft_timeout_s)
         for request_id in self.order:
             request = self.requests[request_id]
-            if (request.committed_length in request.drafts or self.is_drafter_absent
+            if (request.has_draft_candidate() or self.is_drafter_absent or request.needs_no_draft()
                     or now - request.waiting_since > self.config.draft_timeout_s):
                 return request_id
         return None
 
     def run_round(self, request: ServerRequest) -> None:
-        draft, is_predraft = request.take_draft()
-        trunk, branches = (list(draft.trunk), list(draft.branches)) if draft else ([], [])
+        trunk, branches, is_predraft = request.take_draft() or ([], [], False)
         budget = request.max_new_tokens - len(request.new_tokens) - 1
         trunk = trunk[: max(budget, 0)]
         try:
@@ -182,7 +181,6 @@ class VerifierServer:
             self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
         request.stats.record(len(trunk), result, is_predraft)
-        request.drop_stale()
         request.waiting_since = time.monotonic()
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
         fresh = kept[len(request.new_tokens) :]

@@ -1,0 +1,291 @@
+"""`ouroboros train-draft`: distil a small draft from a target's own logits, resumably."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from launch.draft_model import (
+    atomic_write, build_student, expected_tokens_per_round, save_draft, shipped_state, target_fingerprint,
+    teacher_forced_agreement,
+)
+from launch.models import BUILTIN_TARGET, load_model, load_tokenizer
+from launch.train_data import ChunkStream, Cursor, coverage, eval_continuations, frequent_vocab, training_files
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+WARMUP_STEPS = 10
+GAMMAS = (4, 8)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    target: str
+    out: Path
+    layers: tuple[int, ...] = (0, 1)
+    minutes: float | None = 10.0
+    tokens: int | None = None
+    resume: bool = False
+    data: tuple[str, ...] = ()
+    use_site_packages: bool = True
+    lr: float = 5e-4
+    seq_len: int = 256
+    batch_size: int = 4
+    vocab_size: int = 8192
+    threads: int = 2
+    checkpoint_every_minutes: float = 5.0
+    eval_prompts: int = 20
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--layers needs at least one layer index": bool(self.layers),
+            "--minutes must be > 0": self.minutes is None or self.minutes > 0,
+            "--tokens must be > 0": self.tokens is None or self.tokens > 0,
+            "pass one of --minutes or --tokens": (self.minutes is None) != (self.tokens is None),
+            "--lr must be > 0": self.lr > 0,
+            "--seq-len must be >= 2": self.seq_len >= 2,
+            "--batch-size must be >= 1": self.batch_size >= 1,
+            "--vocab-size must be >= 0 (0 = the full vocabulary)": self.vocab_size >= 0,
+            "--threads must be >= 1": self.threads >= 1,
+            "--checkpoint-every-minutes must be > 0": self.checkpoint_every_minutes > 0,
+            "--eval-prompts must be >= 0": self.eval_prompts >= 0,
+            "--data is required with --no-site-packages": self.use_site_packages or bool(self.data),
+        }
+        for message, is_ok in checks.items():
+            if not is_ok:
+                raise ValueError(message)
+
+    def run_identity(self) -> dict:
+        """The flags a resumed run must repeat: they fix the model and the data order."""
+        return {"target": self.target, "layers": list(self.layers), "vocab_size": self.vocab_size,
+                "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
+                "data": list(self.data), "use_site_packages": self.use_site_packages}
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    tokens_seen: int = 0
+    minutes: float = 0.0
+    cursor: Cursor = field(default_factory=Cursor)
+    agreement_start: float | None = None
+    vocab_coverage: float = 1.0
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,1, got {text!r}") from None
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def add_train_draft_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train-draft", help="distil a small draft model from a target")
+    p.add_argument("--target", default=BUILTIN_TARGET, help="target model: built-in name, path or hub id")
+    p.add_argument("--out", required=True, help="output directory: draft, checkpoint, eval cache")
+    p.add_argument("--layers", type=_layers, default=(0, 1), help="target layers the draft starts from, e.g. 0,1")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=_positive(float), help="training minutes in this run (default 10)")
+    budget.add_argument("--tokens", type=_positive(int), help="training tokens in this run")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--data", nargs="+", default=[], metavar="PATH", help="extra text files or directories")
+    p.add_argument("--no-site-packages", action="store_true", help="train on --data only")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--vocab-size", type=int, default=8192, help="draft output vocabulary (0 = full)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--checkpoint-every-minutes", type=float, default=5.0)
+    p.add_argument("--eval-prompts", type=int, default=20, help="held-out HumanEval prompts for the report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(handler=run_train_draft)
+    return p
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    minutes = args.minutes if args.minutes is not None or args.tokens is not None else 10.0
+    return TrainConfig(
+        target=args.target, out=Path(args.out), layers=tuple(args.layers), minutes=minutes, tokens=args.tokens,
+        resume=args.resume, data=tuple(args.data), use_site_packages=not args.no_site_packages, lr=args.lr,
+        seq_len=args.seq_len, batch_size=args.batch_size, vocab_size=args.vocab_size, threads=args.threads,
+        checkpoint_every_minutes=args.checkpoint_every_minutes, eval_prompts=args.eval_prompts, seed=args.seed,
+        device=args.device,
+    )
+
+
+def run_train_draft(args: argparse.Namespace) -> int:
+    config = train_config(args)
+    torch.set_num_threads(config.threads)
+    torch.set_float32_matmul_precision("high")
+    checkpoint = read_checkpoint(config)
+    config.out.mkdir(parents=True, exist_ok=True)
+    target = load_model(config.target, config.device).requires_grad_(False)
+    tokenizer = load_tokenizer(config.target)
+    files = training_files(list(config.data), config.use_site_packages)
+    print(f"training data: {len(files)} files")
+    items = eval_continuations(target, tokenizer, config.target, config.eval_prompts, config.out / "eval_continuations.json")
+    progress = Progress()
+    if checkpoint is None:
+        vocab_ids = choose_vocab(config, tokenizer, files, target.config.vocab_size, progress)
+    else:
+        vocab_ids = checkpoint["student"].get("draft_token_ids")
+    student = build_student(target, list(config.layers), vocab_ids)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
+                                  betas=(0.9, 0.95), weight_decay=0.0)
+    if checkpoint is None:
+        progress.agreement_start = teacher_forced_agreement(student, items) if items else None
+    else:
+        progress = restore(checkpoint, student, optimizer)
+    if vocab_ids is not None:
+        print(f"reduced vocabulary: {len(vocab_ids)} tokens cover {progress.vocab_coverage:.1%} of the training "
+              f"sample and {coverage(vocab_ids, [t for _, c in items for t in c]):.1%} of the eval continuations")
+    stream = ChunkStream(files, tokenizer, config.seq_len, config.batch_size, config.seed, progress.cursor)
+    tokens_per_s = train_loop(config, target, student, optimizer, stream, progress)
+    return report(config, target, student, items, progress, tokens_per_s)
+
+
+def choose_vocab(config: TrainConfig, tokenizer, files, full_size: int, progress: Progress) -> torch.LongTensor | None:
+    if config.vocab_size == 0 or config.vocab_size >= full_size:
+        return None
+    vocab_ids, counts = frequent_vocab(tokenizer, files, config.vocab_size, full_size, config.seed)
+    progress.vocab_coverage = coverage(vocab_ids, counts)
+    return vocab_ids
+
+
+def distill_loss(target: torch.nn.Module, head_rows: torch.Tensor, student: torch.nn.Module,
+                 batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """KL(teacher || student) per token, both softmaxes over the draft's vocabulary: the
+    teacher's logits are its final hidden states times the same output-embedding rows the
+    draft's head started from. Also returns the top-1 agreement on the batch."""
+    with torch.no_grad():
+        hidden = target.base_model(input_ids=batch, use_cache=False).last_hidden_state
+        teacher = F.linear(hidden, head_rows).float().flatten(0, 1).log_softmax(-1)
+    student_logp = student(input_ids=batch, use_cache=False).logits.float().flatten(0, 1).log_softmax(-1)
+    loss = F.kl_div(student_logp, teacher, log_target=True, reduction="batchmean")
+    agreement = (student_logp.argmax(-1) == teacher.argmax(-1)).float().mean().item()
+    return loss, agreement
+
+
+def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStream, progress: Progress) -> float:
+    """Train until this run's budget (minutes or tokens) is spent; returns training tokens/s."""
+    head = target.get_output_embeddings().weight.detach()
+    token_ids = getattr(student, "draft_token_ids", None)
+    head_rows = head if token_ids is None else head[token_ids]
+    params = [p for p in student.parameters() if p.requires_grad]
+    total = config.tokens if config.tokens else config.minutes * 60
+    bar = tqdm(total=total, unit="tok" if config.tokens else "s", desc="train-draft", file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]")
+    start = last_save = time.perf_counter()
+    num_tokens = 0
+    loss_avg = agree_avg = None
+    student.train()
+    for batch in stream:
+        for group in optimizer.param_groups:  # linear warmup, then constant: runs are open-ended
+            group["lr"] = config.lr * min(1.0, (progress.step + 1) / WARMUP_STEPS)
+        loss, agreement = distill_loss(target, head_rows, student, batch.to(config.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        now = time.perf_counter()
+        progress.step += 1
+        progress.tokens_seen += batch.numel()
+        num_tokens += batch.numel()
+        loss_avg = loss.item() if loss_avg is None else 0.9 * loss_avg + 0.1 * loss.item()
+        agree_avg = agreement if agree_avg is None else 0.9 * agree_avg + 0.1 * agreement
+        bar.update(batch.numel() if config.tokens else min(now - start, total) - bar.n)
+        bar.set_postfix(loss=f"{loss_avg:.3f}", agree=f"{agree_avg:.3f}", tok_s=f"{num_tokens / (now - start):.0f}")
+        if now - last_save >= config.checkpoint_every_minutes * 60:
+            write_checkpoint(config, student, optimizer, progress, (now - start) / 60)
+            last_save = now
+        if (num_tokens >= config.tokens) if config.tokens else (now - start >= config.minutes * 60):
+            break
+    bar.close()
+    student.eval()
+    elapsed = time.perf_counter() - start
+    progress.minutes += elapsed / 60
+    write_checkpoint(config, student, optimizer, progress, 0.0)
+    return num_tokens / max(elapsed, 1e-9)
+
+
+def write_checkpoint(config: TrainConfig, student, optimizer, progress: Progress, extra_minutes: float) -> None:
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "run": config.run_identity(),
+        "student": {k: v.detach().cpu() for k, v in shipped_state(student).items()},
+        "optimizer": optimizer.state_dict(),
+        "progress": {**asdict(progress), "cursor": [progress.cursor.shard, progress.cursor.batch],
+                     "minutes": progress.minutes + extra_minutes},
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_write(config.out / CHECKPOINT_FILE, lambda path: torch.save(state, path))
+
+
+def read_checkpoint(config: TrainConfig) -> dict | None:
+    """The checkpoint to resume, checked against this run's flags; None for a fresh run."""
+    path = config.out / CHECKPOINT_FILE
+    if not config.resume:
+        if path.exists():
+            raise ValueError(f"{path} exists: pass --resume to continue that run, or pick another --out")
+        return None
+    if not path.exists():
+        raise ValueError(f"--resume: no checkpoint at {path} (start a run without --resume first)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"--resume: {path} is checkpoint version {checkpoint.get('version')}, not {CHECKPOINT_VERSION}")
+    for key, value in config.run_identity().items():
+        if checkpoint["run"][key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"--resume: {path} was made with {flag} {checkpoint['run'][key]}, this run has {value}; "
+                             "repeat the original flags")
+    return checkpoint
+
+
+def restore(checkpoint: dict, student, optimizer) -> Progress:
+    missing, unexpected = student.load_state_dict(checkpoint["student"], strict=False)
+    if unexpected or any(k != "model.embed_tokens.weight" for k in missing):
+        raise ValueError(f"--resume: the checkpoint does not fit this draft (missing {missing}, unexpected {unexpected})")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    saved = dict(checkpoint["progress"])
+    saved["cursor"] = Cursor(*saved["cursor"])
+    return Progress(**saved)
+
+
+def report(config: TrainConfig, target, student, items, progress: Progress, tokens_per_s: float) -> int:
+    agreement = teacher_forced_agreement(student, items) if items else None
+    expected = {str(g): round(expected_tokens_per_round(agreement, g), 3) for g in GAMMAS} if items else {}
+    meta = {
+        "steps": progress.step, "tokens": progress.tokens_seen, "minutes": round(progress.minutes, 2),
+        "tokens_per_s_last_run": round(tokens_per_s, 1), "device": config.device, "threads": config.threads,
+        "lr": config.lr, "seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
+        "vocab_coverage_train_sample": round(progress.vocab_coverage, 4), "eval_prompts": len(items),
+        "agreement_start": progress.agreement_start, "agreement": agreement, "expected_tokens_per_round": expected,
+    }
+    save_draft(student, config.out, config.target, list(config.layers), meta, fingerprint=target_fingerprint(target))
+    print(json.dumps(meta, indent=2))
+    if items:
+        print(f"agreement {agreement:.3f} on {len(items)} held-out HumanEval prompts (untrained: "
+              f"{progress.agreement_start or 0:.3f}); expected tokens per round "
+              + ", ".join(f"E(gamma={g}) = {e}" for g, e in expected.items()))
+    print(f"draft written to {config.out}")
+    return 0

@@ -1,0 +1,128 @@
+"""The two-process pipeline over real sockets against the target's own greedy decoding."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import zmq
+
+from launch.models import load_model, load_tokenizer
+from launch.serve import LocalPipeline
+from protocol.client import Client
+from tests.conftest import reference_greedy
+from tests.e2e.conftest import serve_args
+
+PROMPTS = ["def add(a, b):", "Once upon a time", "import numpy as np\n", "The quick brown fox"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dirs):
+    model = load_model(tiny_dirs["target"])
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    eos = tokenizer.eos_token_id
+
+    def greedy(prompt: str, max_new: int) -> list[int]:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return reference_greedy(model, ids, max_new, stop=[eos])
+
+    return greedy
+
+
+def test_tcp_identical_to_target_and_predrafts_used(self_draft_pipeline, reference):
+    with Client(self_draft_pipeline.endpoint, timeout=60) as client:
+        for prompt in PROMPTS:
+            completion = client.generate(prompt, max_new_tokens=48)
+            assert completion.token_ids == reference(prompt, 48)
+    metrics = completion.metrics
+    assert metrics["accepted_tokens"] > 0
+    assert metrics["predrafts_used"] > 0  # drafted while the previous block was verified
+    assert metrics["tokens_per_round"] > 2
+
+
+def test_stream_delivers_every_token_once_in_order(self_draft_pipeline, reference):
+    with Client(self_draft_pipeline.endpoint, timeout=60) as client:
+        stream = client.stream(PROMPTS[0], max_new_tokens=64)
+        chunks = list(stream)
+    tokens = [t for chunk in chunks for t in chunk.token_ids]
+    assert tokens == stream.completion.token_ids == reference(PROMPTS[0], 64)
+    assert "".join(c.text for c in chunks) == stream.completion.text
+    assert len(chunks) > 1
+
+
+def test_concurrent_clients_all_identical(self_draft_pipeline, reference):
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            with Client(self_draft_pipeline.endpoint, timeout=120) as client:
+                results[i] = client.generate(PROMPTS[i % len(PROMPTS)], max_new_tokens=40).token_ids
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    for i in range(6):
+        assert results[i] == reference(PROMPTS[i % len(PROMPTS)], 40)
+
+
+def test_garbage_frames_leave_both_processes_answering(self_draft_pipeline, reference, tiny_dirs):
+    ctx = zmq.Context.instance()
+    junk = [b"", b"\x00\xff garbage", b"\x93\x01\x02\x03", b"\xdd\xff\xff\xff\xff", b"\x81\xa1v\x02" * 50]
+    client_side = ctx.socket(zmq.DEALER)
+    client_side.connect(self_draft_pipeline.endpoint)
+    drafter_side = ctx.socket(zmq.DEALER)
+    drafter_side.connect(self_draft_pipeline.drafter_endpoint)
+    for frame in junk:
+        client_side.send(frame)
+        drafter_side.send(frame)
+    client_side.send_multipart([b"two", b"frames"])
+    assert client_side.poll(5000)  # the malformed request got an Error reply
+    client_side.close(0)
+    drafter_side.close(0)
+    assert self_draft_pipeline.check() is None
+    with Client(self_draft_pipeline.endpoint, timeout=60) as client:
+        completion = client.generate(PROMPTS[1], max_new_tokens=32)
+    assert completion.token_ids == reference(PROMPTS[1], 32)
+    assert completion.metrics["accepted_tokens"] > 0  # the drafter still drafts
+
+
+def test_ipc_with_an_unrelated_draft_discards_predrafts(tiny_dirs, reference, tmp_path):
+    # a cheap drafter (no window, no in-pass phrases, short drafts) pre-drafts before each verdict
+    args = serve_args(tiny_dirs["target"], tiny_dirs["other"], "--bind", f"ipc://{tmp_path}/client.sock",
+                      "--gamma", "2", "--window", "0", "--phrases-checked", "0")
+    with LocalPipeline(args) as pipeline:
+        assert pipeline.endpoint.startswith("ipc://")
+        with Client(pipeline.endpoint, timeout=60) as client:
+            for prompt in PROMPTS[:2]:
+                completion = client.generate(prompt, max_new_tokens=40)
+                assert completion.token_ids == reference(prompt, 40)
+    assert completion.metrics["stale_drafts"] > 0  # pre-drafts on a wrong base were dropped
+
+
+def test_drafter_killed_mid_request_then_restarted_and_resynced(tiny_dirs, reference):
+    with LocalPipeline(serve_args(tiny_dirs["target"], "layers:0")) as pipeline:
+        with Client(pipeline.endpoint, timeout=60) as client:
+            stream = client.stream(PROMPTS[2], max_new_tokens=300)
+            tokens = []
+            for i, chunk in enumerate(stream):
+                tokens += chunk.token_ids
+                if i == 1:
+                    pipeline.drafter.kill()
+            assert tokens == reference(PROMPTS[2], 300)
+            assert stream.completion.metrics["target_only_rounds"] > 0
+            pipeline.drafter.wait(10)
+            assert pipeline.check() is None  # supervisor restarts the drafter
+            assert pipeline.num_drafter_restarts == 1
+            completion = None
+            for _ in range(60):  # the new drafter loads, says Hello, and is used again
+                completion = client.generate(PROMPTS[3], max_new_tokens=40)
+                if completion.metrics["accepted_tokens"] > 0:
+                    break
+            assert completion.token_ids == reference(PROMPTS[3], 40)
+            assert completion.metrics["accepted_tokens"] > 0

