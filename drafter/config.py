@@ -16,6 +16,8 @@ class DrafterConfig:
     phrases_checked: int = 4  # pool phrases verified inside one draft pass (--phrases-checked)
     max_trunk: int = 64  # hard cap on trunk length sent in one round (--max-trunk)
     seed_pool_from_text: bool = True  # prompt/committed text n-grams feed the pool (--no-text-phrases)
+    adaptive: bool = True  # draft length follows recent acceptance within [min_gamma, gamma] (--fixed-gamma)
+    min_gamma: int = 1  # shortest adaptive draft (--min-gamma)
 
     def __post_init__(self) -> None:
         _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")
@@ -24,6 +26,7 @@ class DrafterConfig:
         _require(self.pool_size >= 1, f"--pool-size must be >= 1, got {self.pool_size}")
         _require(self.branches >= 0, f"--branches must be >= 0, got {self.branches}")
         _require(self.phrases_checked >= 0, f"--phrases-checked must be >= 0, got {self.phrases_checked}")
+        _require(1 <= self.min_gamma <= self.gamma, f"--min-gamma must be within 1..--gamma, got {self.min_gamma}")
         _require(self.max_trunk >= self.gamma, f"--max-trunk ({self.max_trunk}) must be >= --gamma ({self.gamma})")
 
     @property

@@ -23,6 +23,7 @@ class DraftSession:
     num_committed: int
     cache: DynamicCache
     window: list[list[int]]
+    draft_length: int = 1  # tokens to draft per round now (adaptive, see DraftEngine.adapt)
     num_passes: int = 0
     num_phrase_hits: int = 0
     num_phrase_tokens: int = 0
@@ -68,19 +69,31 @@ class DraftEngine:
         rng = random.Random(len(tokens))
         level0 = [rng.choice(tokens) for _ in range(self.config.window)]
         window = [level0] if self.config.window and self.config.ngram > 2 else []
-        return DraftSession(tokens, len(tokens), DynamicCache(config=self.model.config), window)
+        cache = DynamicCache(config=self.model.config)
+        return DraftSession(tokens, len(tokens), cache, window, draft_length=self.config.gamma)
 
     def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
         """Extend the session's draft to at least gamma tokens (or `budget`, if smaller) and
         return the trunk with up to K pool phrases keyed by its last token as branches."""
-        goal = self.goal(budget)
+        goal = self.goal(session, budget)
         while session.num_drafted < goal and self.can_step(session):
             self.step(session)
         return self.block_at(session, session.num_committed, budget)
 
-    def goal(self, budget: int | None) -> int:
+    def goal(self, session: DraftSession, budget: int | None) -> int:
         """Draft tokens wanted for one round with `budget` new tokens left before the bonus."""
-        return self.config.gamma if budget is None else max(1, min(self.config.gamma, budget))
+        return session.draft_length if budget is None else max(1, min(session.draft_length, budget))
+
+    def adapt(self, session: DraftSession, num_drafted: int, num_accepted: int) -> None:
+        """Adaptive draft length: a fully accepted trunk grows the next one by 2 (up to
+        gamma); a rejection shrinks it to one more than was accepted (at least min_gamma).
+        On a CPU every verified token costs target time, so drafts follow the evidence."""
+        if not self.config.adaptive or num_drafted == 0:
+            return
+        if num_accepted >= num_drafted:
+            session.draft_length = min(self.config.gamma, session.draft_length + 2)
+        else:
+            session.draft_length = max(self.config.min_gamma, num_accepted + 1)
 
     def can_step(self, session: DraftSession) -> bool:
         return len(session.tokens) < self.max_context - 1

@@ -131,6 +131,7 @@ class DrafterServer:
         if block is not None:
             accepted = _common_prefix(block.trunk, msg.appended)
             self.engine.learn(block.trunk, block.branches, accepted, msg.trunk_predictions, msg.branch_predictions)
+            self.engine.adapt(session, len(block.trunk), accepted)
         length = msg.committed_length
         # drafts the verifier can still use at `length` (exactly based there, or rebased)
         useful = {b: blk for b, blk in request.sent.items() if b == length or b < length < b + len(blk.trunk)}
@@ -156,7 +157,7 @@ class DrafterServer:
         """One draft pass, or send a Draft once the block on next_base is long enough."""
         session, base = request.session, request.next_base
         budget = request.budget(base)
-        if len(session.tokens) - base < self.engine.goal(budget) and self.engine.can_step(session):
+        if len(session.tokens) - base < self.engine.goal(session, budget) and self.engine.can_step(session):
             self.engine.step(session)
             return
         block = self.engine.block_at(session, base, budget)

@@ -17,6 +17,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from launch.serve import add_serve_flags, add_serve_parser
+    from launch.train_draft import add_train_draft_parser
     from launch.workers import add_worker_parsers
 
     parser = argparse.ArgumentParser(prog="ouroboros", description="Lossless Ouroboros speculative decoding")
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
     add_worker_parsers(sub)
+    add_train_draft_parser(sub)
 
     demo = sub.add_parser("demo", help="the pipeline on a HumanEval prompt, beside the target alone")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=128)
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             from launch.serve import run_serve
 
             return run_serve(args)
+        if args.command == "train-draft":
+            from launch.train_draft import run_train_draft
+
+            return run_train_draft(args)
         if args.command == "demo":
             from launch.demo import run_demo
 

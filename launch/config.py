@@ -28,6 +28,8 @@ def add_algorithm_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phrases-checked", type=int, default=d.phrases_checked,
                         help="pool phrases verified inside one draft pass")
     parser.add_argument("--max-trunk", type=int, default=d.max_trunk, help="longest trunk sent in one round")
+    parser.add_argument("--min-gamma", type=int, default=d.min_gamma, help="shortest adaptive draft")
+    parser.add_argument("--fixed-gamma", action="store_true", help="always draft --gamma tokens (no adaptation)")
     parser.add_argument("--no-text-phrases", action="store_true",
                         help="do not seed the phrase pool with n-grams of the prompt and output")
 
@@ -36,7 +38,7 @@ def drafter_config(args: argparse.Namespace) -> DrafterConfig:
     return DrafterConfig(
         gamma=args.gamma, window=args.window, ngram=args.ngram, pool_size=args.pool_size,
         branches=args.branches, phrases_checked=args.phrases_checked, max_trunk=args.max_trunk,
-        seed_pool_from_text=not args.no_text_phrases,
+        seed_pool_from_text=not args.no_text_phrases, adaptive=not args.fixed_gamma, min_gamma=args.min_gamma,
     )
 
 
@@ -60,8 +62,10 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
     """The algorithm flags again, to hand them to a child process."""
     argv = ["--gamma", str(args.gamma), "--window", str(args.window), "--ngram", str(args.ngram),
             "--pool-size", str(args.pool_size), "--branches", str(args.branches),
-            "--phrases-checked", str(args.phrases_checked), "--max-trunk", str(args.max_trunk)]
-    return argv + (["--no-text-phrases"] if args.no_text_phrases else [])
+            "--phrases-checked", str(args.phrases_checked), "--max-trunk", str(args.max_trunk),
+            "--min-gamma", str(args.min_gamma)]
+    argv += ["--no-text-phrases"] if args.no_text_phrases else []
+    return argv + (["--fixed-gamma"] if args.fixed_gamma else [])
 
 
 def verifier_argv(args: argparse.Namespace) -> list[str]:

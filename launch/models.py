@@ -15,6 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 BUILTIN_TARGET = "smollm2-135m"
+BUILTIN_DRAFT = "smollm2-135m-draft"  # distilled by `ouroboros train-draft`, shipped in launch/builtin/
+BUILTIN_DRAFT_DIR = Path(__file__).parent / "builtin" / BUILTIN_DRAFT
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -112,16 +114,29 @@ def layers_draft(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
 def load_draft(
     spec: str, target: torch.nn.Module | Callable[[], torch.nn.Module], device: str, dtype: str
 ) -> torch.nn.Module:
-    """`layers:0,1` builds a draft from the target's layers; anything else is loaded.
+    """`layers:0,1` builds a draft from the target's layers; a draft directory (train-draft's
+    output, or the built-in name) is assembled with the target's embedding; else it is loaded.
     `target` may be a loader, called only when the draft needs the target's weights."""
+    if callable(target) and not isinstance(target, torch.nn.Module) and _needs_target(spec):
+        target = target()
+    if spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists():
+        from launch.draft_model import load_draft_dir
+
+        path = BUILTIN_DRAFT_DIR if spec == BUILTIN_DRAFT else Path(spec)
+        if not (path / "draft.json").exists():
+            raise ValueError(f"the built-in draft is missing from {path}: reinstall the package")
+        return load_draft_dir(path, target, device, dtype)
     if spec.startswith("layers:"):
-        target = target() if callable(target) and not isinstance(target, torch.nn.Module) else target
         try:
             layers = [int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()]
         except ValueError as exc:
             raise ValueError(f"--draft {spec!r}: expected layers:I,J,... with integers") from exc
         return layers_draft(target, layers).to(device=device, dtype=DTYPES[dtype])
     return load_model(spec, device, dtype)
+
+
+def _needs_target(spec: str) -> bool:
+    return spec.startswith("layers:") or spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists()
 
 
 def check_same_vocab(target: torch.nn.Module, draft: torch.nn.Module) -> None:

@@ -13,7 +13,7 @@ CONFIGS = [
     DrafterConfig(gamma=1, window=0, ngram=2, branches=0, phrases_checked=0, max_trunk=1),
     DrafterConfig(gamma=3, window=2, ngram=3, pool_size=4, branches=1, phrases_checked=2),
     DrafterConfig(gamma=12, window=6, ngram=6, pool_size=20, branches=5, phrases_checked=8),
-    DrafterConfig(gamma=5, window=3, ngram=5, pool_size=2, branches=3, seed_pool_from_text=False),
+    DrafterConfig(gamma=5, window=3, ngram=5, pool_size=2, branches=3, seed_pool_from_text=False, adaptive=False),
 ]
 PROMPT = [7, 19, 23, 7, 19, 60, 61, 2, 44, 7, 19]
 
@@ -82,7 +82,7 @@ def test_stop_token_inside_a_draft_or_branch(draft_kind):
 @pytest.mark.parametrize(
     "kwargs, flag",
     [({"gamma": 0}, "--gamma"), ({"ngram": 1}, "--ngram"), ({"window": -1}, "--window"),
-     ({"branches": -2}, "--branches"), ({"pool_size": 0}, "--pool-size")],
+     ({"branches": -2}, "--branches"), ({"pool_size": 0}, "--pool-size"), ({"min_gamma": 9}, "--min-gamma")],
 )
 def test_nonsense_config_is_refused(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
