@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from drafter.engine import DraftEngine, DraftSession
 from verifier.engine import TargetEngine, TargetSession, VerifyResult
+from verifier.sampling import SamplingParams
 from verifier.stopping import finish
 
 RoundHook = Callable[[TargetSession, DraftSession, VerifyResult], None]
@@ -43,6 +44,7 @@ def generate(
     max_new_tokens: int,
     stop_token_ids: Sequence[int] = (),
     on_round: RoundHook | None = None,
+    sampling: SamplingParams | None = None,
 ) -> GenerationResult:
     """Draft, verify, sync, repeat: the reference the pipeline is tested and measured against."""
     if max_new_tokens < 1:
@@ -57,7 +59,7 @@ def generate(
         budget = max_new_tokens - len(new_tokens) - 1  # the target always adds one token
         block = drafter.draft(d_session, budget) if budget > 0 else None
         trunk, branches = (block.trunk, block.branches) if block else ([], [])
-        result = target.verify(t_session, trunk, branches)
+        result = target.verify(t_session, trunk, branches, sampling)
         stats.record(len(trunk), result)
         drafter.sync(d_session, result.appended)
         drafter.learn(trunk, branches, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)

@@ -8,6 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from verifier.config import VerifierConfig
+from verifier.sampling import SamplingParams, next_tokens
 from verifier.tree import accept_greedy, build_tree
 
 
@@ -71,9 +72,11 @@ class TargetEngine:
 
     @torch.inference_mode()
     def verify(
-        self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]] = ()
+        self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]] = (),
+        sampling: SamplingParams | None = None,
     ) -> VerifyResult:
-        """Verify trunk + branches in one target forward pass and commit the result."""
+        """Verify trunk + branches in one target forward pass and commit the result
+        (greedy, or keyed sampling: see verifier.sampling.next_tokens)."""
         base = session.cache_length
         room = min(self.config.max_draft_tokens, self.max_context - 1 - len(session.tokens))
         full_trunk = [int(t) for t in trunk]
@@ -81,7 +84,9 @@ class TargetEngine:
         # branches hang after the trunk's last token: only meaningful if the trunk fit whole
         branches = _fit_branches(branches, room - len(trunk)) if len(trunk) == len(full_trunk) else []
         tree = build_tree(session.tokens[-1], trunk, branches)
-        predictions = self._predict(session.cache, tree, base)
+        logits = self._logits(session.cache, tree, base)
+        # a node at depth d predicts the token at absolute index len(tokens) + d
+        predictions = next_tokens(logits, [len(session.tokens) + d for d in tree.depths], sampling)
         path, next_token = accept_greedy(tree, predictions)
 
         _keep_cache_entries(session.cache, list(range(base + 1)) + [base + node for node in path])
@@ -97,7 +102,7 @@ class TargetEngine:
             branch_predictions=[[predictions[n] for n in nodes] for nodes in tree.branch_nodes],
         )
 
-    def _predict(self, cache: DynamicCache, tree, base: int) -> list[int]:
+    def _logits(self, cache: DynamicCache, tree, base: int) -> torch.Tensor:
         n = len(tree.tokens)
         mask = torch.ones(n, base + n, dtype=torch.bool, device=self.device)
         mask[:, base:] = tree.visibility().to(self.device)
@@ -108,7 +113,7 @@ class TargetEngine:
             cache=cache,
             use_cache=True,
         )
-        return out.logits[0].argmax(dim=-1).tolist()
+        return out.logits[0]
 
 
 def _fit_branches(branches: Sequence[Sequence[int]], room: int) -> list[list[int]]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from protocol.messages import Draft
 from verifier.engine import TargetSession, VerifyResult
+from verifier.sampling import SamplingParams
 
 MAX_PENDING_DRAFTS = 4
 
@@ -52,12 +53,15 @@ class ServerRequest:
     max_new_tokens: int
     stop_token_ids: frozenset[int]
     is_stream: bool
+    sampling: SamplingParams | None = None  # None = greedy
+    stop_strings: tuple[str, ...] = ()  # the text ends before the first one; see Server.cut_at_stop
     started: float = field(default_factory=time.monotonic)
     waiting_since: float = field(default_factory=time.monotonic)
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> draft
     early_bases: set[int] = field(default_factory=set)  # drafts that arrived before their base
     new_tokens: list[int] = field(default_factory=list)
     text_sent: str = ""
+    text_limit: int | None = None  # the text is cut here (a stop string begins)
     unsent: list[int] = field(default_factory=list)  # tokens kept back until streamed
     stats: RequestStats = field(default_factory=RequestStats)
 

@@ -3,6 +3,7 @@ Owns sockets, never a tensor: the engine takes and returns token lists."""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
 
@@ -18,7 +19,8 @@ from protocol.validation import validate_generate
 from verifier.config import VerifierConfig
 from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
-from verifier.stopping import finish
+from verifier.sampling import SamplingParams
+from verifier.stopping import find_stop_string, finish
 
 log = logging.getLogger("ouroboros.verifier")
 
@@ -143,7 +145,10 @@ class VerifierServer:
             self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
             return
         stops = set(msg.stop_token_ids) | set(self.config.stop_token_ids)
-        request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream)
+        seed = msg.seed if msg.seed is not None else secrets.randbits(31)
+        sampling = None if msg.temperature == 0 else SamplingParams(msg.temperature, msg.top_k, msg.top_p, seed)
+        request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream,
+                                sampling=sampling, stop_strings=tuple(msg.stop))
         self.requests[msg.request_id] = request
         self.order.append(msg.request_id)
         self.open_on_drafter(request)
@@ -175,7 +180,8 @@ class VerifierServer:
         budget = request.max_new_tokens - len(request.new_tokens) - 1
         trunk = trunk[: max(budget, 0)]
         try:
-            result = self.engine.verify(request.session, trunk, branches if budget > len(trunk) else [])
+            result = self.engine.verify(request.session, trunk, branches if budget > len(trunk) else [],
+                                        request.sampling)
         except Exception as exc:  # the process survives; this request fails loudly
             log.exception("verification failed for %s", request.request_id)
             self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
@@ -183,18 +189,36 @@ class VerifierServer:
         request.stats.record(len(trunk), result, is_predraft)
         request.waiting_since = time.monotonic()
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
-        fresh = kept[len(request.new_tokens) :]
+        previous = len(request.new_tokens)
         request.new_tokens = kept
-        self.stream(request, fresh, is_final=reason is not None)
+        if request.stop_strings and self.cut_at_stop(request):
+            reason = FinishReason.STOP
+        self.stream(request, request.new_tokens[previous:], is_final=reason is not None)
         if reason is not None:
-            self.end(request, Done(request_id=request.request_id, finish_reason=reason,
-                                   prompt_tokens=request.session.num_prompt, completion_tokens=len(kept),
-                                   metrics=request.stats.as_metrics(len(kept))))
+            seed = request.sampling.seed if request.sampling else None
+            self.end(request, Done(request_id=request.request_id, finish_reason=reason, seed=seed,
+                                   prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
+                                   metrics=request.stats.as_metrics(len(request.new_tokens))))
             return
         self.to_drafter(Verdict(request_id=request.request_id, round=request.stats.num_rounds,
                                 committed_length=request.committed_length, appended=result.appended,
                                 trunk_predictions=result.trunk_predictions,
                                 branch_predictions=result.branch_predictions))
+
+    def cut_at_stop(self, request: ServerRequest) -> bool:
+        """Stop strings: the text ends just before the first one (excluded); the tokens end
+        with the token that completed it (included, so usage counts what was computed)."""
+        text = self.tokenizer.decode(request.new_tokens)
+        index = find_stop_string(text, request.stop_strings, len(request.text_sent))
+        if index is None:
+            return False
+        count = len(request.new_tokens)
+        while count > 1 and find_stop_string(self.tokenizer.decode(request.new_tokens[: count - 1]),
+                                             request.stop_strings) is not None:
+            count -= 1
+        request.new_tokens = request.new_tokens[:count]
+        request.text_limit = index
+        return True
 
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
@@ -203,7 +227,7 @@ class VerifierServer:
         request.unsent.extend(tokens)
         if not request.unsent or (not request.is_stream and not is_final):
             return
-        text = self.tokenizer.decode(request.new_tokens)
+        text = self.tokenizer.decode(request.new_tokens)[: request.text_limit]
         if text.endswith("\ufffd") and not is_final:
             return
         delta, request.text_sent = text[len(request.text_sent) :], text
