@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=_positive_int, default=128)
     gen.add_argument("--threads", type=_positive_int, default=2, help="torch threads for in-process runs")
     gen.add_argument("--timeout", type=float, default=120.0, help="seconds of server silence before giving up")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed (drawn and reported if absent)")
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable); excluded from the text")
     add_serve_flags(gen)
     gen.set_defaults(port=0)
 
@@ -94,13 +99,15 @@ def _stream_completion(client, args: argparse.Namespace) -> int:
     with client:
         start = time.perf_counter()
         print(args.prompt, end="", flush=True)
-        stream = client.stream(args.prompt, max_new_tokens=args.max_new_tokens)
+        stream = client.stream(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop)
         for chunk in stream:
             print(chunk.text, end="", flush=True)
         elapsed = time.perf_counter() - start
         completion = stream.completion
     print()
-    _print_metrics(completion.completion_tokens, elapsed, completion.metrics | {"finish_reason": completion.finish_reason})
+    extra = {"finish_reason": completion.finish_reason} | ({"seed": completion.seed} if args.temperature else {})
+    _print_metrics(completion.completion_tokens, elapsed, completion.metrics | extra)
     return 0
 
 
@@ -109,11 +116,19 @@ def _generate_in_process(args: argparse.Namespace) -> int:
 
     from launch.local import InProcessPipeline
 
+    from verifier.sampling import SamplingParams
+
+    if args.stop:
+        raise ValueError("--stop needs the pipeline (drop --in-process/--target-only)")
     torch.set_num_threads(args.threads)
+    seed = args.seed if args.seed is not None else int(time.time_ns() % (1 << 31))
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, seed) if args.temperature else None
     pipeline = InProcessPipeline.load(args.target, args.draft, cfg.drafter_config(args), dtype=args.dtype)
     start = time.perf_counter()
     run = pipeline.target_only if args.target_only else pipeline.complete
-    text, tokens, metrics = run(args.prompt, args.max_new_tokens)
+    text, tokens, metrics = run(args.prompt, args.max_new_tokens, sampling)
+    if sampling is not None:
+        metrics = metrics | {"seed": seed}
     elapsed = time.perf_counter() - start
     print(args.prompt + text)
     _print_metrics(len(tokens), elapsed, metrics)

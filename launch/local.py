@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
 from launch.models import ModelPair, load_pair
+from launch.reference import target_alone
 from launch.sequential import generate
+from verifier.sampling import SamplingParams
 from verifier.engine import TargetEngine
 
 
@@ -34,17 +34,14 @@ class InProcessPipeline:
         eos = self.pair.tokenizer.eos_token_id
         return [] if eos is None else [int(eos)]
 
-    def complete(self, prompt: str, max_new_tokens: int) -> tuple[str, list[int], dict]:
-        result = generate(self.target, self.drafter, self.encode(prompt), max_new_tokens, self.stop_token_ids)
+    def complete(self, prompt: str, max_new_tokens: int, sampling: SamplingParams | None = None,
+                 ) -> tuple[str, list[int], dict]:
+        ids = self.encode(prompt)
+        result = generate(self.target, self.drafter, ids, max_new_tokens, self.stop_token_ids, sampling=sampling)
         return self.pair.tokenizer.decode(result.tokens), result.tokens, result.metrics
 
-    @torch.inference_mode()
-    def target_only(self, prompt: str, max_new_tokens: int) -> tuple[str, list[int], dict]:
-        """HF greedy generate with the target alone: the lossless reference."""
-        ids = torch.tensor([self.encode(prompt)], device=self.target.device)
-        out = self.pair.target.generate(
-            ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_token_ids or None,
-            pad_token_id=self.pair.tokenizer.pad_token_id or 0,
-        )
-        tokens = out[0, ids.shape[1] :].tolist()
+    def target_only(self, prompt: str, max_new_tokens: int, sampling: SamplingParams | None = None,
+                    ) -> tuple[str, list[int], dict]:
+        """The target alone (HF greedy generate, or the keyed sampler): the lossless reference."""
+        tokens = target_alone(self.pair.target, self.encode(prompt), max_new_tokens, self.stop_token_ids, sampling)
         return self.pair.tokenizer.decode(tokens), tokens, {"rounds": len(tokens)}

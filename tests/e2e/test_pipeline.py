@@ -126,3 +126,40 @@ def test_drafter_killed_mid_request_then_restarted_and_resynced(tiny_dirs, refer
                     break
             assert completion.token_ids == reference(PROMPTS[3], 40)
             assert completion.metrics["accepted_tokens"] > 0
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, seed", [(0.8, 0, 0.95, 3), (1.2, 40, 1.0, 11), (0.5, 0, 0.8, 29)])
+def test_pipeline_sampling_identical_to_keyed_target_alone(self_draft_pipeline, tiny_dirs, temperature, top_k, top_p, seed):
+    from launch.reference import target_alone
+    from verifier.sampling import SamplingParams
+
+    model = load_model(tiny_dirs["target"])
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    ids = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    params = SamplingParams(temperature, top_k, top_p, seed)
+    ref = target_alone(model, ids, 64, [tokenizer.eos_token_id], params)
+    with Client(self_draft_pipeline.endpoint, timeout=60) as client:
+        completion = client.generate(PROMPTS[0], max_new_tokens=64, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, seed=seed)
+        again = client.generate(PROMPTS[0], max_new_tokens=64, temperature=temperature, top_k=top_k,
+                                top_p=top_p, seed=seed)
+        unseeded = client.generate(PROMPTS[0], max_new_tokens=8, temperature=temperature)
+    assert completion.token_ids == ref == again.token_ids  # reproducible and lossless
+    assert completion.seed == seed
+    assert unseeded.seed is not None  # drawn by the server and reported
+
+
+def test_stop_strings_end_the_text_before_them(self_draft_pipeline, reference, tiny_dirs):
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    full_tokens = reference(PROMPTS[1], 48)
+    full_text = tokenizer.decode(full_tokens)
+    stop = full_text[len(full_text) // 2 : len(full_text) // 2 + 3]
+    with Client(self_draft_pipeline.endpoint, timeout=60) as client:
+        stream = client.stream(PROMPTS[1], max_new_tokens=48, stop=[stop])
+        text = "".join(chunk.text for chunk in stream)
+    completion = stream.completion
+    assert completion.finish_reason == "stop"
+    assert text == completion.text == full_text[: full_text.index(stop)]  # excluded
+    assert completion.token_ids == full_tokens[: len(completion.token_ids)]
+    assert stop in tokenizer.decode(completion.token_ids)  # the tokens include the one completing it
+    assert stop not in tokenizer.decode(completion.token_ids[:-1])

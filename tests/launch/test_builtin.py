@@ -43,3 +43,17 @@ def test_cli_reports_bad_flags_clearly():
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "--gamma must be >= 1" in done.stderr
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_builtin_sampling_identical_to_keyed_target_alone(builtin_pair, seed):
+    from launch.reference import target_alone
+    from verifier.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0.8, top_p=0.95, seed=seed)
+    eos = builtin_pair.tokenizer.eos_token_id
+    ids = builtin_pair.tokenizer(humaneval_prompts(2)[1], add_special_tokens=False)["input_ids"]
+    ref = target_alone(builtin_pair.target, ids, 64, [eos], params)
+    drafter = DraftEngine(builtin_pair.draft, DrafterConfig(gamma=3, window=2, ngram=4, branches=2, phrases_checked=2))
+    result = generate(TargetEngine(builtin_pair.target), drafter, ids, 64, stop_token_ids=[eos], sampling=params)
+    assert result.tokens == ref
