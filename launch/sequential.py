@@ -78,6 +78,7 @@ def metrics(stats: RoundStats, d_session: DraftSession, num_new: int) -> dict[st
         "tokens_per_round": num_new / rounds,
         "drafted_tokens": stats.num_drafted,
         "accepted_tokens": stats.num_accepted,
+        "trunk_accepted": stats.num_trunk_accepted,
         # vLLM's definition over the trunk; tokens won from branches are counted apart
         "acceptance_rate": stats.num_trunk_accepted / stats.num_drafted if stats.num_drafted else 0.0,
         "branch_hits": stats.num_branch_hits,

@@ -1,0 +1,172 @@
+"""`ouroboros bench`: contenders side by side on the same prompts, interleaved prompt by prompt."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from launch import config as cfg
+from launch.bench_contenders import CONTENDERS, Outcome, build_contenders
+
+DEFAULT_CONTENDERS = "target,target-1thread,hf-assisted,hf-prompt-lookup,sequential,pipeline"
+
+
+def add_bench_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="tokens/s of the pipeline beside the target alone and HF's decoders")
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument("--prompts", metavar="FILE.jsonl", help="one JSON object per line with a 'prompt' string")
+    source.add_argument("--humaneval", action="store_true", help="the HumanEval prompts (the default)")
+    bench.add_argument("--limit", type=int, default=20, help="prompts to run")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--temperature", type=float, default=0.0)
+    bench.add_argument("--top-p", type=float, default=1.0)
+    bench.add_argument("--top-k", type=int, default=0)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"comma list of {', '.join(CONTENDERS)}")
+    bench.add_argument("--threads", type=int, default=2, help="cores every contender gets in total")
+    bench.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
+    bench.add_argument("--plot", metavar="OUT.png", help="write a bar chart of tokens/s")
+    cfg.add_model_flags(bench)
+    cfg.add_algorithm_flags(bench)
+    cfg.add_verifier_flags(bench)
+
+
+def load_prompts(path: str | None, limit: int) -> list[str]:
+    """Prompts from a JSONL file (clear errors naming the line) or HumanEval."""
+    if limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    if path is None:
+        from launch.demo import humaneval_prompt
+
+        return [humaneval_prompt(i) for i in range(min(limit, 164))]
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--prompts {path}: no such file")
+    prompts = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"]:
+            raise ValueError(f"{path} line {number}: needs a non-empty 'prompt' string")
+        prompts.append(item["prompt"])
+    if not prompts:
+        raise ValueError(f"--prompts {path}: the file holds no prompts")
+    return prompts[:limit]
+
+
+@dataclass
+class Tally:
+    name: str
+    num_tokens: int = 0
+    seconds: float = 0.0
+    num_passes: int = 0
+    num_drafted: int = 0
+    num_accepted: int = 0
+    has_spec_metrics: bool = False
+    is_identical: bool = True
+
+    def add(self, outcome: Outcome, reference: list[int]) -> None:
+        self.num_tokens += len(outcome.tokens)
+        self.seconds += outcome.seconds
+        self.is_identical &= outcome.tokens == reference
+        if outcome.num_passes is not None:
+            self.has_spec_metrics = True
+            self.num_passes += outcome.num_passes
+            self.num_drafted += outcome.num_drafted or 0
+            self.num_accepted += outcome.num_accepted or 0
+
+    def row(self, baseline: float) -> dict:
+        speed = self.num_tokens / self.seconds if self.seconds else 0.0
+        return {
+            "name": self.name, "tokens_per_s": speed, "speedup": speed / baseline if baseline else 0.0,
+            "mean_accepted": self.num_tokens / self.num_passes if self.has_spec_metrics and self.num_passes else None,
+            "acceptance_rate": (self.num_accepted / self.num_drafted if self.num_drafted else 0.0)
+            if self.has_spec_metrics else None,
+            "identical": self.is_identical,
+        }
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    prompts = load_prompts(args.prompts, args.limit)
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        raise ValueError(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")
+    if "target" not in names:
+        names.insert(0, "target")  # the baseline every ratio and identity is measured against
+    contenders, notes = build_contenders(args, names)
+    tallies = {c.name: Tally(c.name) for c in contenders}
+    try:
+        for contender in contenders:  # warm-up: first-touch costs stay out of the timings
+            contender.run(contender.encode("def warm_up():"), 8)
+        progress = tqdm(total=len(prompts) * len(contenders), desc="bench", unit="run", file=sys.stderr)
+        for prompt in prompts:
+            ids = contenders[0].encode(prompt)
+            outcomes = []
+            for contender in contenders:  # interleaved: A B C A B C ... so drift hits all alike
+                outcomes.append(contender.run(ids, args.max_new_tokens))
+                progress.update(1)
+            for contender, outcome in zip(contenders, outcomes):
+                tallies[contender.name].add(outcome, outcomes[0].tokens)
+        progress.close()
+    finally:
+        for contender in contenders:
+            contender.close()
+    baseline = tallies["target"].num_tokens / tallies["target"].seconds
+    results = [tallies[c.name].row(baseline) for c in contenders]
+    report = {"device": _device_name(), "threads": args.threads, "prompts": len(prompts),
+              "max_new_tokens": args.max_new_tokens, "results": results}
+    print_table(report, notes)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(report, args.plot)
+    return 0
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads max)"
+
+
+def print_table(report: dict, notes: list[str]) -> None:
+    print(f"\n{report['prompts']} prompts, {report['max_new_tokens']} new tokens, {report['device']}")
+    print(f"{'contender':18}{'tokens/s':>10}{'speedup':>9}{'tok/pass':>10}{'accept':>8}{'identical':>11}")
+    for r in report["results"]:
+        mean = f"{r['mean_accepted']:.2f}" if r["mean_accepted"] is not None else "-"
+        rate = f"{r['acceptance_rate']:.2f}" if r["acceptance_rate"] is not None else "-"
+        print(f"{r['name']:18}{r['tokens_per_s']:>10.2f}{r['speedup']:>8.2f}x{mean:>10}{rate:>8}{str(r['identical']):>11}")
+    for note in notes:
+        print(f"note: {note}")
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in report["results"]]
+    speeds = [r["tokens_per_s"] for r in report["results"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = ax.bar(names, speeds, color=["#888" if n.startswith(("target", "hf")) else "#2a7" for n in names])
+    for bar, r in zip(bars, report["results"]):
+        ax.annotate(f"{r['speedup']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom")
+    ax.set_ylabel("tokens/s")
+    ax.set_title(f"{report['prompts']} prompts, {report['max_new_tokens']} new tokens, {report['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

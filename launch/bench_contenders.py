@@ -1,0 +1,182 @@
+"""The contenders `ouroboros bench` times: each runs one prompt and reports what it did."""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+
+from launch import config as cfg
+
+CONTENDERS = ("target", "target-1thread", "hf-assisted", "hf-prompt-lookup", "sequential", "pipeline")
+
+
+@dataclass
+class Outcome:
+    tokens: list[int]
+    seconds: float
+    num_passes: int | None = None  # target forward passes (speculative contenders only)
+    num_drafted: int | None = None
+    num_accepted: int | None = None
+
+
+class InProcess:
+    """A contender in this process: the models are shared, the thread count is its own."""
+
+    def __init__(self, name: str, shared: "Shared", threads: int) -> None:
+        self.name, self.shared, self.threads = name, shared, threads
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.shared.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def run(self, ids: list[int], max_new_tokens: int) -> Outcome:
+        torch.set_num_threads(self.threads)
+        start = time.perf_counter()
+        outcome = self.decode(ids, max_new_tokens)
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def decode(self, ids: list[int], max_new_tokens: int) -> Outcome:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class TargetAlone(InProcess):
+    def decode(self, ids, max_new_tokens):
+        from launch.reference import target_alone
+
+        s = self.shared
+        return Outcome(target_alone(s.target, ids, max_new_tokens, s.stops, s.sampling), 0.0)
+
+
+class HFDecoding(InProcess):
+    """HF assisted generation with the same draft, or HF prompt lookup (greedy only)."""
+
+    @torch.inference_mode()
+    def decode(self, ids, max_new_tokens):
+        s = self.shared
+        extra = {"assistant_model": s.hf_draft()} if self.name == "hf-assisted" else {"prompt_lookup_num_tokens": 10}
+        out = s.target.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=s.stops, pad_token_id=0, **extra)
+        return Outcome(out[0, len(ids) :].tolist(), 0.0)
+
+
+class Sequential(InProcess):
+    def decode(self, ids, max_new_tokens):
+        from launch.sequential import generate
+
+        s = self.shared
+        result = generate(s.target_engine(), s.draft_engine(), ids, max_new_tokens, s.stops, sampling=s.sampling)
+        m = result.metrics
+        return Outcome(result.tokens, 0.0, int(m["rounds"]), int(m["drafted_tokens"]), int(m["trunk_accepted"]))
+
+
+class Pipeline:
+    """The two processes over ZeroMQ, one thread each, driven by the client library."""
+
+    name = "pipeline"
+
+    def __init__(self, args: argparse.Namespace, shared: "Shared") -> None:
+        from launch.cli import build_parser
+        from launch.serve import LocalPipeline
+        from protocol.client import Client
+
+        serve_args = build_parser().parse_args(
+            ["serve", "--target", args.target, "--draft", args.draft, "--dtype", args.dtype, "--port", "0",
+             "--threads-per-process", str(max(1, args.threads // 2)), *cfg.algorithm_argv(args),
+             *cfg.verifier_argv(args)])
+        self.shared = shared
+        self.local = LocalPipeline(serve_args)
+        self.client = Client(self.local.start(), timeout=600)
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.shared.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def run(self, ids: list[int], max_new_tokens: int) -> Outcome:
+        s = self.shared.sampling
+        params = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed) if s else {}
+        start = time.perf_counter()
+        done = self.client.generate(ids, max_new_tokens=max_new_tokens, **params)
+        seconds = time.perf_counter() - start
+        m = done.metrics
+        trunk_accepted = round(m["acceptance_rate"] * m["drafted_tokens"])
+        return Outcome(done.token_ids, seconds, int(m["rounds"]), int(m["drafted_tokens"]), trunk_accepted)
+
+    def close(self) -> None:
+        self.client.close()
+        self.local.stop()
+
+
+class Shared:
+    """Models loaded once for every in-process contender."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from launch.models import load_pair
+        from verifier.sampling import SamplingParams
+
+        self.args = args
+        self.pair = load_pair(args.target, args.draft, dtype=args.dtype)
+        self.target, self.tokenizer = self.pair.target, self.pair.tokenizer
+        self.stops = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        self.sampling = (SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+                         if args.temperature else None)
+        self._draft_engine = None
+        self._hf_draft = None
+
+    def target_engine(self):
+        from verifier.engine import TargetEngine
+
+        return TargetEngine(self.target)
+
+    def draft_engine(self):
+        """One drafter across prompts, so its phrase pool warms up as the pipeline's does."""
+        from drafter.engine import DraftEngine
+
+        if self._draft_engine is None:
+            self._draft_engine = DraftEngine(self.pair.draft, cfg.drafter_config(self.args))
+        return self._draft_engine
+
+    def hf_draft(self) -> torch.nn.Module:
+        """The same draft for HF: a reduced output vocabulary becomes a full one whose other
+        tokens get a -1e4 bias, so HF sees exactly the draft's argmax."""
+        if self._hf_draft is None:
+            draft = self.pair.draft
+            ids = getattr(draft, "draft_token_ids", None)
+            if ids is not None:
+                draft = copy.deepcopy(draft)
+                vocab = self.target.config.vocab_size
+                head = torch.nn.Linear(draft.lm_head.in_features, vocab, bias=True)
+                with torch.no_grad():
+                    head.weight.zero_()
+                    head.weight[ids] = self.pair.draft.lm_head.weight
+                    head.bias.fill_(-1e4)
+                    head.bias[ids] = 0.0
+                draft.lm_head = head
+                del draft.draft_token_ids
+            draft.generation_config.num_assistant_tokens = self.args.gamma
+            self._hf_draft = draft
+        return self._hf_draft
+
+
+def build_contenders(args: argparse.Namespace, names: list[str]) -> tuple[list, list[str]]:
+    shared = Shared(args)
+    notes: list[str] = []
+    contenders: list = []
+    for name in names:
+        if name.startswith("hf-") and shared.sampling is not None:
+            notes.append(f"{name} skipped: HF's sampling is not keyed, so identity cannot be checked")
+            continue
+        if name == "target-1thread" and torch.cuda.is_available():
+            notes.append("target-1thread skipped on GPUs")
+            continue
+        if name == "pipeline":
+            contenders.append(Pipeline(args, shared))
+            continue
+        kind = {"target": TargetAlone, "target-1thread": TargetAlone, "hf-assisted": HFDecoding,
+                "hf-prompt-lookup": HFDecoding, "sequential": Sequential}[name]
+        contenders.append(kind(name, shared, 1 if name == "target-1thread" else args.threads))
+    return contenders, notes
