@@ -18,6 +18,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from launch.serve import add_serve_flags, add_serve_parser
     from launch.bench import add_bench_parser
+    from launch.stress import add_stress_parser
     from launch.train_draft import add_train_draft_parser
     from launch.workers import add_worker_parsers
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_parsers(sub)
     add_train_draft_parser(sub)
     add_bench_parser(sub)
+    add_stress_parser(sub)
 
     demo = sub.add_parser("demo", help="the pipeline on a HumanEval prompt, beside the target alone")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=128)
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("generate", "serve", "demo", "bench"):
+        if args.command in ("generate", "serve", "demo", "bench", "stress"):
             cfg.drafter_config(args)  # fail fast, naming the flag, before any process starts
             cfg.verifier_config(args)
         if args.command == "generate":
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             from launch.serve import run_serve
 
             return run_serve(args)
+        if args.command == "stress":
+            from launch.stress import run_stress
+
+            return run_stress(args)
         if args.command == "bench":
             from launch.bench import run_bench
 

@@ -46,14 +46,17 @@ def add_verifier_flags(parser: argparse.ArgumentParser) -> None:
     v = VerifierConfig()
     parser.add_argument("--draft-timeout", type=float, default=v.draft_timeout_s,
                         help="seconds to wait for a valid draft before a round is decoded by the target alone")
-    parser.add_argument("--max-sessions", type=int, default=v.max_sessions, help="concurrent requests")
+    parser.add_argument("--max-sessions", type=int, default=v.max_sessions, help="requests decoded at once")
+    parser.add_argument("--max-queue", type=int, default=v.max_queue,
+                        help="requests waiting beyond --max-sessions; more are refused as busy")
     parser.add_argument("--max-draft-tokens", type=int, default=v.max_draft_tokens,
                         help="most trunk + branch tokens verified in one target pass")
 
 
 def verifier_config(args: argparse.Namespace, eos_token_id: int | None = None) -> VerifierConfig:
     return VerifierConfig(
-        draft_timeout_s=args.draft_timeout, max_sessions=args.max_sessions, max_draft_tokens=args.max_draft_tokens,
+        draft_timeout_s=args.draft_timeout, max_sessions=args.max_sessions, max_queue=args.max_queue,
+        max_draft_tokens=args.max_draft_tokens,
         stop_token_ids=() if eos_token_id is None else (int(eos_token_id),),
     )
 
@@ -70,4 +73,5 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
 
 def verifier_argv(args: argparse.Namespace) -> list[str]:
     return ["--draft-timeout", str(args.draft_timeout), "--max-sessions", str(args.max_sessions),
+            "--max-queue", str(args.max_queue),
             "--max-draft-tokens", str(args.max_draft_tokens)]

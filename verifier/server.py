@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import deque
 import uuid
 
 import zmq
@@ -40,6 +41,8 @@ class VerifierServer:
         self.is_running = True
         self.ctx = zmq.Context.instance()
         self.clients = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
+        self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished client raises: we notice
+        self.queue: deque[tuple[bytes, Generate]] = deque()  # admitted past max_sessions, up to max_queue
         self.drafter_link = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
         self.clients.bind(client_endpoint)
         self.drafter_link.bind(drafter_endpoint)
@@ -131,14 +134,25 @@ class VerifierServer:
                 self.open_on_drafter(request)
 
     def handle_generate(self, identity: bytes, msg: Generate) -> None:
+        """Admission: refuse bad input, then run it, queue it (bounded), or answer "busy" at once."""
         try:
-            if msg.request_id in self.requests:
+            if msg.request_id in self.requests or any(q.request_id == msg.request_id for _, q in self.queue):
                 raise ProtocolError(f"request_id {msg.request_id!r} is already running")
-            if len(self.requests) >= self.config.max_sessions:
-                self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.OVERLOADED,
-                                           message=f"busy: {len(self.requests)} requests running (--max-sessions)"))
-                return
             validate_generate(msg, self.engine.vocab_size, self.engine.max_context)
+        except (ProtocolError, ValueError) as exc:
+            self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
+            return
+        if len(self.requests) < self.config.max_sessions:
+            self.admit(identity, msg)
+        elif len(self.queue) < self.config.max_queue:
+            self.queue.append((identity, msg))
+        else:
+            self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.OVERLOADED,
+                                       message=f"busy: {len(self.requests)} requests running and {len(self.queue)} "
+                                               "queued (--max-sessions, --max-queue)"))
+
+    def admit(self, identity: bytes, msg: Generate) -> None:
+        try:  # a text prompt's length is known only once tokenized: the engine checks it
             prompt_ids = list(msg.prompt_ids) or self.tokenizer(msg.prompt, add_special_tokens=False)["input_ids"]
             session = self.engine.open(prompt_ids)
         except (ProtocolError, ValueError) as exc:
@@ -153,7 +167,15 @@ class VerifierServer:
         self.order.append(msg.request_id)
         self.open_on_drafter(request)
 
+    def handle_disconnect(self, identity: bytes) -> None:
+        """A client went away (its stream became unroutable): free its sessions and caches."""
+        self.queue = deque(item for item in self.queue if item[0] != identity)
+        for request in [r for r in self.requests.values() if r.client == identity]:
+            log.info("client of %s disconnected: request dropped", request.request_id)
+            self.end(request, None)
+
     def handle_cancel(self, identity: bytes, msg: Cancel) -> None:
+        self.queue = deque(item for item in self.queue if item[1].request_id != msg.request_id)
         request = self.requests.get(msg.request_id)
         if request is not None and request.client == identity:
             self.end(request, Done(request_id=msg.request_id, finish_reason=FinishReason.CANCELLED,
@@ -194,6 +216,8 @@ class VerifierServer:
         if request.stop_strings and self.cut_at_stop(request):
             reason = FinishReason.STOP
         self.stream(request, request.new_tokens[previous:], is_final=reason is not None)
+        if request.request_id not in self.requests:
+            return  # the client vanished mid-stream: its session is already freed
         if reason is not None:
             seed = request.sampling.seed if request.sampling else None
             self.end(request, Done(request_id=request.request_id, finish_reason=reason, seed=seed,
@@ -231,25 +255,32 @@ class VerifierServer:
         if text.endswith("\ufffd") and not is_final:
             return
         delta, request.text_sent = text[len(request.text_sent) :], text
-        self.reply(request.client, Tokens(request_id=request.request_id, token_ids=request.unsent, text=delta))
+        if not self.reply(request.client, Tokens(request_id=request.request_id, token_ids=request.unsent, text=delta)):
+            self.handle_disconnect(request.client)
         request.unsent = []
 
-    def end(self, request: ServerRequest, last: Done | Error) -> None:
+    def end(self, request: ServerRequest, last: Done | Error | None) -> None:
         self.requests.pop(request.request_id, None)
         if request.request_id in self.order:
             self.order.remove(request.request_id)
-        self.reply(request.client, last)
+        if last is not None:
+            self.reply(request.client, last)
         self.to_drafter(Close(request_id=request.request_id))
+        while self.queue and len(self.requests) < self.config.max_sessions:
+            self.admit(*self.queue.popleft())
 
     def open_on_drafter(self, request: ServerRequest) -> None:
         self.to_drafter(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
                              max_new_tokens=request.max_new_tokens - len(request.new_tokens)))
 
-    def reply(self, identity: bytes, msg) -> None:
+    def reply(self, identity: bytes, msg) -> bool:
+        """False when the client is gone (unroutable) or its queue is full."""
         try:
             self.clients.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
+            return True
         except zmq.ZMQError as exc:
             log.warning("could not send %s to a client: %s", type(msg).__name__, exc)
+            return False
 
     def to_drafter(self, msg) -> None:
         if self.drafter is None:

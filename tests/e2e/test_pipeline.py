@@ -30,14 +30,17 @@ def reference(tiny_dirs):
 
 
 def test_tcp_identical_to_target_and_predrafts_used(self_draft_pipeline, reference):
+    all_metrics = []
     with Client(self_draft_pipeline.endpoint, timeout=60) as client:
         for prompt in PROMPTS:
             completion = client.generate(prompt, max_new_tokens=48)
             assert completion.token_ids == reference(prompt, 48)
-    metrics = completion.metrics
-    assert metrics["accepted_tokens"] > 0
-    assert metrics["predrafts_used"] > 0  # drafted while the previous block was verified
-    assert metrics["tokens_per_round"] > 2
+            all_metrics.append(completion.metrics)
+    assert all(m["accepted_tokens"] > 0 for m in all_metrics)
+    # Drafted while the previous block was verified: whether a given round finds its
+    # pre-draft ready is timing, so ask it of the four requests together.
+    assert sum(m["predrafts_used"] for m in all_metrics) > 0
+    assert all(m["tokens_per_round"] > 2 for m in all_metrics)
 
 
 def test_stream_delivers_every_token_once_in_order(self_draft_pipeline, reference):

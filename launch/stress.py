@@ -1,0 +1,176 @@
+"""`ouroboros stress`: many concurrent clients, every output checked against the target alone."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from launch import config as cfg
+
+
+def add_stress_parser(sub) -> None:
+    from launch.serve import add_serve_flags
+
+    stress = sub.add_parser("stress", help="concurrent clients against the pipeline, outputs checked")
+    mode = stress.add_mutually_exclusive_group()
+    mode.add_argument("--connect", metavar="ADDR", help="a running `ouroboros serve`")
+    mode.add_argument("--spawn", action="store_true", help="start the pipeline here (the default)")
+    stress.add_argument("--clients", type=int, default=8)
+    stress.add_argument("--requests", type=int, default=32)
+    stress.add_argument("--max-new-tokens", type=int, default=32)
+    stress.add_argument("--prompts", metavar="FILE.jsonl", help="prompts (default: HumanEval)")
+    stress.add_argument("--kill-drafter-after", type=float, default=None, metavar="SECONDS",
+                        help="SIGKILL the drafter once, this long into the run (needs --spawn)")
+    stress.add_argument("--timeout", type=float, default=300.0, help="seconds of server silence per request")
+    stress.add_argument("--json", metavar="OUT.json")
+    add_serve_flags(stress)
+    stress.set_defaults(port=0)
+
+
+@dataclass
+class Record:
+    is_ok: bool = False
+    is_mismatch: bool = False
+    error: str = ""
+    num_tokens: int = 0
+    started: float = 0.0
+    first_token: float | None = None
+    finished: float = 0.0
+    is_speculative: bool = False  # some of its rounds verified a draft
+
+
+@dataclass
+class KillState:
+    killed_at: float | None = None
+    back_at: float | None = None
+    records: list = field(default_factory=list)
+
+
+def references(args: argparse.Namespace, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids and the target-alone greedy output for each, computed first, in-process."""
+    from launch.models import load_model, load_tokenizer
+    from launch.reference import target_alone
+
+    torch.set_num_threads(2)
+    tokenizer = load_tokenizer(args.target)
+    model = load_model(args.target, "cpu", args.dtype)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    outs = [target_alone(model, i, args.max_new_tokens, stops) for i in tqdm(ids, desc="references", file=sys.stderr)]
+    return ids, outs
+
+
+async def one_request(client, ids: list[int], expected: list[int], max_new: int, record: Record) -> None:
+    record.started = time.monotonic()
+    try:
+        stream = client.stream(ids, max_new_tokens=max_new)
+        tokens: list[int] = []
+        async for chunk in stream:
+            if record.first_token is None:
+                record.first_token = time.monotonic()
+            tokens += chunk.token_ids
+        record.finished = time.monotonic()
+        record.num_tokens = len(tokens)
+        record.is_ok = tokens == expected
+        record.is_mismatch = not record.is_ok
+        metrics = stream.completion.metrics
+        record.is_speculative = metrics.get("target_only_rounds", 0) < metrics.get("rounds", 0) - 1
+    except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+        record.finished = time.monotonic()
+        record.error = f"{type(exc).__name__}: {exc}"
+
+
+async def drive(endpoint: str, args: argparse.Namespace, ids, outs, pipeline) -> tuple[list[Record], KillState, float]:
+    from protocol.async_client import AsyncClient
+
+    jobs: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(args.requests):
+        jobs.put_nowait(i)
+    records = [Record() for _ in range(args.requests)]
+    kill = KillState()
+    progress = tqdm(total=args.requests, desc="stress", unit="req", file=sys.stderr)
+
+    async def worker() -> None:
+        async with AsyncClient(endpoint, timeout=args.timeout) as client:
+            while not jobs.empty():
+                i = jobs.get_nowait()
+                await one_request(client, ids[i % len(ids)], outs[i % len(outs)], args.max_new_tokens, records[i])
+                if kill.killed_at and not kill.back_at and records[i].started > kill.killed_at and records[i].is_speculative:
+                    kill.back_at = records[i].finished
+                progress.update(1)
+
+    async def supervise() -> None:
+        start = time.monotonic()
+        while True:
+            await asyncio.sleep(0.2)
+            if args.kill_drafter_after is not None and kill.killed_at is None and time.monotonic() - start >= args.kill_drafter_after:
+                pipeline.drafter.kill()
+                kill.killed_at = time.monotonic()
+                print(f"\nstress: drafter killed at {kill.killed_at - start:.1f} s", file=sys.stderr)
+            pipeline.check()
+
+    start = time.monotonic()
+    watcher = asyncio.create_task(supervise()) if pipeline is not None else None
+    await asyncio.gather(*(worker() for _ in range(args.clients)))
+    elapsed = time.monotonic() - start
+    if watcher:
+        watcher.cancel()
+    progress.close()
+    return records, kill, elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def summarize(records: list[Record], kill: KillState, elapsed: float, restarts: int) -> dict:
+    done = [r for r in records if not r.error]
+    latencies = [r.finished - r.started for r in done]
+    ttfts = [r.first_token - r.started for r in done if r.first_token is not None]
+    report = {
+        "requests": len(records), "completed": sum(r.is_ok for r in records),
+        "failed": sum(bool(r.error) for r in records), "mismatched": sum(r.is_mismatch for r in records),
+        "throughput_tokens_per_s": sum(r.num_tokens for r in done) / elapsed,
+        "latency_p50_s": percentile(latencies, 50), "latency_p99_s": percentile(latencies, 99),
+        "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99), "drafter_restarts": restarts,
+    }
+    if kill.killed_at is not None:
+        report["target_alone_s"] = (kill.back_at - kill.killed_at) if kill.back_at else None
+    return report
+
+
+def run_stress(args: argparse.Namespace) -> int:
+    from launch.bench import load_prompts
+    from launch.serve import LocalPipeline
+
+    if args.clients < 1 or args.requests < 1 or args.max_new_tokens < 1:
+        raise ValueError("--clients, --requests and --max-new-tokens must be >= 1")
+    if args.kill_drafter_after is not None and args.connect:
+        raise ValueError("--kill-drafter-after needs the pipeline spawned here (drop --connect)")
+    prompts = load_prompts(args.prompts, args.requests)
+    ids, outs = references(args, prompts)
+    pipeline = None if args.connect else LocalPipeline(args)
+    endpoint = args.connect or pipeline.start()
+    try:
+        records, kill, elapsed = asyncio.run(drive(endpoint, args, ids, outs, pipeline))
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
+    report = summarize(records, kill, elapsed, pipeline.num_drafter_restarts if pipeline else 0)
+    for record in records:
+        if record.error:
+            print(f"failed: {record.error}", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0 if report["completed"] == report["requests"] else 1
