@@ -12,6 +12,7 @@ from drafter.engine import DraftBlock, DraftEngine, DraftSession
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import Close, Draft, Hello, HelloAck, Open, Verdict
+from protocol.curve import secure_client
 from protocol.sockets import make_socket
 
 log = logging.getLogger("ouroboros.drafter")
@@ -28,6 +29,7 @@ class DrafterRequest:
     next_base: int  # committed length the next Draft assumes
     sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
     round: int = 0
+    is_drafting_ahead: bool = False  # the block on next_base began before next_base was committed
 
     def budget(self, base: int) -> int:
         """Draft tokens still useful at `base`: the verifier adds one token itself."""
@@ -43,7 +45,8 @@ class DrafterStats:
 
 
 class DrafterServer:
-    def __init__(self, engine: DraftEngine, endpoint: str, model_name: str, vocab_size: int) -> None:
+    def __init__(self, engine: DraftEngine, endpoint: str, model_name: str, vocab_size: int,
+                 curve_keys: str | None = None) -> None:
         self.engine = engine
         self.endpoint = endpoint
         self.hello = Hello(drafter_id=uuid.uuid4().hex, vocab_size=vocab_size, model_name=model_name)
@@ -54,6 +57,8 @@ class DrafterServer:
         self.is_running = True
         self.ctx = zmq.Context.instance()
         self.socket = make_socket(self.ctx, zmq.DEALER, hwm=10_000)
+        if curve_keys is not None:
+            secure_client(self.socket, curve_keys)
 
     def serve_loop(self) -> None:
         self.socket.connect(self.endpoint)
@@ -140,6 +145,8 @@ class DrafterServer:
             request.sent = useful
         else:
             self.stats.num_predrafts_discarded += int(bool(request.sent))
+            # a pre-draft not yet sent still counts as drafted ahead if its base came true
+            request.is_drafting_ahead = request.is_drafting_ahead and kept and request.next_base == length
             request.sent = {}
             request.next_base = length
 
@@ -158,6 +165,7 @@ class DrafterServer:
         session, base = request.session, request.next_base
         budget = request.budget(base)
         if len(session.tokens) - base < self.engine.goal(session, budget) and self.engine.can_step(session):
+            request.is_drafting_ahead |= base > session.num_committed
             self.engine.step(session)
             return
         block = self.engine.block_at(session, base, budget)
@@ -168,7 +176,9 @@ class DrafterServer:
         self.send(Draft(
             request_id=request.request_id, round=request.round, base_length=base,
             base_tail=session.tokens[max(0, base - BASE_TAIL) : base], trunk=block.trunk, branches=block.branches,
+            drafted_ahead=request.is_drafting_ahead or base > session.num_committed,
         ))
+        request.is_drafting_ahead = False
         # assume the trunk is accepted and the target's extra token is the draft's own next one
         request.next_base = base + len(block.trunk) + 1
 

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_stress_parser(sub)
 
+    keys = sub.add_parser("keys", help="make CURVE keys for --curve-keys (cross-node links)")
+    keys.add_argument("dir", help="directory for the server and client key pairs")
+    keys.add_argument("--overwrite", action="store_true", help="replace keys already there")
+
     demo = sub.add_parser("demo", help="the pipeline on a HumanEval prompt, beside the target alone")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=128)
     demo.add_argument("--prompt-index", type=int, default=0, help="which HumanEval prompt")
@@ -81,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             from launch.train_draft import run_train_draft
 
             return run_train_draft(args)
+        if args.command == "keys":
+            from protocol.curve import create_keys
+
+            root = create_keys(args.dir, overwrite=args.overwrite)
+            print(f"CURVE keys in {root}: the verifier needs the whole directory; clients and the drafter "
+                  f"need server.key, client.key and client.key_secret. Keep *.key_secret private.")
+            return 0
         if args.command == "demo":
             from launch.demo import run_demo
 
@@ -102,9 +113,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from protocol.client import Client
 
     if args.connect:
-        return _stream_completion(Client(args.connect, timeout=args.timeout), args)
+        return _stream_completion(Client(args.connect, timeout=args.timeout, curve_keys=args.curve_keys), args)
     with LocalPipeline(args) as pipeline:
-        return _stream_completion(Client(pipeline.endpoint, timeout=args.timeout), args)
+        return _stream_completion(Client(pipeline.endpoint, timeout=args.timeout, curve_keys=args.curve_keys), args)
 
 
 def _stream_completion(client, args: argparse.Namespace) -> int:

@@ -18,6 +18,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--curve-keys", metavar="DIR", default=None,
+                        help="CURVE authentication and encryption with the keys from `ouroboros keys DIR`")
+
+
 def add_algorithm_flags(parser: argparse.ArgumentParser) -> None:
     d = DrafterConfig()
     parser.add_argument("--gamma", type=int, default=d.gamma, help="draft tokens per round")

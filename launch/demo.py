@@ -30,7 +30,7 @@ def humaneval_prompt(index: int) -> str:
 
 def run_pipeline(args: argparse.Namespace, prompt: str) -> tuple[list[int], float, dict]:
     print(f"starting the pipeline: target {args.target}, draft {args.draft} (one process each) ...", file=sys.stderr)
-    with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=300) as client:
+    with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=300, curve_keys=args.curve_keys) as client:
         client.generate("def warm_up():", max_new_tokens=4)  # first-touch costs stay out of the timing
         print("\n===== pipeline completion (streamed) =====\n" + prompt, end="", flush=True)
         start = time.perf_counter()

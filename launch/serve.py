@@ -30,6 +30,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads-per-process", type=int, default=1, help="torch threads for each process")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for both models")
     parser.add_argument("--pool-file", default=None, help="phrase pool kept across drafter restarts")
+    cfg.add_security_flags(parser)
     cfg.add_model_flags(parser)
     cfg.add_algorithm_flags(parser)
     cfg.add_verifier_flags(parser)
@@ -57,7 +58,8 @@ class LocalPipeline:
 
     def _common(self) -> list[str]:
         a = self.args
-        return ["--target", a.target, "--draft", a.draft, "--dtype", a.dtype]
+        keys = getattr(a, "curve_keys", None)
+        return ["--target", a.target, "--draft", a.draft, "--dtype", a.dtype] + (["--curve-keys", keys] if keys else [])
 
     def _spawn(self, role_args: list[str], stdout=None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "launch.cli", *role_args]
@@ -74,7 +76,7 @@ class LocalPipeline:
     def start(self) -> str:
         """Start both processes; returns the client endpoint once the handshake is done."""
         a = self.args
-        warning = warn_if_public(a.host)
+        warning = warn_if_public(a.host, is_authenticated=bool(getattr(a, "curve_keys", None)))
         if warning:
             print(f"ouroboros: warning: {warning}", file=sys.stderr)
         client_endpoint = a.bind or bind_address(a.host, a.port)

@@ -99,7 +99,7 @@ async def drive(endpoint: str, args: argparse.Namespace, ids, outs, pipeline) ->
     progress = tqdm(total=args.requests, desc="stress", unit="req", file=sys.stderr)
 
     async def worker() -> None:
-        async with AsyncClient(endpoint, timeout=args.timeout) as client:
+        async with AsyncClient(endpoint, timeout=args.timeout, curve_keys=args.curve_keys) as client:
             while not jobs.empty():
                 i = jobs.get_nowait()
                 await one_request(client, ids[i % len(ids)], outs[i % len(outs)], args.max_new_tokens, records[i])

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                           is_master=False, timeout=timedelta(seconds=serve_args.ready_timeout))
     common = ["--target", serve_args.target, "--draft", serve_args.draft, "--dtype", serve_args.dtype,
               "--device", device, "--threads", str(serve_args.threads_per_process)]
+    common += ["--curve-keys", serve_args.curve_keys] if serve_args.curve_keys else []
     parser = build_parser()
     from launch import config as cfg
 

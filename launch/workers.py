@@ -22,6 +22,7 @@ def add_worker_parsers(sub) -> None:
     ver.add_argument("--ready-timeout", type=float, default=600.0,
                      help="seconds to wait for the drafter's handshake before serving alone")
     cfg.add_model_flags(ver)
+    cfg.add_security_flags(ver)
     cfg.add_verifier_flags(ver)
 
     dra = sub.add_parser("drafter", help="run the drafter process (draft model)")
@@ -30,6 +31,7 @@ def add_worker_parsers(sub) -> None:
     dra.add_argument("--threads", type=int, default=1)
     dra.add_argument("--pool-file", default=None, help="phrase pool to load at start and save at exit")
     cfg.add_model_flags(dra)
+    cfg.add_security_flags(dra)
     cfg.add_algorithm_flags(dra)
 
 
@@ -51,7 +53,7 @@ def run_verifier(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.target)
     config = cfg.verifier_config(args, tokenizer.eos_token_id)
     engine = TargetEngine(load_model(args.target, args.device, args.dtype), config)
-    server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind)
+    server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys)
     _stop_on_signals(server)
     endpoint = server.clients.getsockopt(zmq.LAST_ENDPOINT).decode()
     if not server.wait_for_drafter(args.ready_timeout):
@@ -73,7 +75,7 @@ def run_drafter(args: argparse.Namespace) -> int:
     draft = load_draft(args.draft, lambda: load_model(args.target, "cpu", args.dtype), args.device, args.dtype)
     pool = PhrasePool.load(args.pool_file) if args.pool_file and os.path.exists(args.pool_file) else None
     engine = DraftEngine(draft, drafter_config, pool)
-    server = DrafterServer(engine, args.connect, args.draft, int(draft.config.vocab_size))
+    server = DrafterServer(engine, args.connect, args.draft, int(draft.config.vocab_size), args.curve_keys)
     _stop_on_signals(server)
     try:
         server.serve_loop()

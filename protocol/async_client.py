@@ -12,6 +12,7 @@ from protocol.client import Accumulator, Chunk, Completion, StreamResult, make_g
 from protocol.codec import decode, encode
 from protocol.errors import ClientClosed, ProtocolError
 from protocol.messages import Cancel, Generate, Message
+from protocol.curve import secure_client
 from protocol.sockets import make_socket
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,15 @@ class AsyncClient:
     """
 
     def __init__(self, address: str, timeout: float = 60.0, *,
-                 context: zmq.asyncio.Context | None = None) -> None:
+                 context: zmq.asyncio.Context | None = None, curve_keys: str | None = None) -> None:
+        """curve_keys: a directory made by `ouroboros keys`, for a server run with --curve-keys."""
         self.address = address
         self.timeout = timeout
         self._owns_context = context is None
         self._ctx = zmq.asyncio.Context() if context is None else context
         self._socket = make_socket(self._ctx, zmq.DEALER)
+        if curve_keys is not None:
+            secure_client(self._socket, curve_keys)
         self._socket.connect(address)
         # One queue per open request. Unbounded, but a request gets at most
         # max_new_tokens + 1 replies, and the queue is dropped when the request ends.

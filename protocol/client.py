@@ -17,6 +17,7 @@ import zmq
 from protocol.codec import decode, encode
 from protocol.errors import ClientClosed, ProtocolError, ServerError, ServerTimeout
 from protocol.messages import Cancel, Done, Error, Generate, Message, Tokens
+from protocol.curve import secure_client
 from protocol.sockets import make_socket
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,16 @@ class Stream:
 class Client:
     """Blocking client, one request at a time; not thread-safe (use one Client per thread)."""
 
-    def __init__(self, address: str, timeout: float = 60.0, *, context: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, timeout: float = 60.0, *, context: zmq.Context | None = None,
+                 curve_keys: str | None = None) -> None:
+        """curve_keys: a directory made by `ouroboros keys`, for a server run with --curve-keys."""
         self.address = address
         self.timeout = timeout
         self._owns_context = context is None
         self._ctx = zmq.Context() if context is None else context
         self._socket = make_socket(self._ctx, zmq.DEALER, send_timeout_ms=math.ceil(timeout * 1000))
+        if curve_keys is not None:
+            secure_client(self._socket, curve_keys)
         self._socket.connect(address)
         self._active_request_id: str | None = None
         self.is_closed = False

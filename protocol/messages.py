@@ -98,6 +98,7 @@ class Draft:
     base_tail: list[int]  # last few committed tokens of that base
     trunk: list[int]
     branches: list[list[int]]
+    drafted_ahead: bool = False  # drafting began before its base was verified (the overlap at work)
 
 
 # ---- verifier -> drafter ----

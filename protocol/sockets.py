@@ -57,13 +57,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def warn_if_public(host: str) -> str | None:
-    """Log and return a warning when `host` is reachable from other machines."""
-    if is_loopback(host):
+def warn_if_public(host: str, is_authenticated: bool = False) -> str | None:
+    """Log and return a warning when `host` is reachable from other machines without CURVE."""
+    if is_loopback(host) or is_authenticated:
         return None
     warning = (
-        f"binding to non-loopback host {host!r}: anyone who can reach it may submit requests; "
-        "the protocol has no authentication"
+        f"binding to non-loopback host {host!r} without authentication: anyone who can reach it may "
+        "submit requests (use --curve-keys DIR, keys from `ouroboros keys DIR`)"
     )
     log.warning(warning)
     return warning

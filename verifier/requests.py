@@ -104,7 +104,7 @@ class ServerRequest:
             fits = not tail or tokens[base - len(tail) : base] == tail
             fits = fits and list(draft.trunk[:covered]) == tokens[base:length]
             if chosen is None and fits and (covered == 0 or len(draft.trunk) > covered):
-                is_predraft = base in self.early_bases or base < length
+                is_predraft = draft.drafted_ahead or base in self.early_bases or base < length
                 chosen = (list(draft.trunk[covered:]), [list(b) for b in draft.branches], is_predraft)
             else:
                 self.stats.num_stale_drafts += 1

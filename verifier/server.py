@@ -15,6 +15,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import (
     Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Tokens, Verdict,
 )
+from protocol.curve import secure_server, start_authenticator
 from protocol.sockets import make_socket
 from protocol.validation import validate_generate
 from verifier.config import VerifierConfig
@@ -28,7 +29,7 @@ log = logging.getLogger("ouroboros.verifier")
 
 class VerifierServer:
     def __init__(self, engine: TargetEngine, tokenizer, config: VerifierConfig, client_endpoint: str,
-                 drafter_endpoint: str) -> None:
+                 drafter_endpoint: str, curve_keys: str | None = None) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.config = config
@@ -44,6 +45,11 @@ class VerifierServer:
         self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished client raises: we notice
         self.queue: deque[tuple[bytes, Generate]] = deque()  # admitted past max_sessions, up to max_queue
         self.drafter_link = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
+        self.authenticator = None
+        if curve_keys is not None:  # only holders of the client key may submit work or draft
+            self.authenticator = start_authenticator(self.ctx, curve_keys)
+            secure_server(self.clients, curve_keys)
+            secure_server(self.drafter_link, curve_keys)
         self.clients.bind(client_endpoint)
         self.drafter_link.bind(drafter_endpoint)
         self.poller = zmq.Poller()
