@@ -18,6 +18,9 @@ class DrafterConfig:
     seed_pool_from_text: bool = True  # prompt/committed text n-grams feed the pool (--no-text-phrases)
     adaptive: bool = True  # draft length follows recent acceptance within [min_gamma, gamma] (--fixed-gamma)
     min_gamma: int = 1  # shortest adaptive draft (--min-gamma)
+    lookup_tokens: int = 8  # prompt-lookup branch length, 0 = none (--lookup-tokens)
+    lookup_ngram: int = 3  # longest suffix n-gram prompt lookup matches (--lookup-ngram)
+    lookup_min_ngram: int = 2  # shortest one (--lookup-min-ngram)
 
     def __post_init__(self) -> None:
         _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")
@@ -27,6 +30,9 @@ class DrafterConfig:
         _require(self.branches >= 0, f"--branches must be >= 0, got {self.branches}")
         _require(self.phrases_checked >= 0, f"--phrases-checked must be >= 0, got {self.phrases_checked}")
         _require(1 <= self.min_gamma <= self.gamma, f"--min-gamma must be within 1..--gamma, got {self.min_gamma}")
+        _require(self.lookup_tokens >= 0, f"--lookup-tokens must be >= 0, got {self.lookup_tokens}")
+        _require(1 <= self.lookup_min_ngram <= self.lookup_ngram,
+                 f"need 1 <= --lookup-min-ngram ({self.lookup_min_ngram}) <= --lookup-ngram ({self.lookup_ngram})")
         _require(self.max_trunk >= self.gamma, f"--max-trunk ({self.max_trunk}) must be >= --gamma ({self.gamma})")
 
     @property

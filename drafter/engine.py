@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
-from drafter.lookahead import build_pass_layout, longest_phrase_match
+from drafter.lookahead import build_pass_layout, longest_phrase_match, lookup_continuation
 from drafter.pool import PhrasePool
 
 
@@ -100,11 +100,18 @@ class DraftEngine:
 
     def block_at(self, session: DraftSession, base: int, budget: int | None = None) -> DraftBlock:
         """The block for a verifier whose committed length is `base` (<= len(tokens)): the
-        drafted tokens after it as trunk, then K pool phrases keyed by its last token."""
-        cap = min(self.config.max_trunk, budget if budget is not None else self.config.max_trunk)
+        drafted tokens after it as trunk, then branches after the trunk: the prompt-lookup
+        continuation of the text so far, and K pool phrases keyed by the trunk's last token."""
+        c = self.config
+        cap = min(c.max_trunk, budget if budget is not None else c.max_trunk)
         trunk = session.tokens[base : base + max(cap, 0)]
         key = trunk[-1] if trunk else session.tokens[base - 1]
-        branches = [list(p) for p in self.pool.most_recent(key, self.config.branches)]
+        room = c.lookup_tokens if budget is None else min(c.lookup_tokens, budget - len(trunk))
+        lookup = lookup_continuation(session.tokens[: base + len(trunk)], c.lookup_ngram, c.lookup_min_ngram, room)
+        branches = [lookup] if lookup else []
+        for phrase in self.pool.most_recent(key, c.branches):
+            if list(phrase) != lookup[: len(phrase)]:  # no branch that the lookup one already covers
+                branches.append(list(phrase))
         return DraftBlock(trunk, branches)
 
     @torch.inference_mode()

@@ -7,7 +7,7 @@ from drafter.config import DrafterConfig
 from verifier.config import VerifierConfig
 
 DEFAULT_TARGET = "smollm2-135m"
-DEFAULT_DRAFT = "layers:0,1"
+DEFAULT_DRAFT = "smollm2-135m-draft"
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +35,11 @@ def add_algorithm_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-trunk", type=int, default=d.max_trunk, help="longest trunk sent in one round")
     parser.add_argument("--min-gamma", type=int, default=d.min_gamma, help="shortest adaptive draft")
     parser.add_argument("--fixed-gamma", action="store_true", help="always draft --gamma tokens (no adaptation)")
+    parser.add_argument("--lookup-tokens", type=int, default=d.lookup_tokens,
+                        help="prompt-lookup branch length (0 = no lookup branch)")
+    parser.add_argument("--lookup-ngram", type=int, default=d.lookup_ngram, help="longest n-gram prompt lookup matches")
+    parser.add_argument("--lookup-min-ngram", type=int, default=d.lookup_min_ngram,
+                        help="shortest n-gram prompt lookup matches")
     parser.add_argument("--no-text-phrases", action="store_true",
                         help="do not seed the phrase pool with n-grams of the prompt and output")
 
@@ -44,6 +49,7 @@ def drafter_config(args: argparse.Namespace) -> DrafterConfig:
         gamma=args.gamma, window=args.window, ngram=args.ngram, pool_size=args.pool_size,
         branches=args.branches, phrases_checked=args.phrases_checked, max_trunk=args.max_trunk,
         seed_pool_from_text=not args.no_text_phrases, adaptive=not args.fixed_gamma, min_gamma=args.min_gamma,
+        lookup_tokens=args.lookup_tokens, lookup_ngram=args.lookup_ngram, lookup_min_ngram=args.lookup_min_ngram,
     )
 
 
@@ -71,7 +77,8 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--gamma", str(args.gamma), "--window", str(args.window), "--ngram", str(args.ngram),
             "--pool-size", str(args.pool_size), "--branches", str(args.branches),
             "--phrases-checked", str(args.phrases_checked), "--max-trunk", str(args.max_trunk),
-            "--min-gamma", str(args.min_gamma)]
+            "--min-gamma", str(args.min_gamma), "--lookup-tokens", str(args.lookup_tokens),
+            "--lookup-ngram", str(args.lookup_ngram), "--lookup-min-ngram", str(args.lookup_min_ngram)]
     argv += ["--no-text-phrases"] if args.no_text_phrases else []
     return argv + (["--fixed-gamma"] if args.fixed_gamma else [])
 

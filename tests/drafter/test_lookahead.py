@@ -1,6 +1,6 @@
 import torch
 
-from drafter.lookahead import build_pass_layout, longest_phrase_match
+from drafter.lookahead import build_pass_layout, longest_phrase_match, lookup_continuation
 
 
 def test_layout_positions_and_mask_hand_computed():
@@ -39,3 +39,21 @@ def test_longest_phrase_match():
     assert longest_phrase_match(4, [4, 5, 6], [5, 6, 9]) == 3
     assert longest_phrase_match(4, [4, 5, 6], [5, 7, 9]) == 2
     assert longest_phrase_match(3, [4, 5, 6], [5, 6, 9]) == 0
+
+
+def test_lookup_prefers_the_longest_then_the_most_recent_match():
+    #        0  1  2  3  4  5  6  7  8  9
+    text = [1, 2, 3, 9, 9, 5, 2, 3, 7, 8, 1, 2, 3]
+    # suffix [1, 2, 3] occurred at 0: what followed it was [9, 9, 5]
+    assert lookup_continuation(text, 3, 1, 3) == [9, 9, 5]
+    # only bigrams allowed: [2, 3] last occurred at 6, followed by [7, 8]
+    assert lookup_continuation(text, 2, 2, 2) == [7, 8]
+    assert lookup_continuation(text, 3, 1, 0) == []
+
+
+def test_lookup_overlapping_runs_and_no_match():
+    assert lookup_continuation([4, 4, 4, 4], 2, 1, 5) == [4]  # [4, 4] at 1 overlaps the suffix
+    assert lookup_continuation([1, 2, 3, 4], 3, 1, 4) == []
+    assert lookup_continuation([1, 2, 3, 2], 3, 2, 4) == []  # a unigram match is below min_ngram
+    assert lookup_continuation([1, 2, 3, 2], 3, 1, 4) == [3, 2]
+    assert lookup_continuation([7], 3, 1, 4) == []

@@ -1,0 +1,53 @@
+"""The shipped distilled draft for the built-in target: it loads, it agrees with the target
+far more than the untrained layers it started from, and decoding with it stays lossless."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from drafter.config import DrafterConfig
+from drafter.engine import DraftEngine
+from launch.draft_model import teacher_forced_agreement
+from launch.models import BUILTIN_DRAFT, load_draft
+from launch.sequential import generate
+from tests.conftest import humaneval_prompts, reference_greedy
+from verifier.engine import TargetEngine
+
+NUM_PROMPTS = 3  # among the 20 held-out HumanEval prompts train-draft reports on
+NEW_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def continuations(builtin_pair):
+    eos = builtin_pair.tokenizer.eos_token_id
+    items = []
+    for prompt in humaneval_prompts(NUM_PROMPTS):
+        ids = builtin_pair.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        items.append((ids, reference_greedy(builtin_pair.target, ids, NEW_TOKENS, stop=[eos])))
+    return items
+
+
+@pytest.fixture(scope="module")
+def shipped(builtin_pair):
+    return load_draft(BUILTIN_DRAFT, builtin_pair.target, "cpu", "float32")
+
+
+@torch.inference_mode()
+def test_shipped_draft_agrees_far_more_than_its_untrained_start(builtin_pair, shipped, continuations):
+    trained = teacher_forced_agreement(shipped, continuations)
+    untrained = teacher_forced_agreement(builtin_pair.draft, continuations)  # layers:0,1, as trained from
+    assert shipped.draft_token_ids.numel() == 8192  # the reduced output vocabulary
+    # measured when shipped: 0.113 against 0.028 here (0.21 over the 20 prompts train-draft reports)
+    assert trained >= 0.10 and trained > 3 * untrained, (trained, untrained)
+
+
+def test_shipped_draft_decodes_losslessly(builtin_pair, shipped, continuations):
+    target = TargetEngine(builtin_pair.target)
+    drafter = DraftEngine(shipped, DrafterConfig(gamma=4, window=2))
+    eos = builtin_pair.tokenizer.eos_token_id
+    accepted = 0
+    for ids, expected in continuations:
+        result = generate(target, drafter, ids, NEW_TOKENS, stop_token_ids=[eos])
+        assert result.tokens == expected
+        accepted += result.metrics["accepted_tokens"]
+    assert accepted > 0
