@@ -24,6 +24,7 @@ class DraftSession:
     cache: DynamicCache
     window: list[list[int]]
     draft_length: int = 1  # tokens to draft per round now (adaptive, see DraftEngine.adapt)
+    agreement: float = 1.0  # running rate at which the draft's first token is the target's (see sync)
     num_passes: int = 0
     num_phrase_hits: int = 0
     num_phrase_tokens: int = 0
@@ -41,6 +42,9 @@ class DraftSession:
 class DraftBlock:
     trunk: list[int]
     branches: list[list[int]]
+
+
+AGREEMENT_SMOOTHING = 0.1  # weight of the newest verdict in DraftSession.agreement
 
 
 class DraftEngine:
@@ -81,8 +85,17 @@ class DraftEngine:
         return self.block_at(session, session.num_committed, budget)
 
     def goal(self, session: DraftSession, budget: int | None) -> int:
-        """Draft tokens wanted for one round with `budget` new tokens left before the bonus."""
+        """Draft tokens wanted for one round with `budget` new tokens left before the bonus.
+        Gated, one: the draft's guess at the target's next token, to measure and pre-draft on."""
+        if self.is_gated(session):
+            return 1
         return session.draft_length if budget is None else max(1, min(session.draft_length, budget))
+
+    def is_gated(self, session: DraftSession) -> bool:
+        """Send no trunk while the draft disagrees with the target too often for its tokens to
+        pay for their verification (--min-agreement); it keeps drafting and being measured, and
+        the round still carries the prompt-lookup and pool branches."""
+        return session.agreement < self.config.min_agreement
 
     def adapt(self, session: DraftSession, num_drafted: int, num_accepted: int) -> None:
         """Adaptive draft length: a fully accepted trunk grows the next one by 2 (up to
@@ -104,6 +117,7 @@ class DraftEngine:
         continuation of the text so far, and K pool phrases keyed by the trunk's last token."""
         c = self.config
         cap = min(c.max_trunk, budget if budget is not None else c.max_trunk)
+        cap = 0 if self.is_gated(session) else cap
         trunk = session.tokens[base : base + max(cap, 0)]
         key = trunk[-1] if trunk else session.tokens[base - 1]
         room = c.lookup_tokens if budget is None else min(c.lookup_tokens, budget - len(trunk))
@@ -158,6 +172,9 @@ class DraftEngine:
         while common < min(len(drafted), len(appended)) and drafted[common] == appended[common]:
             common += 1
         kept = common == len(appended)
+        if drafted and appended:  # measured on every verdict, whether or not the trunk was sent
+            rate = AGREEMENT_SMOOTHING
+            session.agreement += rate * (float(drafted[0] == appended[0]) - session.agreement)
         if not kept:
             session.tokens = session.tokens[: start + common] + [int(t) for t in appended[common:]]
             valid = min(session.cache_length, start + common)

@@ -164,7 +164,9 @@ class DrafterServer:
         """One draft pass, or send a Draft once the block on next_base is long enough."""
         session, base = request.session, request.next_base
         budget = request.budget(base)
-        if len(session.tokens) - base < self.engine.goal(session, budget) and self.engine.can_step(session):
+        # gated (no trunk will be sent): send at once if the text up to base is known
+        wanted = 0 if self.engine.is_gated(session) and len(session.tokens) >= base else self.engine.goal(session, budget)
+        if len(session.tokens) - base < wanted and self.engine.can_step(session):
             request.is_drafting_ahead |= base > session.num_committed
             self.engine.step(session)
             return

@@ -70,7 +70,19 @@ class ServerRequest:
         return len(self.session.tokens)
 
     def has_draft_candidate(self) -> bool:
-        return any(base <= self.committed_length for base in self.drafts)
+        """A draft that take_draft would use now: a stale one must not start a round without it."""
+        return any(self._fits(draft) for draft in self.drafts.values())
+
+    def _fits(self, draft: Draft) -> bool:
+        """Its base (length + tail) is a prefix of the committed text, and its trunk agrees with
+        every committed token past that base and still reaches beyond them (or starts here)."""
+        base, length, tokens = draft.base_length, self.committed_length, self.session.tokens
+        if base > length:
+            return False
+        tail, covered = list(draft.base_tail), length - base
+        fits = not tail or tokens[base - len(tail) : base] == tail
+        fits = fits and list(draft.trunk[:covered]) == tokens[base:length]
+        return fits and (covered == 0 or len(draft.trunk) > covered)
 
     def needs_no_draft(self) -> bool:
         """Only the target's own next token is left to produce."""
@@ -83,6 +95,10 @@ class ServerRequest:
             return False
         if draft.base_length > self.committed_length:
             self.early_bases.add(draft.base_length)
+        else:  # drafted after its base was committed (a redraft supersedes an early one)
+            self.early_bases.discard(draft.base_length)
+        if draft.base_length in self.drafts:  # a redraft on the same base supersedes the old one
+            self.stats.num_stale_drafts += 1
         self.drafts[draft.base_length] = draft
         while len(self.drafts) > MAX_PENDING_DRAFTS:
             self.drafts.pop(min(self.drafts))
@@ -96,14 +112,12 @@ class ServerRequest:
         trunk agrees with every committed token past that base; its trunk is then rebased
         onto the committed end. So a pre-draft survives a branch accepted beyond its base.
         Drafts based at or behind the committed end are used now or never: they are dropped."""
-        length, tokens = self.committed_length, self.session.tokens
+        length = self.committed_length
         chosen = None
         for base in sorted((b for b in self.drafts if b <= length), reverse=True):
             draft = self.drafts.pop(base)
-            tail, covered = list(draft.base_tail), length - base
-            fits = not tail or tokens[base - len(tail) : base] == tail
-            fits = fits and list(draft.trunk[:covered]) == tokens[base:length]
-            if chosen is None and fits and (covered == 0 or len(draft.trunk) > covered):
+            covered = length - base
+            if chosen is None and self._fits(draft):
                 is_predraft = draft.drafted_ahead or base in self.early_bases or base < length
                 chosen = (list(draft.trunk[covered:]), [list(b) for b in draft.branches], is_predraft)
             else:

@@ -5,7 +5,7 @@ from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
 from launch.models import layers_draft
 from launch.sequential import generate
-from tests.conftest import reference_greedy, tiny_model
+from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
 from verifier.engine import TargetEngine
 
 CONFIGS = [
@@ -14,6 +14,7 @@ CONFIGS = [
     DrafterConfig(gamma=3, window=2, ngram=3, pool_size=4, branches=1, phrases_checked=2),
     DrafterConfig(gamma=12, window=6, ngram=6, pool_size=20, branches=5, phrases_checked=8),
     DrafterConfig(gamma=5, window=3, ngram=5, pool_size=2, branches=3, seed_pool_from_text=False, adaptive=False),
+    DrafterConfig(gamma=4, window=2, ngram=3, branches=1, lookup_tokens=5, lookup_min_ngram=1, min_agreement=0.9),
 ]
 PROMPT = [7, 19, 23, 7, 19, 60, 61, 2, 44, 7, 19]
 
@@ -45,6 +46,22 @@ def test_greedy_identical_to_target(arch, draft_kind, config):
     assert result.finish_reason == "length"
     if draft_kind == "self" and config.gamma > 1:
         assert result.metrics["tokens_per_round"] > 2  # a perfect draft is really used
+
+
+def test_a_disagreeing_draft_is_gated_until_it_agrees_again():
+    drafter = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=4, window=2, ngram=3, min_agreement=0.5))
+    session = drafter.open(PROMPT)
+    for _ in range(10):  # the target keeps choosing something else than the draft's guess
+        drafter.draft(session)
+        guess = session.tokens[session.num_committed]
+        drafter.sync(session, [(guess + 1) % TINY_VOCAB])
+    assert session.agreement < 0.5
+    block = drafter.draft(session)
+    assert block.trunk == [] and session.num_drafted == 1  # one guess drafted, none sent
+    while drafter.is_gated(session):  # the draft's guesses come true: measured though unsent
+        drafter.sync(session, session.tokens[session.num_committed :][:1])
+        drafter.draft(session)
+    assert len(drafter.draft(session).trunk) >= 1
 
 
 def test_drafter_cache_matches_its_tokens_after_each_draft():

@@ -1,0 +1,54 @@
+"""The verifier's draft bookkeeping per request: which draft fits the committed text."""
+from types import SimpleNamespace
+
+from protocol.messages import Draft
+from verifier.requests import ServerRequest
+
+PROMPT = [5, 6, 7, 8]
+
+
+def request_with(tokens):
+    session = SimpleNamespace(tokens=list(tokens))  # only the committed tokens are read here
+    return ServerRequest("r", b"client", session, 64, frozenset(), False)
+
+
+def draft(base, tail, trunk, ahead=False):
+    return Draft(request_id="r", round=1, base_length=base, base_tail=tail, trunk=trunk, branches=[],
+                 drafted_ahead=ahead)
+
+
+def test_a_draft_on_the_committed_end_is_taken_whole():
+    request = request_with(PROMPT)
+    request.offer(draft(4, [7, 8], [1, 2, 3]))
+    assert request.has_draft_candidate()
+    assert request.take_draft() == ([1, 2, 3], [], False)
+    assert not request.has_draft_candidate()
+
+
+def test_a_predraft_waits_for_its_base_and_is_counted_as_used():
+    request = request_with(PROMPT)
+    request.offer(draft(6, [8, 1, 2], [3, 4], ahead=True))  # assumes [1, 2] will be committed
+    assert not request.has_draft_candidate()
+    request.session.tokens += [1, 2]
+    assert request.take_draft() == ([3, 4], [], True)
+
+
+def test_a_predraft_on_a_wrong_base_never_starts_a_round_and_is_counted_stale():
+    request = request_with(PROMPT)
+    request.offer(draft(6, [8, 1, 2], [3, 4], ahead=True))
+    request.session.tokens += [1, 9]  # the target chose 9, not 2
+    assert not request.has_draft_candidate()  # the verifier waits for the redraft instead
+    request.offer(draft(6, [8, 1, 9], [5]))  # the redraft supersedes it
+    assert request.take_draft() == ([5], [], False)
+    assert request.stats.num_stale_drafts == 1
+
+
+def test_a_draft_is_rebased_when_the_text_grew_along_its_trunk():
+    request = request_with(PROMPT)
+    request.offer(draft(4, [7, 8], [1, 2, 3]))
+    request.session.tokens += [1]
+    assert request.take_draft() == ([2, 3], [], True)
+    request.offer(draft(5, [8, 1], [9, 9]))
+    request.session.tokens += [2]  # the trunk disagrees with the text past its base: unusable
+    assert not request.has_draft_candidate() and request.take_draft() is None
+    assert request.stats.num_stale_drafts == 1
