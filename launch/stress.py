@@ -44,7 +44,7 @@ class Record:
     started: float = 0.0
     first_token: float | None = None
     finished: float = 0.0
-    is_speculative: bool = False  # some of its rounds verified a draft
+    drafter_since: float | None = None  # when the drafter serving it had connected (verifier's clock)
 
 
 @dataclass
@@ -82,7 +82,8 @@ async def one_request(client, ids: list[int], expected: list[int], max_new: int,
         record.is_ok = tokens == expected
         record.is_mismatch = not record.is_ok
         metrics = stream.completion.metrics
-        record.is_speculative = metrics.get("target_only_rounds", 0) < metrics.get("rounds", 0) - 1
+        uptime = metrics.get("drafter_uptime_s", -1.0)
+        record.drafter_since = record.finished - uptime if uptime >= 0 else None
     except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
         record.finished = time.monotonic()
         record.error = f"{type(exc).__name__}: {exc}"
@@ -103,8 +104,9 @@ async def drive(endpoint: str, args: argparse.Namespace, ids, outs, pipeline) ->
             while not jobs.empty():
                 i = jobs.get_nowait()
                 await one_request(client, ids[i % len(ids)], outs[i % len(outs)], args.max_new_tokens, records[i])
-                if kill.killed_at and not kill.back_at and records[i].started > kill.killed_at and records[i].is_speculative:
-                    kill.back_at = records[i].finished
+                since = records[i].drafter_since
+                if kill.killed_at and not kill.back_at and since is not None and since > kill.killed_at:
+                    kill.back_at = since  # the restarted drafter's handshake
                 progress.update(1)
 
     async def supervise() -> None:

@@ -22,13 +22,13 @@ class RequestStats:
     num_stale_drafts: int = 0
     num_predrafts_used: int = 0
 
-    def record(self, trunk_len: int, result: VerifyResult, is_predraft: bool) -> None:
+    def record(self, trunk_len: int, result: VerifyResult, is_predraft: bool, has_draft: bool = True) -> None:
         self.num_rounds += 1
         self.num_drafted += trunk_len
         self.num_trunk_accepted += result.num_trunk_accepted
         self.num_accepted += result.num_accepted
         self.num_branch_hits += int(result.num_branch_accepted > 0)
-        self.num_target_only_rounds += int(trunk_len == 0)
+        self.num_target_only_rounds += int(not has_draft)  # no draft came: the target alone
         self.num_predrafts_used += int(is_predraft)
 
     def as_metrics(self, num_new: int) -> dict[str, float]:

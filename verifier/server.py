@@ -38,6 +38,7 @@ class VerifierServer:
         self.order: list[str] = []  # round-robin: the request served last goes to the back
         self.drafter: bytes | None = None  # ROUTER identity of the live drafter
         self.drafter_seen = 0.0
+        self.drafter_since = 0.0  # when the live drafter's handshake was done
         self.is_drafter_absent = True
         self.is_running = True
         self.ctx = zmq.Context.instance()
@@ -134,6 +135,7 @@ class VerifierServer:
         self.drafter, self.drafter_seen, self.is_drafter_absent = identity, time.monotonic(), False
         self.to_drafter(HelloAck(verifier_id=self.verifier_id, vocab_size=self.engine.vocab_size))
         if is_new:  # (re-)sync: the verifier's committed tokens are the truth
+            self.drafter_since = time.monotonic()
             log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
             for request in self.requests.values():
                 request.drafts.clear()
@@ -186,7 +188,7 @@ class VerifierServer:
         if request is not None and request.client == identity:
             self.end(request, Done(request_id=msg.request_id, finish_reason=FinishReason.CANCELLED,
                                    prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
-                                   metrics=request.stats.as_metrics(len(request.new_tokens))))
+                                   metrics=self.metrics_of(request)))
 
     # ---- rounds ----
     def pick_ready(self) -> str | None:
@@ -204,7 +206,8 @@ class VerifierServer:
         return None
 
     def run_round(self, request: ServerRequest) -> None:
-        trunk, branches, is_predraft = request.take_draft() or ([], [], False)
+        draft = request.take_draft()
+        trunk, branches, is_predraft = draft or ([], [], False)
         budget = request.max_new_tokens - len(request.new_tokens) - 1
         trunk = trunk[: max(budget, 0)]
         try:
@@ -214,7 +217,7 @@ class VerifierServer:
             log.exception("verification failed for %s", request.request_id)
             self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
-        request.stats.record(len(trunk), result, is_predraft)
+        request.stats.record(len(trunk), result, is_predraft, has_draft=draft is not None)
         request.waiting_since = time.monotonic()
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
         previous = len(request.new_tokens)
@@ -228,7 +231,7 @@ class VerifierServer:
             seed = request.sampling.seed if request.sampling else None
             self.end(request, Done(request_id=request.request_id, finish_reason=reason, seed=seed,
                                    prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
-                                   metrics=request.stats.as_metrics(len(request.new_tokens))))
+                                   metrics=self.metrics_of(request)))
             return
         self.to_drafter(Verdict(request_id=request.request_id, round=request.stats.num_rounds,
                                 committed_length=request.committed_length, appended=result.appended,
@@ -274,6 +277,12 @@ class VerifierServer:
         self.to_drafter(Close(request_id=request.request_id))
         while self.queue and len(self.requests) < self.config.max_sessions:
             self.admit(*self.queue.popleft())
+
+    def metrics_of(self, request: ServerRequest) -> dict[str, float]:
+        """The request's speculative metrics, and how long the drafter has been up (-1: none)."""
+        is_up = self.drafter is not None and not self.is_drafter_absent
+        uptime = time.monotonic() - self.drafter_since if is_up else -1.0
+        return request.stats.as_metrics(len(request.new_tokens)) | {"drafter_uptime_s": uptime}
 
     def open_on_drafter(self, request: ServerRequest) -> None:
         self.to_drafter(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
