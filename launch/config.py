@@ -60,6 +60,8 @@ def add_verifier_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft-timeout", type=float, default=v.draft_timeout_s,
                         help="seconds to wait for a valid draft before a round is decoded by the target alone")
     parser.add_argument("--max-sessions", type=int, default=v.max_sessions, help="requests decoded at once")
+    parser.add_argument("--max-batch", type=int, default=v.max_batch,
+                        help="ready requests verified together in one batched target pass")
     parser.add_argument("--max-queue", type=int, default=v.max_queue,
                         help="requests waiting beyond --max-sessions; more are refused as busy")
     parser.add_argument("--max-draft-tokens", type=int, default=v.max_draft_tokens,
@@ -69,6 +71,7 @@ def add_verifier_flags(parser: argparse.ArgumentParser) -> None:
 def verifier_config(args: argparse.Namespace, eos_token_id: int | None = None) -> VerifierConfig:
     return VerifierConfig(
         draft_timeout_s=args.draft_timeout, max_sessions=args.max_sessions, max_queue=args.max_queue,
+        max_batch=args.max_batch,
         max_draft_tokens=args.max_draft_tokens,
         stop_token_ids=() if eos_token_id is None else (int(eos_token_id),),
     )
@@ -87,5 +90,5 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
 
 def verifier_argv(args: argparse.Namespace) -> list[str]:
     return ["--draft-timeout", str(args.draft_timeout), "--max-sessions", str(args.max_sessions),
-            "--max-queue", str(args.max_queue),
+            "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch),
             "--max-draft-tokens", str(args.max_draft_tokens)]

@@ -9,6 +9,7 @@ class VerifierConfig:
     max_draft_tokens: int = 256  # trunk + branch tokens verified in one pass (--max-draft-tokens)
     draft_timeout_s: float = 2.0  # wait for a valid draft before decoding alone (--draft-timeout)
     max_sessions: int = 16  # requests decoded at once (--max-sessions)
+    max_batch: int = 8  # ready requests verified together in one target pass (--max-batch)
     max_queue: int = 64  # requests waiting beyond those; more get a "busy" Error at once (--max-queue)
     stop_token_ids: tuple[int, ...] = ()  # always end a request (the tokenizer's EOS)
 
@@ -19,5 +20,7 @@ class VerifierConfig:
             raise ValueError(f"--draft-timeout must be > 0 seconds, got {self.draft_timeout_s}")
         if self.max_queue < 0:
             raise ValueError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.max_sessions < 1:
             raise ValueError(f"--max-sessions must be >= 1, got {self.max_sessions}")

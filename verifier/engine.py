@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from verifier.batching import batched_tree_logits
 from verifier.config import VerifierConfig
 from verifier.sampling import SamplingParams, next_tokens
 from verifier.tree import accept_greedy, build_tree
@@ -77,14 +78,33 @@ class TargetEngine:
     ) -> VerifyResult:
         """Verify trunk + branches in one target forward pass and commit the result
         (greedy, or keyed sampling: see verifier.sampling.next_tokens)."""
-        base = session.cache_length
+        return self.verify_batch([(session, trunk, branches, sampling)])[0]
+
+    @torch.inference_mode()
+    def verify_batch(self, work: Sequence[tuple[TargetSession, Sequence[int], Sequence[Sequence[int]],
+                                                 SamplingParams | None]]) -> list[VerifyResult]:
+        """Verify several requests' trees in one target pass (see verifier.batching)."""
+        trees = [self._tree(session, trunk, branches) for session, trunk, branches, _ in work]
+        bases = [session.cache_length for session, *_ in work]
+        if len(work) == 1:
+            all_logits = [self._logits(work[0][0].cache, trees[0], bases[0])]
+        else:
+            all_logits = batched_tree_logits(self.model, [s.cache for s, *_ in work], trees, bases)
+        return [self._commit(session, tree, base, logits, sampling)
+                for (session, _, _, sampling), tree, base, logits in zip(work, trees, bases, all_logits)]
+
+    def _tree(self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]]):
+        """The token tree to verify, cut to --max-draft-tokens and the context."""
         room = min(self.config.max_draft_tokens, self.max_context - 1 - len(session.tokens))
         full_trunk = [int(t) for t in trunk]
         trunk = full_trunk[: max(0, room)]
         # branches hang after the trunk's last token: only meaningful if the trunk fit whole
         branches = _fit_branches(branches, room - len(trunk)) if len(trunk) == len(full_trunk) else []
-        tree = build_tree(session.tokens[-1], trunk, branches)
-        logits = self._logits(session.cache, tree, base)
+        return build_tree(session.tokens[-1], trunk, branches)
+
+    def _commit(self, session: TargetSession, tree, base: int, logits: torch.Tensor,
+                sampling: SamplingParams | None) -> VerifyResult:
+        """Accept along the tree, keep the accepted nodes' cache entries, extend the text."""
         # a node at depth d predicts the token at absolute index len(tokens) + d
         predictions = next_tokens(logits, [len(session.tokens) + d for d in tree.depths], sampling)
         path, next_token = accept_greedy(tree, predictions)

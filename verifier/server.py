@@ -5,24 +5,24 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import deque
 import uuid
+from collections import deque
 
 import zmq
 
 from protocol.codec import decode, encode
+from protocol.curve import secure_server, start_authenticator
 from protocol.errors import ProtocolError
 from protocol.messages import (
     Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Tokens, Verdict,
 )
-from protocol.curve import secure_server, start_authenticator
 from protocol.sockets import make_socket
 from protocol.validation import validate_generate
 from verifier.config import VerifierConfig
 from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
 from verifier.sampling import SamplingParams
-from verifier.stopping import find_stop_string, finish
+from verifier.stopping import cut_at_stop_string, finish
 
 log = logging.getLogger("ouroboros.verifier")
 
@@ -73,11 +73,12 @@ class VerifierServer:
                 self.drain_clients()
             if self.drafter_link in events:
                 self.drain_drafter()
-            request_id = self.pick_ready()
-            if request_id is not None:
+            batch = self.pick_ready()
+            for request_id in batch:  # round-robin: those served go to the back
                 self.order.remove(request_id)
                 self.order.append(request_id)
-                self.run_round(self.requests[request_id])
+            if batch:
+                self.run_rounds([self.requests[request_id] for request_id in batch])
 
     # ---- receiving ----
     def drain_clients(self, limit: int = 256) -> None:
@@ -191,33 +192,44 @@ class VerifierServer:
                                    metrics=self.metrics_of(request)))
 
     # ---- rounds ----
-    def pick_ready(self) -> str | None:
+    def pick_ready(self) -> list[str]:
+        """The requests ready for a round (a draft fits, or none is coming), fairest first."""
         now = time.monotonic()
         if self.drafter is not None and not self.is_drafter_absent and now - self.drafter_seen > self.config.draft_timeout_s:
             if any(now - self.requests[r].waiting_since > self.config.draft_timeout_s for r in self.order):
                 self.is_drafter_absent = True  # silent past the bound: decode alone until it speaks
                 log.warning("no draft within %.1f s (--draft-timeout): decoding with the target alone",
                             self.config.draft_timeout_s)
-        for request_id in self.order:
-            request = self.requests[request_id]
-            if (request.has_draft_candidate() or self.is_drafter_absent or request.needs_no_draft()
-                    or now - request.waiting_since > self.config.draft_timeout_s):
-                return request_id
-        return None
+        ready = [request_id for request_id in self.order if self.is_ready(self.requests[request_id], now)]
+        return ready[: self.config.max_batch]
 
-    def run_round(self, request: ServerRequest) -> None:
-        draft = request.take_draft()
-        trunk, branches, is_predraft = draft or ([], [], False)
-        budget = request.max_new_tokens - len(request.new_tokens) - 1
-        trunk = trunk[: max(budget, 0)]
+    def is_ready(self, request: ServerRequest, now: float) -> bool:
+        return (request.has_draft_candidate() or self.is_drafter_absent or request.needs_no_draft()
+                or now - request.waiting_since > self.config.draft_timeout_s)
+
+    def run_rounds(self, requests: list[ServerRequest]) -> None:
+        """One round for each request, all verified in one batched target pass."""
+        plans = []
+        for request in requests:
+            draft = request.take_draft()
+            trunk, branches, is_predraft = draft or ([], [], False)
+            budget = request.max_new_tokens - len(request.new_tokens) - 1
+            trunk = trunk[: max(budget, 0)]
+            plans.append((trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None))
         try:
-            result = self.engine.verify(request.session, trunk, branches if budget > len(trunk) else [],
-                                        request.sampling)
-        except Exception as exc:  # the process survives; this request fails loudly
-            log.exception("verification failed for %s", request.request_id)
-            self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
+            results = self.engine.verify_batch([(r.session, p[0], p[1], r.sampling) for r, p in zip(requests, plans)])
+        except Exception as exc:  # the process survives; these requests fail loudly
+            log.exception("verification failed for %s", [r.request_id for r in requests])
+            for request in requests:
+                self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
-        request.stats.record(len(trunk), result, is_predraft, has_draft=draft is not None)
+        for request, (trunk, _, is_predraft, has_draft), result in zip(requests, plans, results):
+            request.stats.record(len(trunk), result, is_predraft, has_draft=has_draft)
+            if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
+                self.after_round(request, result)
+
+    def after_round(self, request: ServerRequest, result) -> None:
+        """Commit a verified round: finish, stream, end, or tell the drafter the verdict."""
         request.waiting_since = time.monotonic()
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
         previous = len(request.new_tokens)
@@ -239,19 +251,12 @@ class VerifierServer:
                                 branch_predictions=result.branch_predictions))
 
     def cut_at_stop(self, request: ServerRequest) -> bool:
-        """Stop strings: the text ends just before the first one (excluded); the tokens end
-        with the token that completed it (included, so usage counts what was computed)."""
-        text = self.tokenizer.decode(request.new_tokens)
-        index = find_stop_string(text, request.stop_strings, len(request.text_sent))
-        if index is None:
-            return False
-        count = len(request.new_tokens)
-        while count > 1 and find_stop_string(self.tokenizer.decode(request.new_tokens[: count - 1]),
-                                             request.stop_strings) is not None:
-            count -= 1
-        request.new_tokens = request.new_tokens[:count]
-        request.text_limit = index
-        return True
+        """Stop strings (see verifier.stopping.cut_at_stop_string); True if one ended it."""
+        cut = cut_at_stop_string(self.tokenizer.decode, request.new_tokens, request.stop_strings,
+                                 len(request.text_sent))
+        if cut is not None:
+            request.new_tokens, request.text_limit = request.new_tokens[: cut[0]], cut[1]
+        return cut is not None
 
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
