@@ -51,7 +51,8 @@ def drafter_config(args: argparse.Namespace) -> DrafterConfig:
         gamma=args.gamma, window=args.window, ngram=args.ngram, pool_size=args.pool_size,
         branches=args.branches, phrases_checked=args.phrases_checked, max_trunk=args.max_trunk,
         seed_pool_from_text=not args.no_text_phrases, adaptive=not args.fixed_gamma, min_gamma=args.min_gamma,
-        min_agreement=args.min_agreement, lookup_tokens=args.lookup_tokens, lookup_ngram=args.lookup_ngram, lookup_min_ngram=args.lookup_min_ngram,
+        min_agreement=args.min_agreement, lookup_tokens=args.lookup_tokens, lookup_ngram=args.lookup_ngram,
+        lookup_min_ngram=args.lookup_min_ngram,
     )
 
 

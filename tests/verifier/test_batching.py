@@ -3,10 +3,9 @@ passes give, and each cache ends laid out as a fresh prefill of its committed te
 import random
 
 import pytest
-import torch
 
 from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
-from tests.verifier.test_engine import fresh_cache
+from tests.verifier.test_engine import assert_cache_is_a_fresh_prefill
 from verifier.engine import TargetEngine
 
 PROMPTS = [[5, 17, 33, 2, 40, 41, 9, 9, 12], [7], [3, 4, 60, 61, 62]]  # ragged, one of a single token
@@ -37,10 +36,7 @@ def test_batched_rounds_decode_every_request_exactly(arch):
             assert session.cache_length == len(session.tokens) - 1
     for session, prompt, ref in zip(sessions, PROMPTS, refs):
         assert session.tokens[len(prompt) : len(prompt) + 40] == ref
-        expected = fresh_cache(model, session.tokens[:-1])
-        for got, want in zip(session.cache.layers, expected.layers):
-            torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-4)
+        assert_cache_is_a_fresh_prefill(model, session)
 
 
 def test_a_batch_matches_one_by_one_passes():

@@ -13,6 +13,14 @@ def fresh_cache(model, tokens):
     return cache
 
 
+def assert_cache_is_a_fresh_prefill(model, session):
+    """The session's cache holds what a fresh prefill of its committed text (but the last token) holds."""
+    expected = fresh_cache(model, session.tokens[:-1])
+    for got, want in zip(session.cache.layers, expected.layers):
+        torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_accepted_branch_is_compacted_into_place(arch):
     model = tiny_model(arch)
@@ -31,10 +39,7 @@ def test_accepted_branch_is_compacted_into_place(arch):
     assert result.branch_predictions[1] == ref[3:6]
     # KV invariant, and the compacted entries equal a fresh prefill of the committed text
     assert session.cache_length == len(session.tokens) - 1
-    expected = fresh_cache(model, session.tokens[:-1])
-    for got, want in zip(session.cache.layers, expected.layers):
-        torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-4)
+    assert_cache_is_a_fresh_prefill(model, session)
 
 
 def test_rejection_crops_the_cache():
