@@ -152,10 +152,14 @@ class DrafterServer:
 
     # ---- drafting ----
     def pick_request(self) -> str | None:
-        for request_id in self.order:
-            if self.has_work(self.requests[request_id]):
+        """A request the verifier is waiting on (its next draft is based at the committed end)
+        before any pre-draft, each in round-robin order."""
+        working = [r for r in self.order if self.has_work(self.requests[r])]
+        for request_id in working:
+            request = self.requests[request_id]
+            if request.next_base <= request.session.num_committed:
                 return request_id
-        return None
+        return working[0] if working else None
 
     def has_work(self, request: DrafterRequest) -> bool:
         return len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0

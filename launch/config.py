@@ -67,13 +67,15 @@ def add_verifier_flags(parser: argparse.ArgumentParser) -> None:
                         help="requests waiting beyond --max-sessions; more are refused as busy")
     parser.add_argument("--max-draft-tokens", type=int, default=v.max_draft_tokens,
                         help="most trunk + branch tokens verified in one target pass")
+    parser.add_argument("--verify-all-drafts", action="store_true",
+                        help="verify every draft token sent, even where the measured pass costs say it does not pay")
 
 
 def verifier_config(args: argparse.Namespace, eos_token_id: int | None = None) -> VerifierConfig:
     return VerifierConfig(
         draft_timeout_s=args.draft_timeout, max_sessions=args.max_sessions, max_queue=args.max_queue,
         max_batch=args.max_batch,
-        max_draft_tokens=args.max_draft_tokens,
+        max_draft_tokens=args.max_draft_tokens, is_width_fitted=not args.verify_all_drafts,
         stop_token_ids=() if eos_token_id is None else (int(eos_token_id),),
     )
 
@@ -92,4 +94,4 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
 def verifier_argv(args: argparse.Namespace) -> list[str]:
     return ["--draft-timeout", str(args.draft_timeout), "--max-sessions", str(args.max_sessions),
             "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch),
-            "--max-draft-tokens", str(args.max_draft_tokens)]
+            "--max-draft-tokens", str(args.max_draft_tokens)] + (["--verify-all-drafts"] if args.verify_all_drafts else [])

@@ -117,15 +117,24 @@ async def drive(endpoint: str, args: argparse.Namespace, ids, outs, pipeline) ->
                 pipeline.drafter.kill()
                 kill.killed_at = time.monotonic()
                 print(f"\nstress: drafter killed at {kill.killed_at - start:.1f} s", file=sys.stderr)
-            pipeline.check()
+            code = pipeline.check()
+            if code is not None:  # no verifier, no answers: fail what is left now, not at the timeout
+                print(f"\nstress: the verifier exited with code {code}", file=sys.stderr)
+                for task in workers:
+                    task.cancel()
+                return
 
     start = time.monotonic()
+    workers = [asyncio.create_task(worker()) for _ in range(args.clients)]
     watcher = asyncio.create_task(supervise()) if pipeline is not None else None
-    await asyncio.gather(*(worker() for _ in range(args.clients)))
+    await asyncio.gather(*workers, return_exceptions=True)
     elapsed = time.monotonic() - start
     if watcher:
         watcher.cancel()
     progress.close()
+    for record in records:
+        if not (record.is_ok or record.is_mismatch or record.error):
+            record.error = "not completed: the verifier exited"
     return records, kill, elapsed
 
 

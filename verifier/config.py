@@ -11,6 +11,7 @@ class VerifierConfig:
     max_sessions: int = 16  # requests decoded at once (--max-sessions)
     max_batch: int = 8  # ready requests verified together in one target pass (--max-batch)
     max_queue: int = 64  # requests waiting beyond those; more get a "busy" Error at once (--max-queue)
+    is_width_fitted: bool = True  # cut batched trees to the width that pays (--verify-all-drafts: off)
     stop_token_ids: tuple[int, ...] = ()  # always end a request (the tokenizer's EOS)
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ class VerifyResult:
     num_branch_accepted: int  # tokens accepted from a branch after the whole trunk
     trunk_predictions: list[int]  # target argmax at the root and after each trunk token
     branch_predictions: list[list[int]]  # target argmax after each branch token
+    num_nodes: int = 1  # tokens in the verified tree, root included
 
     @property
     def num_accepted(self) -> int:
@@ -120,6 +121,7 @@ class TargetEngine:
             num_branch_accepted=len(path) - num_trunk,
             trunk_predictions=[predictions[0]] + [predictions[n] for n in tree.trunk_nodes],
             branch_predictions=[[predictions[n] for n in nodes] for nodes in tree.branch_nodes],
+            num_nodes=len(tree.tokens),
         )
 
     def _logits(self, cache: DynamicCache, tree, base: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from protocol.messages import Draft
 from verifier.engine import TargetSession, VerifyResult
+from verifier.pass_cost import EXPLORE_AFTER, YIELD_SMOOTHING, cut_draft
 from verifier.sampling import SamplingParams
 
 MAX_PENDING_DRAFTS = 4
@@ -45,6 +46,24 @@ class RequestStats:
         }
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round of a request verifies: a draft (or none) cut to the tokens left."""
+
+    trunk: list[int]
+    branches: list[list[int]]
+    is_predraft: bool
+    has_draft: bool
+
+    @property
+    def num_draft_tokens(self) -> int:
+        return len(self.trunk) + sum(len(branch) for branch in self.branches)
+
+    def cut(self, num_tokens: int) -> RoundPlan:
+        trunk, branches = cut_draft(self.trunk, self.branches, num_tokens)
+        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft)
+
+
 @dataclass
 class ServerRequest:
     request_id: str
@@ -64,6 +83,28 @@ class ServerRequest:
     text_limit: int | None = None  # the text is cut here (a stop string begins)
     unsent: list[int] = field(default_factory=list)  # tokens kept back until streamed
     stats: RequestStats = field(default_factory=RequestStats)
+    draft_yield: float = 1.0  # draft tokens accepted per draft token verified (smoothed)
+    num_unverified_rounds: int = 0  # rounds since its draft tokens were last verified
+
+    def plan_round(self) -> RoundPlan:
+        """The draft that fits now (see take_draft), cut so no token is drafted past the end."""
+        draft = self.take_draft()
+        trunk, branches, is_predraft = draft or ([], [], False)
+        budget = self.max_new_tokens - len(self.new_tokens) - 1  # the target adds one token itself
+        trunk = trunk[: max(budget, 0)]
+        return RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None)
+
+    def planning_yield(self) -> float:
+        """The yield a pass plan assumes: measured, or 1 when unmeasured for too long (explore)."""
+        return 1.0 if self.num_unverified_rounds >= EXPLORE_AFTER else self.draft_yield
+
+    def record_yield(self, num_verified: int, num_accepted: int) -> None:
+        """After a round: update the yield if draft tokens were verified, else count the round."""
+        if num_verified:
+            self.draft_yield += YIELD_SMOOTHING * (num_accepted / num_verified - self.draft_yield)
+            self.num_unverified_rounds = 0
+        else:
+            self.num_unverified_rounds += 1
 
     @property
     def committed_length(self) -> int:

@@ -21,6 +21,7 @@ from protocol.validation import validate_generate
 from verifier.config import VerifierConfig
 from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
+from verifier.scheduler import Scheduler
 from verifier.sampling import SamplingParams
 from verifier.stopping import cut_at_stop_string, finish
 
@@ -34,8 +35,8 @@ class VerifierServer:
         self.tokenizer = tokenizer
         self.config = config
         self.verifier_id = uuid.uuid4().hex
-        self.requests: dict[str, ServerRequest] = {}
-        self.order: list[str] = []  # round-robin: the request served last goes to the back
+        self.scheduler = Scheduler(config)
+        self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.drafter: bytes | None = None  # ROUTER identity of the live drafter
         self.drafter_seen = 0.0
         self.drafter_since = 0.0  # when the live drafter's handshake was done
@@ -67,18 +68,17 @@ class VerifierServer:
 
     def serve_loop(self) -> None:
         while self.is_running:
-            ready = self.pick_ready()
-            events = dict(self.poller.poll(0 if ready else 20))
+            ready = self.scheduler.pick_ready(self.is_drafter_absent)
+            is_gathering = self.scheduler.is_gathering(ready, self.is_drafter_absent)
+            events = dict(self.poller.poll(1 if is_gathering else 0 if ready else 20))
             if self.clients in events:
                 self.drain_clients()
             if self.drafter_link in events:
                 self.drain_drafter()
-            batch = self.pick_ready()
-            for request_id in batch:  # round-robin: those served go to the back
-                self.order.remove(request_id)
-                self.order.append(request_id)
-            if batch:
-                self.run_rounds([self.requests[request_id] for request_id in batch])
+            self.check_drafter_silence()
+            batch = self.scheduler.pick_ready(self.is_drafter_absent)
+            if batch and not self.scheduler.is_gathering(batch, self.is_drafter_absent):
+                self.run_rounds(batch)
 
     # ---- receiving ----
     def drain_clients(self, limit: int = 256) -> None:
@@ -172,8 +172,7 @@ class VerifierServer:
         sampling = None if msg.temperature == 0 else SamplingParams(msg.temperature, msg.top_k, msg.top_p, seed)
         request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream,
                                 sampling=sampling, stop_strings=tuple(msg.stop))
-        self.requests[msg.request_id] = request
-        self.order.append(msg.request_id)
+        self.scheduler.add(request)
         self.open_on_drafter(request)
 
     def handle_disconnect(self, identity: bytes) -> None:
@@ -192,39 +191,34 @@ class VerifierServer:
                                    metrics=self.metrics_of(request)))
 
     # ---- rounds ----
-    def pick_ready(self) -> list[str]:
-        """The requests ready for a round (a draft fits, or none is coming), fairest first."""
+    def check_drafter_silence(self) -> None:
+        """A drafter silent past --draft-timeout while a request waits: decode alone until it
+        speaks. Checked after draining, so drafts queued during a long pass count as speech."""
         now = time.monotonic()
         if self.drafter is not None and not self.is_drafter_absent and now - self.drafter_seen > self.config.draft_timeout_s:
-            if any(now - self.requests[r].waiting_since > self.config.draft_timeout_s for r in self.order):
-                self.is_drafter_absent = True  # silent past the bound: decode alone until it speaks
+            if any(now - r.waiting_since > self.config.draft_timeout_s for r in self.requests.values()):
+                self.is_drafter_absent = True
                 log.warning("no draft within %.1f s (--draft-timeout): decoding with the target alone",
                             self.config.draft_timeout_s)
-        ready = [request_id for request_id in self.order if self.is_ready(self.requests[request_id], now)]
-        return ready[: self.config.max_batch]
-
-    def is_ready(self, request: ServerRequest, now: float) -> bool:
-        return (request.has_draft_candidate() or self.is_drafter_absent or request.needs_no_draft()
-                or now - request.waiting_since > self.config.draft_timeout_s)
 
     def run_rounds(self, requests: list[ServerRequest]) -> None:
         """One round for each request, all verified in one batched target pass."""
-        plans = []
-        for request in requests:
-            draft = request.take_draft()
-            trunk, branches, is_predraft = draft or ([], [], False)
-            budget = request.max_new_tokens - len(request.new_tokens) - 1
-            trunk = trunk[: max(budget, 0)]
-            plans.append((trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None))
+        plans = self.scheduler.plan(requests)
+        started = time.perf_counter()
         try:
-            results = self.engine.verify_batch([(r.session, p[0], p[1], r.sampling) for r, p in zip(requests, plans)])
+            results = self.engine.verify_batch([(r.session, p.trunk, p.branches, r.sampling)
+                                                for r, p in zip(requests, plans)])
         except Exception as exc:  # the process survives; these requests fail loudly
             log.exception("verification failed for %s", [r.request_id for r in requests])
             for request in requests:
                 self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
-        for request, (trunk, _, is_predraft, has_draft), result in zip(requests, plans, results):
-            request.stats.record(len(trunk), result, is_predraft, has_draft=has_draft)
+        width, seconds = max(r.num_nodes for r in results), time.perf_counter() - started
+        self.scheduler.record_pass(len(requests), width, seconds)
+        log.debug("pass of %d rows x %d tokens: %.0f ms", len(requests), width, 1000 * seconds)
+        for request, plan, result in zip(requests, plans, results):
+            request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
+            request.record_yield(result.num_nodes - 1, result.num_accepted)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
                 self.after_round(request, result)
 
@@ -274,9 +268,7 @@ class VerifierServer:
         request.unsent = []
 
     def end(self, request: ServerRequest, last: Done | Error | None) -> None:
-        self.requests.pop(request.request_id, None)
-        if request.request_id in self.order:
-            self.order.remove(request.request_id)
+        self.scheduler.remove(request.request_id)
         if last is not None:
             self.reply(request.client, last)
         self.to_drafter(Close(request_id=request.request_id))

@@ -1,0 +1,114 @@
+"""The pass cost model and the pass width that pays, against hand-computed cases."""
+from types import SimpleNamespace
+
+import pytest
+
+from verifier.pass_cost import COST_WINDOW, EXPLORE_AFTER, PassCostModel, best_width, cut_draft
+from verifier.requests import RoundPlan, ServerRequest
+
+
+def model(points: dict[tuple[int, int], float]) -> PassCostModel:
+    """Passes timed at (rows, width) -> seconds."""
+    cost = PassCostModel()
+    for (rows, width), seconds in points.items():
+        cost.observe(rows, width, seconds)
+    return cost
+
+
+def line(a: float, b: float, d: float) -> PassCostModel:
+    """Passes timed exactly on c(B, w) = a + b*B*w + d*B."""
+    return model({(rows, width): a + b * rows * width + d * rows for rows in (1, 2, 8) for width in (1, 3, 6)})
+
+
+def test_the_fit_recovers_token_and_row_costs():
+    cost = line(0.06, 0.01, 0.008)
+    assert cost.coefficients == pytest.approx((0.06, 0.01, 0.008), abs=1e-6)
+    assert cost.estimate(4, 2) == pytest.approx(0.06 + 0.08 + 0.032, abs=1e-6)
+
+
+def test_one_row_only_still_fits_and_predicts():
+    """Every pass had one row: the row term is not identifiable, the predictions still are."""
+    cost = model({(1, 1): 0.07, (1, 3): 0.09, (1, 6): 0.12})
+    assert cost.estimate(1, 3) == pytest.approx(0.09, abs=2e-3)
+    assert cost.break_even_yield(1) == pytest.approx(0.01 / 0.07, rel=0.05)
+
+
+def test_unknown_until_two_sizes_and_an_outlier_fades():
+    cost = PassCostModel()
+    assert cost.estimate(1, 4) is None and cost.break_even_yield(1) is None
+    cost.observe(1, 4, 0.1)
+    cost.observe(1, 4, 0.1)
+    assert cost.estimate(1, 5) is None  # one size: no slope yet
+    cost.observe(8, 1, 0.9)  # a cold first pass of 8 rows
+    assert cost.estimate(8, 1) > 0.5
+    for _ in range(COST_WINDOW):
+        cost.observe(1, 1, 0.07)
+        cost.observe(1, 16, 0.22)
+        cost.observe(8, 1, 0.20)
+    assert cost.estimate(8, 1) == pytest.approx(0.20, abs=1e-3)  # the outlier left the window
+    assert cost.estimate(0, 0) > 0  # never zero or negative
+
+
+def test_break_even_yield_grows_with_the_batch():
+    """b = 10 ms a token, 60 ms fixed, 8 ms a row: one row pays from 10/78 = 0.13, eight rows
+    from 80/204 = 0.39 (a token is cheap next to a one-token pass, dear next to a row's share)."""
+    cost = line(0.06, 0.01, 0.008)
+    assert cost.break_even_yield(1) == pytest.approx(0.01 / 0.078, rel=1e-3)
+    assert cost.break_even_yield(8) == pytest.approx(0.08 / 0.204, rel=1e-3)
+
+
+def test_flat_costs_verify_everything():
+    """A GPU: a wider pass costs nothing more, so every draft token is worth it."""
+    assert best_width([5, 3, 0], [0.1, 0.1, 0.1], line(0.01, 1e-6, 1e-5)) == 6
+
+
+def test_steep_costs_and_low_yield_verify_roots_only():
+    """2 rows at 60 ms + 10 ms per padded token: width 1 commits 2 tokens in 80 ms (25/s);
+    width 6 commits 2 + 0.1*5*2 = 3 in 180 ms (16.7/s)."""
+    cost = line(0.06, 0.01, 0.0)
+    assert best_width([5, 5], [0.1, 0.1], cost) == 1
+    # yield 0.9: width 6 commits 2 + 0.9*10 = 11 in 180 ms (61/s) > 25/s
+    assert best_width([5, 5], [0.9, 0.9], cost) == 6
+
+
+def test_intermediate_width_when_one_row_has_a_long_draft():
+    """Row A drafts 2 tokens at yield 1, row B 8 tokens at yield 0.05: padding to 9 would
+    cost every row 9 slots, so the width stops at A's 3, or at 1 when tokens are dear."""
+    proportional = line(0.0, 0.01, 0.0)  # 10 ms per padded token, nothing fixed
+    # w=1: 2/0.02 = 100/s; w=3: (2 + 2 + 0.1)/0.06 = 68/s; w=9: (2 + 2 + 0.4)/0.18 = 24/s
+    assert best_width([2, 8], [1.0, 0.05], proportional) == 1
+    fixed_base = line(0.09, 0.005, 0.0)  # 90 ms fixed + 5 ms per padded token
+    # w=1: 2/0.10 = 20/s; w=3: 4.1/0.12 = 34/s; w=9: 4.4/0.18 = 24/s
+    assert best_width([2, 8], [1.0, 0.05], fixed_base) == 3
+
+
+def test_unknown_costs_verify_everything():
+    assert best_width([4, 2], [0.0, 0.0], PassCostModel()) == 5
+
+
+def test_cut_draft_trunk_first_then_branch_prefixes():
+    assert cut_draft([1, 2, 3], [[4, 5]], 2) == ([1, 2], [])  # branches hang after the whole trunk
+    assert cut_draft([1, 2], [[4, 5], [6, 7]], 3) == ([1, 2], [[4]])
+    assert cut_draft([1], [[4, 5], [6, 7]], 10) == ([1], [[4, 5], [6, 7]])
+    assert cut_draft([1, 2], [[4]], 0) == ([], [])
+
+
+def test_round_plan_cut_keeps_its_flags():
+    plan = RoundPlan([1, 2, 3], [[4]], is_predraft=True, has_draft=True)
+    assert plan.num_draft_tokens == 4
+    cut = plan.cut(1)
+    assert (cut.trunk, cut.branches, cut.is_predraft, cut.has_draft) == ([1], [], True, True)
+
+
+def test_request_yield_is_measured_and_explored():
+    request = ServerRequest("r", b"client", SimpleNamespace(tokens=[5, 6]), 64, frozenset(), False)
+    request.record_yield(num_verified=5, num_accepted=0)
+    assert request.draft_yield < 1.0
+    low = request.draft_yield
+    for _ in range(EXPLORE_AFTER - 1):
+        request.record_yield(num_verified=0, num_accepted=0)  # cut away or not waited for: no evidence
+    assert request.planning_yield() == low and request.draft_yield == low
+    request.record_yield(num_verified=0, num_accepted=0)
+    assert request.planning_yield() == 1.0  # unmeasured too long: try its drafts again
+    request.record_yield(num_verified=4, num_accepted=4)
+    assert request.num_unverified_rounds == 0 and request.draft_yield > low

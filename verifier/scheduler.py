@@ -1,0 +1,73 @@
+"""Which requests take the next round, and how wide their pass is: bookkeeping, no tensors."""
+from __future__ import annotations
+
+import time
+
+from verifier.config import VerifierConfig
+from verifier.pass_cost import PassCostModel, best_width
+from verifier.requests import RoundPlan, ServerRequest
+
+UNMEASURED_PASS_S = 0.06  # a one-token pass until one is timed (sets the gathering window)
+
+
+class Scheduler:
+    def __init__(self, config: VerifierConfig) -> None:
+        self.config = config
+        self.requests: dict[str, ServerRequest] = {}
+        self.order: list[str] = []  # round-robin: the requests served last go to the back
+        self.pass_cost = PassCostModel()  # measured seconds per target pass, by its size
+
+    def add(self, request: ServerRequest) -> None:
+        self.requests[request.request_id] = request
+        self.order.append(request.request_id)
+
+    def remove(self, request_id: str) -> None:
+        self.requests.pop(request_id, None)
+        if request_id in self.order:
+            self.order.remove(request_id)
+
+    def pick_ready(self, is_drafter_absent: bool) -> list[ServerRequest]:
+        """Up to --max-batch requests ready for a round (a draft fits, or none is worth waiting
+        for), fairest first."""
+        now = time.monotonic()
+        ready = [self.requests[r] for r in self.order if self.is_ready(self.requests[r], now, is_drafter_absent)]
+        return ready[: self.config.max_batch]
+
+    def is_ready(self, request: ServerRequest, now: float, is_drafter_absent: bool) -> bool:
+        return (request.has_draft_candidate() or is_drafter_absent or request.needs_no_draft()
+                or not self.is_draft_worth_waiting(request) or now - request.waiting_since > self.config.draft_timeout_s)
+
+    def is_draft_worth_waiting(self, request: ServerRequest) -> bool:
+        """Not while the request's drafts yield less than a draft token costs at this load
+        (verifier.pass_cost.PassCostModel.break_even_yield); it explores again in time."""
+        if not self.config.is_width_fitted:
+            return True
+        threshold = self.pass_cost.break_even_yield(min(len(self.requests), self.config.max_batch))
+        return threshold is None or request.planning_yield() >= threshold
+
+    def is_gathering(self, ready: list[ServerRequest], is_drafter_absent: bool) -> bool:
+        """Hold a part batch while a request whose verdict just went out may still join it.
+        Rule: a row that joins costs the pass a little (one more row); one left out later
+        costs a pass of its own (at least c(1, 1)) and splits the batch again, so wait for it
+        up to half the measured cost of a one-token pass."""
+        if not ready or len(ready) >= self.config.max_batch or is_drafter_absent:
+            return False
+        window = 0.5 * (self.pass_cost.estimate(1, 1) or UNMEASURED_PASS_S)
+        now = time.monotonic()
+        waiting = [r for r in self.requests.values() if r not in ready]
+        return any(now - request.waiting_since < window for request in waiting)
+
+    def plan(self, batch: list[ServerRequest]) -> list[RoundPlan]:
+        """Each request's round, cut to the pass width that pays (verifier.pass_cost.best_width);
+        those served go to the back of the round-robin."""
+        for request in batch:
+            self.order.remove(request.request_id)
+            self.order.append(request.request_id)
+        plans = [request.plan_round() for request in batch]
+        if not self.config.is_width_fitted:
+            return plans
+        width = best_width([p.num_draft_tokens for p in plans], [r.planning_yield() for r in batch], self.pass_cost)
+        return [plan.cut(width - 1) for plan in plans]
+
+    def record_pass(self, num_rows: int, width: int, seconds: float) -> None:
+        self.pass_cost.observe(num_rows, width, seconds)
