@@ -24,6 +24,7 @@ class DrafterConfig:
     lookup_ngram: int = 3  # longest suffix n-gram prompt lookup matches (--lookup-ngram)
     lookup_min_ngram: int = 2  # shortest one (--lookup-min-ngram)
     min_agreement: float = 0.4  # send no trunk while the draft's running agreement is lower (--min-agreement)
+    max_batch: int = 8  # requests drafted together in one batched draft pass (--draft-batch)
 
     def __post_init__(self) -> None:
         _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")
@@ -37,6 +38,7 @@ class DrafterConfig:
         _require(self.lookup_tokens >= 0, f"--lookup-tokens must be >= 0, got {self.lookup_tokens}")
         _require(1 <= self.lookup_min_ngram <= self.lookup_ngram,
                  f"need 1 <= --lookup-min-ngram ({self.lookup_min_ngram}) <= --lookup-ngram ({self.lookup_ngram})")
+        _require(self.max_batch >= 1, f"--draft-batch must be >= 1, got {self.max_batch}")
         _require(self.max_trunk >= self.gamma, f"--max-trunk ({self.max_trunk}) must be >= --gamma ({self.gamma})")
 
     @property

@@ -9,6 +9,8 @@ import torch
 from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
+from kvcache.batch import BatchRow, batched_forward
+from kvcache.ops import keep_cache_entries
 from drafter.lookahead import build_pass_layout, longest_phrase_match, lookup_continuation
 from drafter.pool import PhrasePool
 
@@ -131,11 +133,33 @@ class DraftEngine:
     @torch.inference_mode()
     def step(self, session: DraftSession) -> list[int]:
         """One draft forward pass; returns the tokens it appended (1 + accepted phrase tokens)."""
+        phrases, layout = self._layout(session)
+        return self._advance(session, phrases, layout, self._forward(session.cache, layout))
+
+    @torch.inference_mode()
+    def step_batch(self, sessions: Sequence[DraftSession]) -> list[list[int]]:
+        """One draft forward pass for several sessions (padded, see kvcache.batch). The pool is
+        read for all of them first, so each ends as its own step() would have left it had they
+        run one after another on that pool."""
+        if len(sessions) == 1:
+            return [self.step(sessions[0])]
+        prepared = [self._layout(session) for session in sessions]
+        rows = [BatchRow(layout.tokens, layout.positions, layout.visible) for _, layout in prepared]
+        all_logits = batched_forward(self.model, [session.cache for session in sessions], rows)
+        return [self._advance(session, phrases, layout, logits[layout.logit_indices])
+                for session, (phrases, layout), logits in zip(sessions, prepared, all_logits)]
+
+    def _layout(self, session: DraftSession):
+        """The pool phrases checked in this pass and the pass layout (drafter.lookahead)."""
         past_len = session.cache_length
-        current = session.tokens[-1]
-        phrases = self.pool.most_recent(current, self.config.phrases_checked)
-        layout = build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases)
-        predictions = self._forward(session.cache, layout).argmax(dim=-1)
+        phrases = self.pool.most_recent(session.tokens[-1], self.config.phrases_checked)
+        return phrases, build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases)
+
+    def _advance(self, session: DraftSession, phrases, layout, logits: torch.Tensor) -> list[int]:
+        """Apply one pass's logits (rows = layout.logit_indices): the next token, the longest
+        verified phrase, the cache entries kept, the window slid."""
+        past_len = layout.positions[0]
+        predictions = logits.argmax(dim=-1)
         if self.token_ids is not None:  # a reduced output vocabulary: map back to token ids
             predictions = self.token_ids[predictions]
         predictions = predictions.tolist()
@@ -156,7 +180,7 @@ class DraftEngine:
             keep += [past_len + s for s in slots[:best_len]]
             session.num_phrase_hits += 1
             session.num_phrase_tokens += best_len
-        _keep_cache_entries(session.cache, keep)
+        keep_cache_entries(session.cache, keep)
         self._slide_window(session, [predictions[row_of[i]] for i in layout.last_row_indices])
         session.tokens.extend(appended)
         session.num_passes += 1
@@ -178,7 +202,7 @@ class DraftEngine:
         if not kept:
             session.tokens = session.tokens[: start + common] + [int(t) for t in appended[common:]]
             valid = min(session.cache_length, start + common)
-            _keep_cache_entries(session.cache, list(range(valid)))
+            keep_cache_entries(session.cache, list(range(valid)))
         session.num_committed = start + len(appended)
         if self.config.seed_pool_from_text:
             self.pool.add_from_text(session.tokens[: session.num_committed], start)
@@ -234,18 +258,3 @@ class DraftEngine:
             logits_to_keep=torch.tensor(layout.logit_indices, device=self.device),
         )
         return out.logits[0]
-
-
-def _keep_cache_entries(cache: DynamicCache, indices: list[int]) -> None:
-    """Keep only the given sequence positions of every layer (a prefix crop when contiguous)."""
-    is_prefix = indices == list(range(len(indices)))
-    for layer in cache.layers:
-        if layer.keys is None or layer.keys.numel() == 0:
-            continue
-        if is_prefix:
-            layer.keys = layer.keys[..., : len(indices), :]
-            layer.values = layer.values[..., : len(indices), :]
-        else:
-            index = torch.tensor(indices, device=layer.keys.device)
-            layer.keys = layer.keys.index_select(-2, index)
-            layer.values = layer.values.index_select(-2, index)

@@ -65,17 +65,13 @@ class DrafterServer:
         self.send(self.hello)
         last_hello = time.monotonic()
         while self.is_running:
-            busy = self.pick_request() is not None
+            busy = any(self.has_work(request) for request in self.requests.values())
             if self.socket.poll(0 if busy else 50):
                 self.drain()
             if not self.is_acknowledged and time.monotonic() - last_hello > 1.0:
                 self.send(self.hello)  # the verifier may not have been listening yet
                 last_hello = time.monotonic()
-            request_id = self.pick_request()
-            if request_id is not None:
-                self.advance(self.requests[request_id])
-                self.order.remove(request_id)
-                self.order.append(request_id)
+            self.advance()
 
     def drain(self, limit: int = 256) -> None:
         for _ in range(limit):
@@ -151,30 +147,44 @@ class DrafterServer:
             request.next_base = length
 
     # ---- drafting ----
-    def pick_request(self) -> str | None:
-        """A request the verifier is waiting on (its next draft is based at the committed end)
-        before any pre-draft, each in round-robin order."""
-        working = [r for r in self.order if self.has_work(self.requests[r])]
-        for request_id in working:
-            request = self.requests[request_id]
-            if request.next_base <= request.session.num_committed:
-                return request_id
-        return working[0] if working else None
-
     def has_work(self, request: DrafterRequest) -> bool:
         return len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0
 
-    def advance(self, request: DrafterRequest) -> None:
-        """One draft pass, or send a Draft once the block on next_base is long enough."""
+    def needs_step(self, request: DrafterRequest) -> bool:
+        """True while the block on next_base is shorter than wanted (and the model can go on)."""
         session, base = request.session, request.next_base
-        budget = request.budget(base)
-        # gated (no trunk will be sent): send at once if the text up to base is known
-        wanted = 0 if self.engine.is_gated(session) and len(session.tokens) >= base else self.engine.goal(session, budget)
-        if len(session.tokens) - base < wanted and self.engine.can_step(session):
-            request.is_drafting_ahead |= base > session.num_committed
-            self.engine.step(session)
+        # gated (no trunk will be sent): ready at once if the text up to base is known
+        gated_and_known = self.engine.is_gated(session) and len(session.tokens) >= base
+        wanted = 0 if gated_and_known else self.engine.goal(session, request.budget(base))
+        return len(session.tokens) - base < wanted and self.engine.can_step(session)
+
+    def advance(self) -> None:
+        """Send every block that is ready, then one batched draft pass (--draft-batch): for the
+        requests the verifier waits on, if any need one, else for pre-drafts; round-robin."""
+        waited_on, ahead = [], []
+        for request_id in list(self.order):
+            request = self.requests[request_id]
+            if not self.has_work(request):
+                continue
+            if not self.needs_step(request):
+                self.send_block(request)
+            elif request.next_base <= request.session.num_committed:
+                waited_on.append(request)
+            else:
+                ahead.append(request)
+        batch = (waited_on or ahead)[: self.engine.config.max_batch]
+        if not batch:
             return
-        block = self.engine.block_at(session, base, budget)
+        for request in batch:
+            request.is_drafting_ahead |= request.next_base > request.session.num_committed
+            self.order.remove(request.request_id)
+            self.order.append(request.request_id)
+        self.engine.step_batch([request.session for request in batch])
+
+    def send_block(self, request: DrafterRequest) -> None:
+        """Send the Draft for next_base, then assume it is accepted and move next_base past it."""
+        session, base = request.session, request.next_base
+        block = self.engine.block_at(session, base, request.budget(base))
         request.sent[base] = block
         request.round += 1
         self.stats.num_drafts += 1

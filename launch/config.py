@@ -42,6 +42,8 @@ def add_algorithm_flags(parser: argparse.ArgumentParser) -> None:
                         help="shortest n-gram prompt lookup matches")
     parser.add_argument("--min-agreement", type=float, default=d.min_agreement,
                         help="send no draft trunk while the draft's running first-token agreement is below this")
+    parser.add_argument("--draft-batch", type=int, default=d.max_batch,
+                        help="requests drafted together in one batched draft pass")
     parser.add_argument("--no-text-phrases", action="store_true",
                         help="do not seed the phrase pool with n-grams of the prompt and output")
 
@@ -52,7 +54,7 @@ def drafter_config(args: argparse.Namespace) -> DrafterConfig:
         branches=args.branches, phrases_checked=args.phrases_checked, max_trunk=args.max_trunk,
         seed_pool_from_text=not args.no_text_phrases, adaptive=not args.fixed_gamma, min_gamma=args.min_gamma,
         min_agreement=args.min_agreement, lookup_tokens=args.lookup_tokens, lookup_ngram=args.lookup_ngram,
-        lookup_min_ngram=args.lookup_min_ngram,
+        lookup_min_ngram=args.lookup_min_ngram, max_batch=args.draft_batch,
     )
 
 
@@ -86,7 +88,8 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
             "--pool-size", str(args.pool_size), "--branches", str(args.branches),
             "--phrases-checked", str(args.phrases_checked), "--max-trunk", str(args.max_trunk),
             "--min-gamma", str(args.min_gamma), "--lookup-tokens", str(args.lookup_tokens),
-            "--lookup-ngram", str(args.lookup_ngram), "--min-agreement", str(args.min_agreement), "--lookup-min-ngram", str(args.lookup_min_ngram)]
+            "--lookup-ngram", str(args.lookup_ngram), "--min-agreement", str(args.min_agreement), "--lookup-min-ngram", str(args.lookup_min_ngram),
+            "--draft-batch", str(args.draft_batch)]
     argv += ["--no-text-phrases"] if args.no_text_phrases else []
     return argv + (["--fixed-gamma"] if args.fixed_gamma else [])
 

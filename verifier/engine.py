@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from verifier.batching import batched_tree_logits
+from kvcache.batch import BatchRow, batched_forward
+from kvcache.ops import keep_cache_entries
 from verifier.config import VerifierConfig
 from verifier.sampling import SamplingParams, next_tokens
 from verifier.tree import accept_greedy, build_tree
@@ -84,13 +85,15 @@ class TargetEngine:
     @torch.inference_mode()
     def verify_batch(self, work: Sequence[tuple[TargetSession, Sequence[int], Sequence[Sequence[int]],
                                                  SamplingParams | None]]) -> list[VerifyResult]:
-        """Verify several requests' trees in one target pass (see verifier.batching)."""
+        """Verify several requests' trees in one target pass (see kvcache.batch)."""
         trees = [self._tree(session, trunk, branches) for session, trunk, branches, _ in work]
         bases = [session.cache_length for session, *_ in work]
         if len(work) == 1:
             all_logits = [self._logits(work[0][0].cache, trees[0], bases[0])]
         else:
-            all_logits = batched_tree_logits(self.model, [s.cache for s, *_ in work], trees, bases)
+            rows = [BatchRow(tree.tokens, [base + d for d in tree.depths], tree.visibility())
+                    for tree, base in zip(trees, bases)]
+            all_logits = batched_forward(self.model, [s.cache for s, *_ in work], rows)
         return [self._commit(session, tree, base, logits, sampling)
                 for (session, _, _, sampling), tree, base, logits in zip(work, trees, bases, all_logits)]
 
@@ -110,7 +113,8 @@ class TargetEngine:
         predictions = next_tokens(logits, [len(session.tokens) + d for d in tree.depths], sampling)
         path, next_token = accept_greedy(tree, predictions)
 
-        _keep_cache_entries(session.cache, list(range(base + 1)) + [base + node for node in path])
+        # accepted branch entries move into place: their rotary positions are already final
+        keep_cache_entries(session.cache, list(range(base + 1)) + [base + node for node in path])
         appended = [tree.tokens[node] for node in path] + [next_token]
         session.tokens.extend(appended)
         trunk_nodes = set(tree.trunk_nodes)
@@ -147,17 +151,3 @@ def _fit_branches(branches: Sequence[Sequence[int]], room: int) -> list[list[int
         kept.append([int(t) for t in branch])
         room -= len(branch)
     return kept
-
-
-def _keep_cache_entries(cache: DynamicCache, indices: list[int]) -> None:
-    """Compact the cache to the given positions: accepted branch entries move into place.
-    Their rotary positions are already final (each node sat at its would-be position)."""
-    contiguous = indices == list(range(len(indices)))
-    for layer in cache.layers:
-        if layer.keys is None or layer.keys.numel() == 0:
-            continue
-        if contiguous:
-            layer.keys, layer.values = layer.keys[..., : len(indices), :], layer.values[..., : len(indices), :]
-        else:
-            index = torch.tensor(indices, device=layer.keys.device)
-            layer.keys, layer.values = layer.keys.index_select(-2, index), layer.values.index_select(-2, index)

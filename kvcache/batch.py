@@ -1,0 +1,87 @@
+"""One forward pass for several sequences whose KV caches have different lengths.
+
+Row i holds sequence i: its cache (base_i entries) right-padded with zeros to the longest base
+L, then its n_i new tokens in columns L..L+n_i-1, padded to the widest row N. Keys in a cache
+already carry their rotary positions, so padding moves no position; new tokens get theirs from
+the row's positions. The 4-D mask lets row i's new tokens see its own cache entries and the new
+tokens its `visible` matrix allows, never a padded column. After the pass each cache gets only
+its own n_i new entries appended, so it is laid out exactly as after a pass of that row alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    tokens: list[int]  # the new tokens of this sequence
+    positions: list[int]  # their positions (base + depth for a tree)
+    visible: torch.Tensor  # (n, n) bool: new token q may attend to new token k
+
+
+def _layer_tensors(cache: DynamicCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if layer_idx >= len(cache.layers):
+        return None
+    layer = cache.layers[layer_idx]
+    if layer.keys is None or layer.keys.numel() == 0:
+        return None
+    return layer.keys, layer.values
+
+
+def _padded_cache(model: torch.nn.Module, caches: Sequence[DynamicCache], bases: Sequence[int]) -> DynamicCache:
+    """One cache of batch len(caches), each row right-padded with zeros to the longest base."""
+    batch = DynamicCache(config=model.config)
+    longest = max(bases)
+    if longest == 0:
+        return batch
+    for layer_idx in range(model.config.num_hidden_layers):
+        present = [_layer_tensors(c, layer_idx) for c in caches]
+        reference = next(t[0] for t in present if t is not None)  # (1, heads, length, dim)
+        empty = reference.new_zeros(1, reference.shape[1], 0, reference.shape[3])  # a one-token prompt
+        keys, values = [], []
+        for tensors, base in zip(present, bases):
+            key, value = tensors if tensors is not None else (empty, empty)
+            keys.append(F.pad(key, (0, 0, 0, longest - base)))
+            values.append(F.pad(value, (0, 0, 0, longest - base)))
+        batch.update(torch.cat(keys), torch.cat(values), layer_idx)
+    return batch
+
+
+def _batch_mask(rows: Sequence[BatchRow], bases: Sequence[int], width: int) -> torch.Tensor:
+    """(B, 1, N, L + N) bool: cache columns up to base_i, then the row's own visibility."""
+    longest = max(bases)
+    mask = torch.zeros(len(rows), 1, width, longest + width, dtype=torch.bool)
+    for i, (row, base) in enumerate(zip(rows, bases)):
+        n = len(row.tokens)
+        mask[i, 0, :, :base] = True
+        mask[i, 0, :n, longest : longest + n] = row.visible
+        for pad in range(n, width):  # padding queries see only themselves (no empty softmax)
+            mask[i, 0, pad, :] = False
+            mask[i, 0, pad, longest + pad] = True
+    return mask
+
+
+@torch.inference_mode()
+def batched_forward(model: torch.nn.Module, caches: Sequence[DynamicCache], rows: Sequence[BatchRow]
+                    ) -> list[torch.Tensor]:
+    """Logits (n_i, vocab) for every row's new tokens; each cache gains its own n_i entries."""
+    device = next(model.parameters()).device
+    bases = [cache.get_seq_length() for cache in caches]
+    width = max(len(row.tokens) for row in rows)
+    longest = max(bases)
+    input_ids = torch.tensor([r.tokens + [r.tokens[0]] * (width - len(r.tokens)) for r in rows], device=device)
+    positions = torch.tensor([r.positions + [r.positions[0]] * (width - len(r.tokens)) for r in rows], device=device)
+    batch = _padded_cache(model, caches, bases)
+    out = model(input_ids=input_ids, position_ids=positions, attention_mask=_batch_mask(rows, bases, width).to(device),
+                cache=batch, use_cache=True)
+    for layer_idx, layer in enumerate(batch.layers):
+        for i, (cache, row) in enumerate(zip(caches, rows)):
+            n = len(row.tokens)
+            cache.update(layer.keys[i : i + 1, :, longest : longest + n],
+                         layer.values[i : i + 1, :, longest : longest + n], layer_idx)
+    return [out.logits[i, : len(row.tokens)] for i, row in enumerate(rows)]
