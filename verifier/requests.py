@@ -54,6 +54,7 @@ class RoundPlan:
     branches: list[list[int]]
     is_predraft: bool
     has_draft: bool
+    dropped_first_tokens: tuple[int, ...] = ()  # a draft cut away whole: its candidate next tokens
 
     @property
     def num_draft_tokens(self) -> int:
@@ -61,7 +62,10 @@ class RoundPlan:
 
     def cut(self, num_tokens: int) -> RoundPlan:
         trunk, branches = cut_draft(self.trunk, self.branches, num_tokens)
-        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft)
+        dropped = ()
+        if num_tokens <= 0 and self.num_draft_tokens:  # the trunk's first token, else each branch's
+            dropped = tuple(self.trunk[:1]) or tuple(branch[0] for branch in self.branches if branch)
+        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft, dropped)
 
 
 @dataclass
@@ -95,11 +99,22 @@ class ServerRequest:
         return RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None)
 
     def planning_yield(self) -> float:
-        """The yield a pass plan assumes: measured, or 1 when unmeasured for too long (explore)."""
+        """The yield that decides whether to wait for its draft: measured, or 1 when unmeasured
+        for EXPLORE_AFTER rounds (so a draft comes, and is verified or checked, again)."""
         return 1.0 if self.num_unverified_rounds >= EXPLORE_AFTER else self.draft_yield
 
+    def record_round(self, plan: RoundPlan, result: VerifyResult) -> None:
+        """Measure the draft yield: over the draft tokens verified, or, for a draft cut away
+        whole, over its first token alone (did the target's next token match it? free evidence)."""
+        verified = result.num_nodes - 1
+        if verified:
+            self.record_yield(verified, result.num_accepted)
+        elif plan.dropped_first_tokens:
+            self.record_yield(1, int(result.appended[0] in plan.dropped_first_tokens))
+        else:
+            self.record_yield(0, 0)
+
     def record_yield(self, num_verified: int, num_accepted: int) -> None:
-        """After a round: update the yield if draft tokens were verified, else count the round."""
         if num_verified:
             self.draft_yield += YIELD_SMOOTHING * (num_accepted / num_verified - self.draft_yield)
             self.num_unverified_rounds = 0

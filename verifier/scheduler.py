@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from verifier.config import VerifierConfig
-from verifier.pass_cost import PassCostModel, best_width
+from verifier.pass_cost import YIELD_SMOOTHING, PassCostModel, best_width
 from verifier.requests import RoundPlan, ServerRequest
 
 UNMEASURED_PASS_S = 0.06  # a one-token pass until one is timed (sets the gathering window)
@@ -16,8 +16,10 @@ class Scheduler:
         self.requests: dict[str, ServerRequest] = {}
         self.order: list[str] = []  # round-robin: the requests served last go to the back
         self.pass_cost = PassCostModel()  # measured seconds per target pass, by its size
+        self.recent_yield = 1.0  # draft yield across requests lately: a new request starts from it
 
     def add(self, request: ServerRequest) -> None:
+        request.draft_yield = self.recent_yield
         self.requests[request.request_id] = request
         self.order.append(request.request_id)
 
@@ -66,8 +68,10 @@ class Scheduler:
         plans = [request.plan_round() for request in batch]
         if not self.config.is_width_fitted:
             return plans
-        width = best_width([p.num_draft_tokens for p in plans], [r.planning_yield() for r in batch], self.pass_cost)
+        width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], self.pass_cost)
         return [plan.cut(width - 1) for plan in plans]
 
-    def record_pass(self, num_rows: int, width: int, seconds: float) -> None:
-        self.pass_cost.observe(num_rows, width, seconds)
+    def record_pass(self, batch: list[ServerRequest], width: int, seconds: float) -> None:
+        self.pass_cost.observe(len(batch), width, seconds)
+        mean_yield = sum(r.draft_yield for r in batch) / len(batch)
+        self.recent_yield += YIELD_SMOOTHING * (mean_yield - self.recent_yield)

@@ -214,13 +214,13 @@ class VerifierServer:
                 self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
         width, seconds = max(r.num_nodes for r in results), time.perf_counter() - started
-        self.scheduler.record_pass(len(requests), width, seconds)
         log.debug("pass of %d rows x %d tokens: %.0f ms", len(requests), width, 1000 * seconds)
         for request, plan, result in zip(requests, plans, results):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
-            request.record_yield(result.num_nodes - 1, result.num_accepted)
+            request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
                 self.after_round(request, result)
+        self.scheduler.record_pass(requests, width, seconds)
 
     def after_round(self, request: ServerRequest, result) -> None:
         """Commit a verified round: finish, stream, end, or tell the drafter the verdict."""
@@ -282,6 +282,7 @@ class VerifierServer:
         return request.stats.as_metrics(len(request.new_tokens)) | {"drafter_uptime_s": uptime}
 
     def open_on_drafter(self, request: ServerRequest) -> None:
+        self.drafter_seen = time.monotonic()  # its silence counts from the latest work given
         self.to_drafter(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
                              max_new_tokens=request.max_new_tokens - len(request.new_tokens)))
 

@@ -1,10 +1,14 @@
-"""The pass cost model and the pass width that pays, against hand-computed cases."""
+"""The pass cost model, the pass width that pays, draft yields, and the scheduler that uses them."""
+import time
 from types import SimpleNamespace
 
 import pytest
 
-from verifier.pass_cost import COST_WINDOW, EXPLORE_AFTER, PassCostModel, best_width, cut_draft
+from verifier.config import VerifierConfig
+from verifier.engine import VerifyResult
+from verifier.pass_cost import COST_WINDOW, EXPLORE_AFTER, YIELD_SMOOTHING, PassCostModel, best_width, cut_draft
 from verifier.requests import RoundPlan, ServerRequest
+from verifier.scheduler import UNMEASURED_PASS_S, Scheduler
 
 
 def model(points: dict[tuple[int, int], float]) -> PassCostModel:
@@ -112,3 +116,52 @@ def test_request_yield_is_measured_and_explored():
     assert request.planning_yield() == 1.0  # unmeasured too long: try its drafts again
     request.record_yield(num_verified=4, num_accepted=4)
     assert request.num_unverified_rounds == 0 and request.draft_yield > low
+
+
+def result(appended, num_nodes, num_accepted=0):
+    return VerifyResult(appended, num_accepted, 0, [appended[0]], [], num_nodes=num_nodes)
+
+
+def test_a_draft_cut_away_whole_is_still_measured_on_its_first_token():
+    request = ServerRequest("r", b"client", SimpleNamespace(tokens=[5, 6]), 64, frozenset(), False)
+    plan = RoundPlan([7, 8], [], is_predraft=False, has_draft=True).cut(0)
+    assert plan.trunk == [] and plan.dropped_first_tokens == (7,)
+    request.record_round(plan, result([9], num_nodes=1))  # the target chose 9: it would have failed
+    assert request.draft_yield == pytest.approx(1 - YIELD_SMOOTHING) and request.num_unverified_rounds == 0
+    before = request.draft_yield
+    request.record_round(plan, result([7], num_nodes=1))  # 7: its first token would have been accepted
+    assert request.draft_yield > before
+    branches_only = RoundPlan([], [[3, 4], [5]], is_predraft=False, has_draft=True).cut(0)
+    assert branches_only.dropped_first_tokens == (3, 5)
+
+
+def scheduler_with(num_requests, **config):
+    scheduler = Scheduler(VerifierConfig(**config))
+    for n in range(num_requests):
+        scheduler.add(ServerRequest(f"r{n}", b"c", SimpleNamespace(tokens=[5, 6]), 64, frozenset(), False))
+    return scheduler
+
+
+def test_no_wait_for_drafts_that_do_not_pay_until_it_explores_again():
+    scheduler = scheduler_with(1)
+    for width, seconds in ((1, 0.07), (3, 0.09), (6, 0.12)):  # 10 ms a token on a 60 ms pass
+        scheduler.pass_cost.observe(1, width, seconds)
+    request = scheduler.requests["r0"]
+    request.waiting_since = time.monotonic()
+    assert scheduler.pick_ready(is_drafter_absent=False) == []  # yield 1: wait for its draft
+    request.draft_yield = 0.05  # under the break-even 0.01 / 0.07 = 0.14
+    assert scheduler.pick_ready(is_drafter_absent=False) == [request]
+    request.num_unverified_rounds = EXPLORE_AFTER
+    assert scheduler.pick_ready(is_drafter_absent=False) == []  # time to look at its drafts again
+    request.num_unverified_rounds = 0
+    assert scheduler_with(1, is_width_fitted=False).is_draft_worth_waiting(request)  # --verify-all-drafts
+
+
+def test_a_part_batch_waits_briefly_for_a_request_whose_verdict_just_went_out():
+    scheduler = scheduler_with(2)
+    ready, straggler = scheduler.requests["r0"], scheduler.requests["r1"]
+    straggler.waiting_since = time.monotonic()
+    assert scheduler.is_gathering([ready], is_drafter_absent=False)
+    assert not scheduler.is_gathering([ready], is_drafter_absent=True)
+    straggler.waiting_since = time.monotonic() - UNMEASURED_PASS_S  # past half a one-token pass
+    assert not scheduler.is_gathering([ready], is_drafter_absent=False)
