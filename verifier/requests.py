@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocol.messages import Draft
 from verifier.engine import TargetSession, VerifyResult
 from verifier.pass_cost import EXPLORE_AFTER, YIELD_SMOOTHING, cut_draft
 from verifier.sampling import SamplingParams
+from verifier.stopping import cut_at_stop_string
 
 MAX_PENDING_DRAFTS = 4
 
@@ -77,7 +79,7 @@ class ServerRequest:
     stop_token_ids: frozenset[int]
     is_stream: bool
     sampling: SamplingParams | None = None  # None = greedy
-    stop_strings: tuple[str, ...] = ()  # the text ends before the first one; see Server.cut_at_stop
+    stop_strings: tuple[str, ...] = ()  # the text ends before the first one; see cut_at_stop
     started: float = field(default_factory=time.monotonic)
     waiting_since: float = field(default_factory=time.monotonic)
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> draft
@@ -120,6 +122,28 @@ class ServerRequest:
             self.num_unverified_rounds = 0
         else:
             self.num_unverified_rounds += 1
+
+    def cut_at_stop(self, decode: Callable[[list[int]], str]) -> bool:
+        """Stop strings (see verifier.stopping.cut_at_stop_string); True if one ended it."""
+        cut = cut_at_stop_string(decode, self.new_tokens, self.stop_strings, len(self.text_sent))
+        if cut is not None:
+            self.new_tokens, self.text_limit = self.new_tokens[: cut[0]], cut[1]
+        return cut is not None
+
+    def take_chunk(self, tokens: list[int], decode: Callable[[list[int]], str], is_final: bool
+                   ) -> tuple[list[int], str] | None:
+        """The tokens to send now with their text delta, or None to wait: a delta that ends
+        inside a multi-byte character waits for the next tokens, and a request that does not
+        stream sends once, at the end."""
+        self.unsent.extend(tokens)
+        if not self.unsent or (not self.is_stream and not is_final):
+            return None
+        text = decode(self.new_tokens)[: self.text_limit]
+        if text.endswith("\ufffd") and not is_final:
+            return None
+        delta, self.text_sent = text[len(self.text_sent) :], text
+        chunk, self.unsent = self.unsent, []
+        return chunk, delta
 
     @property
     def committed_length(self) -> int:

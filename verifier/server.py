@@ -23,7 +23,7 @@ from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
 from verifier.sampling import SamplingParams
-from verifier.stopping import cut_at_stop_string, finish
+from verifier.stopping import finish
 
 log = logging.getLogger("ouroboros.verifier")
 
@@ -228,7 +228,7 @@ class VerifierServer:
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
         previous = len(request.new_tokens)
         request.new_tokens = kept
-        if request.stop_strings and self.cut_at_stop(request):
+        if request.stop_strings and request.cut_at_stop(self.tokenizer.decode):
             reason = FinishReason.STOP
         self.stream(request, request.new_tokens[previous:], is_final=reason is not None)
         if request.request_id not in self.requests:
@@ -244,28 +244,13 @@ class VerifierServer:
                                 trunk_predictions=result.trunk_predictions,
                                 branch_predictions=result.branch_predictions))
 
-    def cut_at_stop(self, request: ServerRequest) -> bool:
-        """Stop strings (see verifier.stopping.cut_at_stop_string); True if one ended it."""
-        cut = cut_at_stop_string(self.tokenizer.decode, request.new_tokens, request.stop_strings,
-                                 len(request.text_sent))
-        if cut is not None:
-            request.new_tokens, request.text_limit = request.new_tokens[: cut[0]], cut[1]
-        return cut is not None
-
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
-        """Send committed tokens with their text delta; a delta that ends inside a multi-byte
-        character waits for the next tokens (non-streaming requests send once, at the end)."""
-        request.unsent.extend(tokens)
-        if not request.unsent or (not request.is_stream and not is_final):
-            return
-        text = self.tokenizer.decode(request.new_tokens)[: request.text_limit]
-        if text.endswith("\ufffd") and not is_final:
-            return
-        delta, request.text_sent = text[len(request.text_sent) :], text
-        if not self.reply(request.client, Tokens(request_id=request.request_id, token_ids=request.unsent, text=delta)):
+        """Send committed tokens with their text delta (see ServerRequest.take_chunk)."""
+        chunk = request.take_chunk(tokens, self.tokenizer.decode, is_final)
+        if chunk is not None and not self.reply(request.client, Tokens(request_id=request.request_id,
+                                                                        token_ids=chunk[0], text=chunk[1])):
             self.handle_disconnect(request.client)
-        request.unsent = []
 
     def end(self, request: ServerRequest, last: Done | Error | None) -> None:
         self.scheduler.remove(request.request_id)
