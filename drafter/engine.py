@@ -150,8 +150,12 @@ class DraftEngine:
                 for session, (phrases, layout), logits in zip(sessions, prepared, all_logits)]
 
     def _layout(self, session: DraftSession):
-        """The pool phrases checked in this pass and the pass layout (drafter.lookahead)."""
+        """The pool phrases checked in this pass and the pass layout (drafter.lookahead).
+        Gated, only the draft's next token is wanted (to measure agreement and pre-draft on):
+        no window, no phrases, so the pass feeds only the uncached tokens (usually one)."""
         past_len = session.cache_length
+        if self.is_gated(session):
+            return [], build_pass_layout(session.tokens[past_len:], past_len, [], [])
         phrases = self.pool.most_recent(session.tokens[-1], self.config.phrases_checked)
         return phrases, build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases)
 
@@ -181,7 +185,8 @@ class DraftEngine:
             session.num_phrase_hits += 1
             session.num_phrase_tokens += best_len
         keep_cache_entries(session.cache, keep)
-        self._slide_window(session, [predictions[row_of[i]] for i in layout.last_row_indices])
+        if layout.last_row_indices:  # a pass without the window leaves it as it was
+            self._slide_window(session, [predictions[row_of[i]] for i in layout.last_row_indices])
         session.tokens.extend(appended)
         session.num_passes += 1
         return appended
