@@ -56,7 +56,8 @@ class Scheduler:
             return False
         window = 0.5 * (self.pass_cost.estimate(1, 1) or UNMEASURED_PASS_S)
         now = time.monotonic()
-        waiting = [r for r in self.requests.values() if r not in ready]
+        ready_ids = {request.request_id for request in ready}
+        waiting = [r for r in self.requests.values() if r.request_id not in ready_ids]
         return any(now - request.waiting_since < window for request in waiting)
 
     def plan(self, batch: list[ServerRequest]) -> list[RoundPlan]:
