@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
+from kvcache.attention import attention_kinds, forward_one, new_cache
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
-from drafter.lookahead import build_pass_layout, longest_phrase_match, lookup_continuation
+from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match, lookup_continuation
 from drafter.pool import PhrasePool
 
 
@@ -62,8 +63,17 @@ class DraftEngine:
                 f"{config.ngram} needs {config.phrase_length}"
             )
         self.device = next(model.parameters()).device
+        self.kinds = attention_kinds(model.config)  # refuses models whose cache cannot be cropped
         self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         self.token_ids: torch.Tensor | None = getattr(model, "draft_token_ids", None)
+        # a pair may differ by padding rows past the shared tokenizer (design.md §7): the draft
+        # embeds only its own rows and proposes only ids the target has (see limit_vocab)
+        self.num_embeddable = int(model.get_input_embeddings().num_embeddings)
+        self.num_proposable: int | None = None
+
+    def limit_vocab(self, target_vocab_size: int) -> None:
+        """Propose only token ids below the target's vocabulary size."""
+        self.num_proposable = int(target_vocab_size)
 
     def open(self, token_ids: Sequence[int]) -> DraftSession:
         """Start (or re-sync) a session on the committed tokens; nothing is computed yet."""
@@ -75,7 +85,7 @@ class DraftEngine:
         rng = random.Random(len(tokens))
         level0 = [rng.choice(tokens) for _ in range(self.config.window)]
         window = [level0] if self.config.window and self.config.ngram > 2 else []
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache()
         return DraftSession(tokens, len(tokens), cache, window, draft_length=self.config.gamma)
 
     def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
@@ -145,7 +155,7 @@ class DraftEngine:
             return [self.step(sessions[0])]
         prepared = [self._layout(session) for session in sessions]
         rows = [BatchRow(layout.tokens, layout.positions, layout.visible) for _, layout in prepared]
-        all_logits = batched_forward(self.model, [session.cache for session in sessions], rows)
+        all_logits = batched_forward(self.model, self.kinds, [session.cache for session in sessions], rows)
         return [self._advance(session, phrases, layout, logits[layout.logit_indices])
                 for session, (phrases, layout), logits in zip(sessions, prepared, all_logits)]
 
@@ -155,17 +165,25 @@ class DraftEngine:
         no window, no phrases, so the pass feeds only the uncached tokens (usually one)."""
         past_len = session.cache_length
         if self.is_gated(session):
-            return [], build_pass_layout(session.tokens[past_len:], past_len, [], [])
+            return [], self._embeddable(build_pass_layout(session.tokens[past_len:], past_len, [], []))
         phrases = self.pool.most_recent(session.tokens[-1], self.config.phrases_checked)
-        return phrases, build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases)
+        return phrases, self._embeddable(build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases))
+
+    def _embeddable(self, layout: PassLayout) -> PassLayout:
+        """The layout with ids past the draft's embedding rows (a target's padding rows, which a
+        target may still emit) fed as id 0: the draft only guesses, the target checks every token."""
+        if max(layout.tokens) < self.num_embeddable:
+            return layout
+        return replace(layout, tokens=[t if t < self.num_embeddable else 0 for t in layout.tokens])
 
     def _advance(self, session: DraftSession, phrases, layout, logits: torch.Tensor) -> list[int]:
         """Apply one pass's logits (rows = layout.logit_indices): the next token, the longest
         verified phrase, the cache entries kept, the window slid."""
         past_len = layout.positions[0]
-        predictions = logits.argmax(dim=-1)
         if self.token_ids is not None:  # a reduced output vocabulary: map back to token ids
-            predictions = self.token_ids[predictions]
+            predictions = self.token_ids[logits.argmax(dim=-1)]
+        else:
+            predictions = logits[..., : self.num_proposable].argmax(dim=-1)
         predictions = predictions.tolist()
         next_token = predictions[0]
         row_of = {index: n for n, index in enumerate(layout.logit_indices)}
@@ -250,16 +268,5 @@ class DraftEngine:
         session.window = window[1:] + [new_level]
 
     def _forward(self, cache: DynamicCache, layout) -> torch.Tensor:
-        past_len = cache.get_seq_length()
-        q = len(layout.tokens)
-        mask = torch.ones(q, past_len + q, dtype=torch.bool, device=self.device)
-        mask[:, past_len:] = layout.visible.to(self.device)
-        out = self.model(
-            input_ids=torch.tensor([layout.tokens], device=self.device),
-            position_ids=torch.tensor([layout.positions], device=self.device),
-            attention_mask=mask[None, None],
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=torch.tensor(layout.logit_indices, device=self.device),
-        )
-        return out.logits[0]
+        return forward_one(self.model, self.kinds, cache, layout.tokens, layout.positions, layout.visible,
+                           logits_to_keep=layout.logit_indices)

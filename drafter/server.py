@@ -11,7 +11,7 @@ import zmq
 from drafter.engine import DraftBlock, DraftEngine, DraftSession
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Close, Draft, Hello, HelloAck, Open, Verdict
+from protocol.messages import Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Verdict
 from protocol.curve import secure_client
 from protocol.sockets import make_socket
 
@@ -45,11 +45,13 @@ class DrafterStats:
 
 
 class DrafterServer:
-    def __init__(self, engine: DraftEngine, endpoint: str, model_name: str, vocab_size: int,
+    def __init__(self, engine: DraftEngine, endpoint: str, tokenizer_fingerprint: str, vocab_size: int,
                  curve_keys: str | None = None) -> None:
         self.engine = engine
         self.endpoint = endpoint
-        self.hello = Hello(drafter_id=uuid.uuid4().hex, vocab_size=vocab_size, model_name=model_name)
+        self.hello = Hello(drafter_id=uuid.uuid4().hex, vocab_size=vocab_size,
+                           tokenizer_fingerprint=tokenizer_fingerprint)
+        self.refusal: str | None = None  # why the verifier refused this drafter (it then stops)
         self.requests: dict[str, DrafterRequest] = {}
         self.order: list[str] = []  # round-robin over requests
         self.stats = DrafterStats()
@@ -98,9 +100,15 @@ class DrafterServer:
 
     # ---- handlers ----
     def handle_helloack(self, msg: HelloAck) -> None:
-        if msg.vocab_size != self.hello.vocab_size:
-            log.error("verifier vocabulary %d != draft vocabulary %d", msg.vocab_size, self.hello.vocab_size)
+        self.engine.limit_vocab(msg.vocab_size)  # the pair may differ by padding rows: propose target ids only
         self.is_acknowledged = True
+
+    def handle_error(self, msg: Error) -> None:
+        if msg.code == ErrorCode.REFUSED:
+            self.refusal = f"the verifier refused this drafter: {msg.message}"
+            self.is_running = False
+        else:
+            log.warning("error from the verifier: %s: %s", msg.code, msg.message)
 
     def handle_open(self, msg: Open) -> None:
         """A new request, or a re-sync: the verifier's committed tokens are the truth."""

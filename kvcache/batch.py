@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from kvcache.attention import AttentionKind, layer_masks, model_dtype, new_cache
+
 
 @dataclass(frozen=True)
 class BatchRow:
@@ -35,7 +37,7 @@ def _layer_tensors(cache: DynamicCache, layer_idx: int) -> tuple[torch.Tensor, t
 
 def _padded_cache(model: torch.nn.Module, caches: Sequence[DynamicCache], bases: Sequence[int]) -> DynamicCache:
     """One cache of batch len(caches), each row right-padded with zeros to the longest base."""
-    batch = DynamicCache(config=model.config)
+    batch = new_cache()
     longest = max(bases)
     if longest == 0:
         return batch
@@ -52,33 +54,42 @@ def _padded_cache(model: torch.nn.Module, caches: Sequence[DynamicCache], bases:
     return batch
 
 
-def _batch_mask(rows: Sequence[BatchRow], bases: Sequence[int], width: int) -> torch.Tensor:
-    """(B, 1, N, L + N) bool: cache columns up to base_i, then the row's own visibility."""
+def _batch_visibility(rows: Sequence[BatchRow], bases: Sequence[int], width: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, L + N) bool: cache columns up to base_i, then the row's own visibility; with the
+    query positions (B, N) and key positions (B, L + N) the layer kinds' rules are applied at."""
     longest = max(bases)
-    mask = torch.zeros(len(rows), 1, width, longest + width, dtype=torch.bool)
+    visible = torch.zeros(len(rows), width, longest + width, dtype=torch.bool)
+    query_positions = torch.zeros(len(rows), width, dtype=torch.long)
+    key_positions = torch.arange(longest + width).repeat(len(rows), 1)
     for i, (row, base) in enumerate(zip(rows, bases)):
         n = len(row.tokens)
-        mask[i, 0, :, :base] = True
-        mask[i, 0, :n, longest : longest + n] = row.visible
+        visible[i, :, :base] = True
+        visible[i, :n, longest : longest + n] = row.visible
         for pad in range(n, width):  # padding queries see only themselves (no empty softmax)
-            mask[i, 0, pad, :] = False
-            mask[i, 0, pad, longest + pad] = True
-    return mask
+            visible[i, pad, :] = False
+            visible[i, pad, longest + pad] = True
+        padded = row.positions + [row.positions[0]] * (width - n)
+        query_positions[i] = torch.tensor(padded)
+        key_positions[i, longest:] = query_positions[i]
+    return visible, query_positions, key_positions
 
 
 @torch.inference_mode()
-def batched_forward(model: torch.nn.Module, caches: Sequence[DynamicCache], rows: Sequence[BatchRow]
-                    ) -> list[torch.Tensor]:
+def batched_forward(model: torch.nn.Module, kinds: list[AttentionKind], caches: Sequence[DynamicCache],
+                    rows: Sequence[BatchRow]) -> list[torch.Tensor]:
     """Logits (n_i, vocab) for every row's new tokens; each cache gains its own n_i entries."""
     device = next(model.parameters()).device
     bases = [cache.get_seq_length() for cache in caches]
     width = max(len(row.tokens) for row in rows)
     longest = max(bases)
     input_ids = torch.tensor([r.tokens + [r.tokens[0]] * (width - len(r.tokens)) for r in rows], device=device)
-    positions = torch.tensor([r.positions + [r.positions[0]] * (width - len(r.tokens)) for r in rows], device=device)
+    visible, query_positions, key_positions = _batch_visibility(rows, bases, width)
+    mask = layer_masks(kinds, visible.to(device), query_positions.to(device), key_positions.to(device),
+                       model_dtype(model))
     batch = _padded_cache(model, caches, bases)
-    out = model(input_ids=input_ids, position_ids=positions, attention_mask=_batch_mask(rows, bases, width).to(device),
-                cache=batch, use_cache=True)
+    out = model(input_ids=input_ids, position_ids=query_positions.to(device), attention_mask=mask, cache=batch,
+                use_cache=True)
     for layer_idx, layer in enumerate(batch.layers):
         for i, (cache, row) in enumerate(zip(caches, rows)):
             n = len(row.tokens)

@@ -6,6 +6,7 @@ import sys
 import time
 
 from launch import config as cfg
+from protocol.errors import OuroborosError
 
 
 def _positive_int(text: str) -> int:
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not (args.command == "generate" and args.connect):  # a running server has its own models
+            needs_draft = not getattr(args, "target_only", False) and args.command != "verifier"
+            cfg.resolve_model_flags(args, needs_draft)  # one line naming the flag, before anything loads
         if args.command in ("generate", "serve", "demo", "bench", "stress"):
             cfg.drafter_config(args)  # fail fast, naming the flag, before any process starts
             cfg.verifier_config(args)
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         from launch.workers import run_drafter, run_verifier
 
         return run_verifier(args) if args.command == "verifier" else run_drafter(args)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (ValueError, RuntimeError, OSError, OuroborosError) as exc:
         print(f"ouroboros: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -146,7 +150,8 @@ def _generate_in_process(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     seed = args.seed if args.seed is not None else int(time.time_ns() % (1 << 31))
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, seed) if args.temperature else None
-    pipeline = InProcessPipeline.load(args.target, args.draft, cfg.drafter_config(args), dtype=args.dtype)
+    draft = None if args.target_only else args.draft
+    pipeline = InProcessPipeline.load(args.target, draft, cfg.drafter_config(args), dtype=args.dtype)
     start = time.perf_counter()
     run = pipeline.target_only if args.target_only else pipeline.complete
     text, tokens, metrics = run(args.prompt, args.max_new_tokens, sampling)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from drafter.config import DrafterConfig
 from verifier.config import VerifierConfig
@@ -13,9 +14,45 @@ DEFAULT_DRAFT = "smollm2-135m-draft"
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEFAULT_TARGET, help="target model: built-in name, path or hub id")
     parser.add_argument(
-        "--draft", default=DEFAULT_DRAFT, help="draft model: path, hub id, or layers:I,J (target's layers)"
+        "--draft", default=None, help=f"draft model: path, hub id, or layers:I,J (target's layers); "
+        f"default: the built-in draft, which fits only the built-in target {DEFAULT_TARGET}"
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def resolve_model_flags(args: argparse.Namespace, needs_draft: bool = True) -> None:
+    """Check --target and --draft before anything is loaded (one line naming the flag for a
+    missing path) and fill in the default draft, which exists only for the built-in target."""
+    if getattr(args, "target", None) is None:
+        return
+    check_model_path("--target", args.target)
+    if args.draft is None and needs_draft:
+        if args.target != DEFAULT_TARGET:
+            raise ValueError(f"--draft is required with --target {args.target}: the built-in draft fits only "
+                             f"the built-in target {DEFAULT_TARGET} (give a draft path, or layers:0,1)")
+        args.draft = DEFAULT_DRAFT
+    if args.draft is not None:
+        check_model_path("--draft", args.draft)
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else naming a place on disk is a path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def check_model_path(flag: str, name: str) -> None:
+    """A built-in name, `layers:...` (drafts), a model directory, or a hub id: fail in one line
+    when a path does not exist or holds no model."""
+    if name in (DEFAULT_TARGET, DEFAULT_DRAFT) or (flag == "--draft" and name.startswith("layers:")):
+        return
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not any(os.path.exists(os.path.join(path, f)) for f in ("config.json", "draft.json")):
+            raise ValueError(f"{flag} {name}: the directory has no config.json, so it holds no Hugging Face model")
+    elif os.path.exists(path):
+        raise ValueError(f"{flag} {name}: is a file; give the model's directory (with config.json)")
+    elif _looks_like_local_path(name):
+        raise ValueError(f"{flag} {name}: no such directory")
 
 
 def add_security_flags(parser: argparse.ArgumentParser) -> None:

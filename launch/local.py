@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from launch.models import ModelPair, load_pair
+from launch.models import ModelPair, load_model, load_pair, load_tokenizer
 from launch.reference import target_alone
 from launch.sequential import generate
 from verifier.sampling import SamplingParams
@@ -16,10 +16,14 @@ from verifier.engine import TargetEngine
 class InProcessPipeline:
     pair: ModelPair
     target: TargetEngine
-    drafter: DraftEngine
+    drafter: DraftEngine | None  # None: the target alone (the reference needs no draft)
 
     @classmethod
-    def load(cls, target: str, draft: str, drafter_config: DrafterConfig, dtype: str = "float32") -> "InProcessPipeline":
+    def load(cls, target: str, draft: str | None, drafter_config: DrafterConfig, dtype: str = "float32"
+             ) -> "InProcessPipeline":
+        if draft is None:
+            model = load_model(target, dtype=dtype)
+            return cls(ModelPair(model, None, load_tokenizer(target)), TargetEngine(model), None)
         pair = load_pair(target, draft, dtype=dtype)
         return cls(pair, TargetEngine(pair.target), DraftEngine(pair.draft, drafter_config))
 
@@ -36,6 +40,8 @@ class InProcessPipeline:
 
     def complete(self, prompt: str, max_new_tokens: int, sampling: SamplingParams | None = None,
                  ) -> tuple[str, list[int], dict]:
+        if self.drafter is None:
+            raise ValueError("this pipeline was loaded without a draft (--target-only)")
         ids = self.encode(prompt)
         result = generate(self.target, self.drafter, ids, max_new_tokens, self.stop_token_ids, sampling=sampling)
         return self.pair.tokenizer.decode(result.tokens), result.tokens, result.metrics
@@ -43,5 +49,6 @@ class InProcessPipeline:
     def target_only(self, prompt: str, max_new_tokens: int, sampling: SamplingParams | None = None,
                     ) -> tuple[str, list[int], dict]:
         """The target alone (HF greedy generate, or the keyed sampler): the lossless reference."""
-        tokens = target_alone(self.pair.target, self.encode(prompt), max_new_tokens, self.stop_token_ids, sampling)
+        ids = self.target.check_prompt(self.encode(prompt), max_new_tokens)  # the context limit, as admission
+        tokens = target_alone(self.pair.target, ids, max_new_tokens, self.stop_token_ids, sampling)
         return self.pair.tokenizer.decode(tokens), tokens, {"rounds": len(tokens)}

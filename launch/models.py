@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -24,7 +26,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class ModelPair:
     target: torch.nn.Module
-    draft: torch.nn.Module
+    draft: torch.nn.Module | None  # None when only the target is needed
     tokenizer: PreTrainedTokenizerBase
 
 
@@ -73,15 +75,53 @@ def resolve_path(name: str) -> str:
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(resolve_path(name))
+    return _from_pretrained(AutoTokenizer, name)
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    """transformers' loader, with its errors for a name that is no local directory said plainly."""
+    path = resolve_path(name)
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        if os.path.isdir(path):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{name}: not a local directory, and the Hugging Face hub could not provide it ({first})"
+                         ) from exc
 
 
 def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> torch.nn.Module:
     """Load a causal LM and place it on `device` with `dtype`."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    model = AutoModelForCausalLM.from_pretrained(resolve_path(name), dtype=DTYPES[dtype])
+    model = _from_pretrained(AutoModelForCausalLM, name, dtype=DTYPES[dtype])
     return model.to(device).eval()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What makes token ids mean the same text: the vocabulary, the merges and the added tokens,
+    hashed. Two tokenizers with equal fingerprints encode and decode alike."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        material = {"model": state.get("model"), "added": state.get("added_tokens")}
+    else:
+        material = {"vocab": sorted(tokenizer.get_vocab().items())}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def draft_tokenizer(spec: str, target_name: str) -> PreTrainedTokenizerBase:
+    """The draft's own tokenizer: a model directory's, else (built from the target: layers:,
+    train-draft's output, the built-in draft, or a directory without tokenizer files) the target's."""
+    path = os.path.expanduser(spec)
+    has_own = os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES)
+    if has_own and not os.path.exists(os.path.join(path, "draft.json")):
+        return AutoTokenizer.from_pretrained(path)
+    return load_tokenizer(target_name)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def layers_draft(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
@@ -139,20 +179,19 @@ def _needs_target(spec: str) -> bool:
     return spec.startswith("layers:") or spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists()
 
 
-def check_same_vocab(target: torch.nn.Module, draft: torch.nn.Module) -> None:
-    """Speculative decoding needs one token space: refuse a pair whose vocabularies differ."""
-    t_vocab, d_vocab = target.config.vocab_size, draft.config.vocab_size
-    if t_vocab != d_vocab:
-        raise ValueError(
-            f"the draft's vocabulary ({d_vocab} tokens) differs from the target's ({t_vocab}): "
-            "pick a draft that shares the target's tokenizer"
-        )
+def check_same_tokenizer(target_tokenizer: PreTrainedTokenizerBase, draft_tokenizer: PreTrainedTokenizerBase) -> None:
+    """Speculative decoding needs one token space. Tokenizers are compared, not matrix sizes: a
+    model may carry padding rows past its tokenizer (Qwen2.5-7B has 152,064, Qwen2.5-0.5B 151,936)."""
+    if tokenizer_fingerprint(target_tokenizer) != tokenizer_fingerprint(draft_tokenizer):
+        raise ValueError("the draft's tokenizer differs from the target's (vocabulary or merges): "
+                         "pick a draft that shares the target's tokenizer")
 
 
 def load_pair(
     target: str, draft: str, target_device: str = "cpu", draft_device: str = "cpu", dtype: str = "float32"
 ) -> ModelPair:
+    tokenizer = load_tokenizer(target)
     target_model = load_model(target, target_device, dtype)
     draft_model = load_draft(draft, target_model, draft_device, dtype)
-    check_same_vocab(target_model, draft_model)
-    return ModelPair(target_model, draft_model, load_tokenizer(target))
+    check_same_tokenizer(tokenizer, draft_tokenizer(draft, target))
+    return ModelPair(target_model, draft_model, tokenizer)

@@ -49,7 +49,8 @@ def generate(
     """Draft, verify, sync, repeat: the reference the pipeline is tested and measured against."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    t_session = target.open(prompt_ids)
+    t_session = target.open(prompt_ids, max_new_tokens)
+    drafter.limit_vocab(target.vocab_size)  # a draft with padding rows proposes only target ids
     d_session = drafter.open(prompt_ids)
     stats = RoundStats()
     stops = set(int(t) for t in stop_token_ids)

@@ -11,8 +11,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 
 from launch import config as cfg
+from launch.workers import REFUSED_EXIT_CODE
 from protocol.sockets import bind_address, warn_if_public
 
 
@@ -44,6 +46,30 @@ def _die_with_parent() -> None:
         pass
 
 
+class StderrRelay:
+    """Copies a child's stderr to ours line by line and keeps its last lines, so a child that
+    dies can be reported with its own error."""
+
+    def __init__(self, stream) -> None:
+        self.lines: deque[str] = deque(maxlen=40)
+        threading.Thread(target=self._relay, args=(stream,), daemon=True).start()
+
+    def _relay(self, stream) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace")
+            self.lines.append(line.rstrip())
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    def last_error(self) -> str:
+        """Its `ouroboros: error:` line, else its last line (a traceback's last line names the error)."""
+        lines = [line for line in self.lines if line.strip()]
+        for line in reversed(lines):
+            if line.startswith("ouroboros: error:"):
+                return line.removeprefix("ouroboros: error:").strip()
+        return lines[-1].strip() if lines else "(it printed nothing)"
+
+
 class LocalPipeline:
     """Both processes of the pipeline as children of this one; restarts a crashed drafter."""
 
@@ -55,6 +81,7 @@ class LocalPipeline:
         self.verifier: subprocess.Popen | None = None
         self.drafter: subprocess.Popen | None = None
         self.num_drafter_restarts = 0
+        self.stderr: dict[str, StderrRelay] = {}
 
     def _common(self) -> list[str]:
         a = self.args
@@ -63,7 +90,16 @@ class LocalPipeline:
 
     def _spawn(self, role_args: list[str], stdout=None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "launch.cli", *role_args]
-        return subprocess.Popen(cmd, stdout=stdout, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        self.stderr[role_args[0]] = StderrRelay(proc.stderr)
+        return proc
+
+    def _exited_before_ready(self, role: str, proc: subprocess.Popen) -> RuntimeError:
+        proc.wait()
+        time.sleep(0.2)  # let the relay take its last lines
+        self.stop()
+        return RuntimeError(f"the {role} exited with code {proc.returncode} before the pipeline was ready: "
+                            f"{self.stderr[role].last_error()}")
 
     def start_drafter(self) -> None:
         a = self.args
@@ -90,9 +126,9 @@ class LocalPipeline:
                          daemon=True).start()
         deadline = time.monotonic() + a.ready_timeout + 30
         while time.monotonic() < deadline:
-            if self.verifier.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"the verifier exited with code {self.verifier.returncode} before it was ready")
+            for role, proc in (("verifier", self.verifier), ("drafter", self.drafter)):
+                if proc.poll() is not None:
+                    raise self._exited_before_ready(role, proc)
             try:
                 line = lines.get(timeout=0.2)
             except queue.Empty:
@@ -108,6 +144,10 @@ class LocalPipeline:
         if self.verifier is not None and self.verifier.poll() is not None:
             return self.verifier.returncode or 1
         if self.drafter is not None and self.drafter.poll() is not None:
+            if self.drafter.returncode == REFUSED_EXIT_CODE:
+                print("ouroboros: the verifier refused the drafter; decoding with the target alone", file=sys.stderr)
+                self.drafter = None
+                return None
             print(f"ouroboros: drafter exited ({self.drafter.returncode}); restarting it", file=sys.stderr)
             self.num_drafter_restarts += 1
             self.start_drafter()

@@ -41,6 +41,9 @@ def _drafter_host(is_single_node: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     serve_args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    from launch import config as cfg
+
+    cfg.resolve_model_flags(serve_args)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if world != 2:
@@ -54,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
               "--device", device, "--threads", str(serve_args.threads_per_process)]
     common += ["--curve-keys", serve_args.curve_keys] if serve_args.curve_keys else []
     parser = build_parser()
-    from launch import config as cfg
-
     if rank == 0:
         host = _drafter_host(int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world)
         endpoint = f"tcp://{host}:{_free_port(host)}"

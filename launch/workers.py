@@ -13,6 +13,9 @@ import zmq
 from launch import config as cfg
 
 
+REFUSED_EXIT_CODE = 3  # a drafter the verifier refused: restarting it cannot help
+
+
 def add_worker_parsers(sub) -> None:
     ver = sub.add_parser("verifier", help="run the verifier process (target model, client front door)")
     ver.add_argument("--bind", required=True, help="client endpoint to bind, e.g. tcp://127.0.0.1:5555")
@@ -44,7 +47,7 @@ def _stop_on_signals(server) -> None:
 
 
 def run_verifier(args: argparse.Namespace) -> int:
-    from launch.models import load_model, load_tokenizer
+    from launch.models import load_model, load_tokenizer, tokenizer_fingerprint
     from verifier.engine import TargetEngine
     from verifier.server import VerifierServer
 
@@ -53,10 +56,14 @@ def run_verifier(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.target)
     config = cfg.verifier_config(args, tokenizer.eos_token_id)
     engine = TargetEngine(load_model(args.target, args.device, args.dtype), config)
-    server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys)
+    server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
+                            tokenizer_fingerprint(tokenizer))
     _stop_on_signals(server)
     endpoint = server.clients.getsockopt(zmq.LAST_ENDPOINT).decode()
-    if not server.wait_for_drafter(args.ready_timeout):
+    is_ready = server.wait_for_drafter(args.ready_timeout)
+    if not server.is_running:  # SIGTERM or SIGINT while waiting for the drafter
+        return 0
+    if not is_ready:
         logging.warning("no drafter after %.0f s (--ready-timeout): serving with the target alone", args.ready_timeout)
     print(f"READY {endpoint}", flush=True)
     server.serve_loop()
@@ -67,7 +74,7 @@ def run_drafter(args: argparse.Namespace) -> int:
     from drafter.engine import DraftEngine
     from drafter.pool import PhrasePool
     from drafter.server import DrafterServer
-    from launch.models import load_draft, load_model
+    from launch.models import draft_tokenizer, load_draft, load_model, tokenizer_fingerprint
 
     logging.basicConfig(level=logging.INFO, format="[drafter] %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -75,12 +82,16 @@ def run_drafter(args: argparse.Namespace) -> int:
     draft = load_draft(args.draft, lambda: load_model(args.target, "cpu", args.dtype), args.device, args.dtype)
     pool = PhrasePool.load(args.pool_file) if args.pool_file and os.path.exists(args.pool_file) else None
     engine = DraftEngine(draft, drafter_config, pool)
-    server = DrafterServer(engine, args.connect, args.draft, int(draft.config.vocab_size), args.curve_keys)
+    fingerprint = tokenizer_fingerprint(draft_tokenizer(args.draft, args.target))
+    server = DrafterServer(engine, args.connect, fingerprint, int(draft.config.vocab_size), args.curve_keys)
     _stop_on_signals(server)
     try:
         server.serve_loop()
     finally:
         if args.pool_file:
             engine.pool.save(args.pool_file)
+    if server.refusal is not None:
+        print(f"ouroboros: error: {server.refusal}", file=sys.stderr, flush=True)
+        return REFUSED_EXIT_CODE
     return 0
 

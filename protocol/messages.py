@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Hello carries the tokenizer's fingerprint; a refused drafter gets Error(refused)
 
 # Limits the codec enforces on every decoded message.
 MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
@@ -22,6 +22,7 @@ class ErrorCode:
     OVERLOADED = "overloaded"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    REFUSED = "refused"  # to a drafter: this verifier will not take its drafts (the message says why)
 
 
 class FinishReason:
@@ -86,8 +87,8 @@ class Error:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     drafter_id: str
-    vocab_size: int
-    model_name: str
+    vocab_size: int  # rows of the draft's output layer (a pair may differ by padding rows)
+    tokenizer_fingerprint: str  # launch.models.tokenizer_fingerprint: equal means one token space
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

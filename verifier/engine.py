@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
 from verifier.config import VerifierConfig
@@ -47,16 +48,20 @@ class TargetEngine:
         self.model = model.eval()
         self.config = config or VerifierConfig()
         self.device = next(model.parameters()).device
+        self.kinds = attention_kinds(model.config)  # refuses models whose cache cannot be cropped
         self.vocab_size = int(model.config.vocab_size)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
 
-    def check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+    def check_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> list[int]:
+        """The prompt as ints; ValueError if it is empty, holds ids the target does not have, or
+        it and max_new_tokens would run past the target's context."""
         tokens = [int(t) for t in prompt_ids]
         if not tokens:
             raise ValueError("the prompt is empty: give at least one token")
-        if len(tokens) >= self.max_context:
+        if len(tokens) + max_new_tokens > self.max_context:
             raise ValueError(
-                f"the prompt has {len(tokens)} tokens but the target's context is {self.max_context}"
+                f"the prompt ({len(tokens)} tokens) plus max_new_tokens ({max_new_tokens}) is over the target's "
+                f"context of {self.max_context} tokens: shorten the prompt or lower max_new_tokens"
             )
         bad = [t for t in tokens if not 0 <= t < self.vocab_size]
         if bad:
@@ -64,13 +69,12 @@ class TargetEngine:
         return tokens
 
     @torch.inference_mode()
-    def open(self, prompt_ids: Sequence[int]) -> TargetSession:
+    def open(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> TargetSession:
         """Prefill all prompt tokens but the last (fed as the root of the first tree)."""
-        tokens = self.check_prompt(prompt_ids)
-        session = TargetSession(tokens, len(tokens), DynamicCache(config=self.model.config))
+        tokens = self.check_prompt(prompt_ids, max_new_tokens)
+        session = TargetSession(tokens, len(tokens), new_cache())
         if len(tokens) > 1:
-            ids = torch.tensor([tokens[:-1]], device=self.device)
-            self.model(input_ids=ids, cache=session.cache, use_cache=True, logits_to_keep=1)
+            prefill(self.model, self.kinds, session.cache, tokens[:-1])
         return session
 
     @torch.inference_mode()
@@ -93,7 +97,7 @@ class TargetEngine:
         else:
             rows = [BatchRow(tree.tokens, [base + d for d in tree.depths], tree.visibility())
                     for tree, base in zip(trees, bases)]
-            all_logits = batched_forward(self.model, [s.cache for s, *_ in work], rows)
+            all_logits = batched_forward(self.model, self.kinds, [s.cache for s, *_ in work], rows)
         return [self._commit(session, tree, base, logits, sampling)
                 for (session, _, _, sampling), tree, base, logits in zip(work, trees, bases, all_logits)]
 
@@ -129,17 +133,8 @@ class TargetEngine:
         )
 
     def _logits(self, cache: DynamicCache, tree, base: int) -> torch.Tensor:
-        n = len(tree.tokens)
-        mask = torch.ones(n, base + n, dtype=torch.bool, device=self.device)
-        mask[:, base:] = tree.visibility().to(self.device)
-        out = self.model(
-            input_ids=torch.tensor([tree.tokens], device=self.device),
-            position_ids=torch.tensor([[base + d for d in tree.depths]], device=self.device),
-            attention_mask=mask[None, None],
-            cache=cache,
-            use_cache=True,
-        )
-        return out.logits[0]
+        return forward_one(self.model, self.kinds, cache, tree.tokens, [base + d for d in tree.depths],
+                           tree.visibility())
 
 
 def _fit_branches(branches: Sequence[Sequence[int]], room: int) -> list[list[int]]:

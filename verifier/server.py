@@ -18,6 +18,7 @@ from protocol.messages import (
 )
 from protocol.sockets import make_socket
 from protocol.validation import validate_generate
+from verifier.agreement import AgreementWatch
 from verifier.config import VerifierConfig
 from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
@@ -30,12 +31,14 @@ log = logging.getLogger("ouroboros.verifier")
 
 class VerifierServer:
     def __init__(self, engine: TargetEngine, tokenizer, config: VerifierConfig, client_endpoint: str,
-                 drafter_endpoint: str, curve_keys: str | None = None) -> None:
+                 drafter_endpoint: str, curve_keys: str | None = None, tokenizer_fingerprint: str = "") -> None:
         self.engine = engine
         self.tokenizer = tokenizer
+        self.tokenizer_fingerprint = tokenizer_fingerprint
         self.config = config
         self.verifier_id = uuid.uuid4().hex
         self.scheduler = Scheduler(config)
+        self.agreement = AgreementWatch()
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.drafter: bytes | None = None  # ROUTER identity of the live drafter
         self.drafter_seen = 0.0
@@ -61,7 +64,7 @@ class VerifierServer:
     def wait_for_drafter(self, timeout_s: float) -> bool:
         """The ready handshake: True once a drafter said Hello and was acknowledged."""
         deadline = time.monotonic() + timeout_s
-        while self.drafter is None and time.monotonic() < deadline:
+        while self.drafter is None and self.is_running and time.monotonic() < deadline:
             if self.drafter_link.poll(100):
                 self.drain_drafter()
         return self.drafter is not None
@@ -121,22 +124,34 @@ class VerifierServer:
                 self.drafter_seen = time.monotonic()
                 self.is_drafter_absent = False
                 request = self.requests.get(msg.request_id)
-                if request is not None:
+                if request is not None and self.is_within_vocab(msg):
                     request.offer(msg)
             else:
                 log.warning("ignored %s from %s on the drafter link", type(msg).__name__, identity.hex())
 
     # ---- handlers ----
+    def is_within_vocab(self, msg: Draft) -> bool:
+        tokens = [*msg.trunk, *(t for branch in msg.branches for t in branch)]
+        if tokens and max(tokens) >= self.engine.vocab_size:
+            log.warning("dropped a draft for %s holding token ids past the target's %d", msg.request_id,
+                        self.engine.vocab_size)
+            return False
+        return True
+
     def handle_hello(self, identity: bytes, msg: Hello) -> None:
-        if msg.vocab_size != self.engine.vocab_size:
-            log.error("refused drafter %s: vocabulary %d != target's %d", msg.drafter_id, msg.vocab_size,
-                      self.engine.vocab_size)
+        """Tokenizers are compared, not vocabulary sizes: padding rows may differ (design.md §7)."""
+        if msg.tokenizer_fingerprint != self.tokenizer_fingerprint:
+            reason = ("the draft's tokenizer differs from the target's (vocabulary or merges): "
+                      "pick a draft that shares the target's tokenizer")
+            log.error("refused drafter %s: %s", msg.drafter_id, reason)
+            self.to_drafter(Error(request_id="", code=ErrorCode.REFUSED, message=reason), identity)
             return
         is_new = identity != self.drafter
         self.drafter, self.drafter_seen, self.is_drafter_absent = identity, time.monotonic(), False
         self.to_drafter(HelloAck(verifier_id=self.verifier_id, vocab_size=self.engine.vocab_size))
         if is_new:  # (re-)sync: the verifier's committed tokens are the truth
             self.drafter_since = time.monotonic()
+            self.agreement.reset()
             log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
             for request in self.requests.values():
                 request.drafts.clear()
@@ -163,7 +178,7 @@ class VerifierServer:
     def admit(self, identity: bytes, msg: Generate) -> None:
         try:  # a text prompt's length is known only once tokenized: the engine checks it
             prompt_ids = list(msg.prompt_ids) or self.tokenizer(msg.prompt, add_special_tokens=False)["input_ids"]
-            session = self.engine.open(prompt_ids)
+            session = self.engine.open(prompt_ids, msg.max_new_tokens)
         except (ProtocolError, ValueError) as exc:
             self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
             return
@@ -217,6 +232,7 @@ class VerifierServer:
         log.debug("pass of %d rows x %d tokens: %.0f ms", len(requests), width, 1000 * seconds)
         for request, plan, result in zip(requests, plans, results):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
+            self.agreement.record(len(plan.trunk), result.num_trunk_accepted)
             request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
                 self.after_round(request, result)
@@ -280,11 +296,13 @@ class VerifierServer:
             log.warning("could not send %s to a client: %s", type(msg).__name__, exc)
             return False
 
-    def to_drafter(self, msg) -> None:
-        if self.drafter is None:
+    def to_drafter(self, msg, identity: bytes | None = None) -> None:
+        """To the live drafter, or to the peer `identity` (a refusal)."""
+        identity = identity or self.drafter
+        if identity is None:
             return
         try:
-            self.drafter_link.send_multipart([self.drafter, encode(msg)], zmq.NOBLOCK)
+            self.drafter_link.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("could not send %s to the drafter: %s", type(msg).__name__, exc)
 

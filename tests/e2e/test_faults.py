@@ -93,7 +93,7 @@ def hostile_frames(rng: random.Random) -> list[bytes]:
                             branches=[[2] * 50] * 60)),
                encode(Verdict(request_id="nobody", round=1, committed_length=3, appended=[1], trunk_predictions=[],
                               branch_predictions=[])),
-               encode(Hello(drafter_id="impostor", vocab_size=7, model_name="x"))]
+               encode(Hello(drafter_id="impostor", vocab_size=7, tokenizer_fingerprint="x"))]
     return frames
 
 

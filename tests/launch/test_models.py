@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from launch.models import cache_root, check_same_vocab, layers_draft, load_pair
+from launch.models import cache_root, layers_draft, load_pair
+from tests.families import PADDING_ROWS, family_pair, make_tokenizer
 from tests.conftest import tiny_model
 
 
@@ -10,16 +11,21 @@ def test_cache_root_honours_xdg(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "ouroboros"
 
 
-def test_mismatched_vocabularies_are_refused(tmp_path):
-    target = tiny_model("llama")
-    other = tiny_model("qwen2")
-    other.resize_token_embeddings(120)
-    with pytest.raises(ValueError, match="vocabulary"):
-        check_same_vocab(target, other)
-    target.save_pretrained(tmp_path / "t")
-    other.save_pretrained(tmp_path / "d")
-    with pytest.raises(ValueError, match="vocabulary"):
-        load_pair(str(tmp_path / "t"), str(tmp_path / "d"))
+def test_pairs_are_matched_by_tokenizer_not_by_matrix_size(tmp_path):
+    """Padding rows past the tokenizer are accepted (Qwen2.5-7B / 0.5B); a tokenizer of the same
+    size whose ids mean other text is refused in one sentence."""
+    tokenizer = make_tokenizer()
+    target, draft = family_pair("qwen2-padded", len(tokenizer))
+    assert target.config.vocab_size == draft.config.vocab_size + PADDING_ROWS
+    for name, model, tok in (("t", target, tokenizer), ("d", draft, tokenizer),
+                             ("swapped", draft, make_tokenizer(swap=True))):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    pair = load_pair(str(tmp_path / "t"), str(tmp_path / "d"))
+    assert pair.draft.config.vocab_size == len(tokenizer)
+    with pytest.raises(ValueError, match="the draft's tokenizer differs from the target's"):
+        load_pair(str(tmp_path / "t"), str(tmp_path / "swapped"))
+    assert len(make_tokenizer(swap=True)) == len(tokenizer)
 
 
 def test_layers_draft_copies_the_chosen_layers():

@@ -1,0 +1,115 @@
+"""Attention kinds of a model's layers, the caches both engines keep, and the masks that apply
+every kind: full, sliding window, chunked, and alternating mixes of them (Gemma 2).
+
+Every cache and every custom mask goes through here. Our caches keep every entry of every layer
+(a sliding layer's cache in transformers keeps only its last window-1 entries, too few for a tree
+pass and impossible to crop back), so the window is applied by the mask instead: transformers
+does not apply it to a custom 4-D mask. The rules, at absolute positions q (query) and k (key),
+are transformers' own (masking_utils): sliding window W sees k with q - W < k <= q; chunk C sees
+k with k // C == q // C."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
+SUPPORTED_LAYER_TYPES = (FULL, SLIDING, CHUNKED)
+# families whose cache holds recurrent (SSM / linear-attention) state: it cannot be cropped
+RECURRENT_MODEL_TYPES = frozenset({
+    "mamba", "mamba2", "falcon_mamba", "rwkv", "recurrent_gemma", "jamba", "zamba", "zamba2", "bamba",
+    "falcon_h1", "granitemoehybrid", "nemotron_h", "lfm2", "lfm2_moe", "qwen3_next", "xlstm", "minimax",
+})
+
+
+@dataclass(frozen=True)
+class AttentionKind:
+    layer_type: str  # transformers' name, the key of a per-type mask dict
+    span: int | None = None  # the window (sliding) or chunk size (chunked)
+
+
+def attention_kinds(config) -> list[AttentionKind]:
+    """One AttentionKind per decoder layer; ValueError for a model we cannot keep in step."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    text = config.get_text_config(decoder=True)
+    name = getattr(text, "model_type", "this model")
+    if name in RECURRENT_MODEL_TYPES:
+        raise ValueError(f"{name} models keep recurrent state in their cache, which cannot be cropped back to "
+                         "the verified text: speculative decoding here needs attention-only models")
+    layer_types, kwargs = get_layer_types_and_kwargs(text)
+    kinds = []
+    for layer_type, layer_kwargs in zip(layer_types, kwargs):
+        if layer_type not in SUPPORTED_LAYER_TYPES:
+            raise ValueError(f"{name} has {layer_type!r} layers, whose cache cannot be cropped back to the verified "
+                             f"text; supported layer types: {', '.join(SUPPORTED_LAYER_TYPES)}")
+        span = layer_kwargs.get("sliding_window") if layer_type != FULL else None
+        kinds.append(AttentionKind(layer_type, int(span) if span is not None else None))
+    return kinds
+
+
+def new_cache() -> DynamicCache:
+    """An empty cache that keeps every entry of every layer (see the module docstring)."""
+    return DynamicCache()
+
+
+def _allowed_by_kind(kind: AttentionKind, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+    """(B, Q, K) bool: what the layer kind lets a query at position q see at position k."""
+    q, k = query_positions[:, :, None], key_positions[:, None, :]
+    if kind.layer_type == SLIDING:
+        return k > q - kind.span
+    if kind.layer_type == CHUNKED:
+        return torch.div(k, kind.span, rounding_mode="floor") == torch.div(q, kind.span, rounding_mode="floor")
+    return torch.ones(q.shape[0], q.shape[1], k.shape[2], dtype=torch.bool, device=q.device)
+
+
+def layer_masks(kinds: list[AttentionKind], visible: torch.Tensor, query_positions: torch.Tensor,
+                key_positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive masks (B, 1, Q, K) for a pass whose `visible` (B, Q, K) bool says which key each
+    query may attend to (tree or lookahead structure), narrowed by each layer kind's rule. One
+    tensor when every layer has the same kind, else one per layer type (the models that mix kinds
+    take a dict). Float, not bool: eager attention adds the mask to its scores."""
+    per_type: dict[str, AttentionKind] = {}
+    for kind in kinds:
+        if per_type.setdefault(kind.layer_type, kind) != kind:
+            raise ValueError(f"layers of type {kind.layer_type} have different spans: not supported")
+    floor = torch.finfo(dtype).min
+    masks = {}
+    for layer_type, kind in per_type.items():
+        allowed = visible & _allowed_by_kind(kind, query_positions, key_positions)
+        masks[layer_type] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, floor)[:, None]
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+@torch.inference_mode()
+def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache: DynamicCache, tokens: list[int],
+                positions: list[int], visible: torch.Tensor, logits_to_keep: list[int] | int = 0) -> torch.Tensor:
+    """One pass of one sequence after its cache: new token i sits at positions[i] and sees every
+    cached entry (entry j sits at position j) and the new tokens `visible[i]` allows, as its
+    layer kind permits. Returns the logits (rows of `logits_to_keep`, all when 0)."""
+    device = next(model.parameters()).device
+    base = cache.get_seq_length()
+    n = len(tokens)
+    seen = torch.ones(1, n, base + n, dtype=torch.bool, device=device)
+    seen[0, :, base:] = visible.to(device)
+    query_positions = torch.tensor([positions], device=device)
+    key_positions = torch.cat([torch.arange(base, device=device)[None], query_positions], dim=1)
+    mask = layer_masks(kinds, seen, query_positions, key_positions, model_dtype(model))
+    keep = torch.tensor(logits_to_keep, device=device) if isinstance(logits_to_keep, list) else logits_to_keep
+    out = model(input_ids=torch.tensor([tokens], device=device), position_ids=query_positions, attention_mask=mask,
+                cache=cache, use_cache=True, logits_to_keep=keep)
+    return out.logits[0]
+
+
+def prefill(model: torch.nn.Module, kinds: list[AttentionKind], cache: DynamicCache, tokens: list[int]) -> None:
+    """Feed `tokens` causally after the cache (only the last position's logits are computed)."""
+    base = cache.get_seq_length()
+    n = len(tokens)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    forward_one(model, kinds, cache, tokens, list(range(base, base + n)), causal, logits_to_keep=1)
