@@ -64,6 +64,7 @@ class DrafterServer:
 
     def serve_loop(self) -> None:
         self.socket.connect(self.endpoint)
+        log.info("saying Hello to the verifier at %s", self.endpoint)
         self.send(self.hello)
         last_hello = time.monotonic()
         while self.is_running:

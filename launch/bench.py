@@ -97,6 +97,7 @@ class Tally:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    cfg.resolve_model_flags(args)
     prompts = load_prompts(args.prompts, args.limit)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTENDERS]

@@ -74,6 +74,7 @@ class LocalPipeline:
     """Both processes of the pipeline as children of this one; restarts a crashed drafter."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        cfg.resolve_model_flags(args)  # parsed args may come from code, not only from main
         self.args = args
         self.workdir = tempfile.mkdtemp(prefix="ouroboros-")
         self.drafter_endpoint = f"ipc://{self.workdir}/drafter.sock"

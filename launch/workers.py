@@ -60,6 +60,7 @@ def run_verifier(args: argparse.Namespace) -> int:
                             tokenizer_fingerprint(tokenizer))
     _stop_on_signals(server)
     endpoint = server.clients.getsockopt(zmq.LAST_ENDPOINT).decode()
+    logging.info("waiting up to %.0f s for a drafter (--ready-timeout)", args.ready_timeout)
     is_ready = server.wait_for_drafter(args.ready_timeout)
     if not server.is_running:  # SIGTERM or SIGINT while waiting for the drafter
         return 0

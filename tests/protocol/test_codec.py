@@ -81,7 +81,7 @@ REJECTED = {
     "bad metric value": (with_field(DONE, metrics={"x": "fast"}), "Done.metrics"),
     "missing field": (frame("Draft", {k: v for k, v in body_of(DRAFT).items() if k != "round"}), "'round'"),
     "extra field": (with_field(TOKENS, logprobs=[0.1]), "'logprobs'"),
-    "wrong version": (frame("Cancel", {"request_id": "r"}, version=2), "version 2"),
+    "wrong version": (frame("Cancel", {"request_id": "r"}, version=1), "version 1"),
     "bool version": (frame("Cancel", {"request_id": "r"}, version=True), "version"),
     "unknown type": (frame("Nope", {}), "'Nope'"),
     "non-map body": (frame("Cancel", ["r"]), "Cancel: body"),

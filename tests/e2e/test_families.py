@@ -1,0 +1,55 @@
+"""The family matrix through the real two-process pipeline: each tiny pair (windows that slide,
+a padded vocabulary) streams exactly what the target alone decodes, greedy and seeded sampling,
+with several requests at once so passes are batched."""
+import threading
+
+import pytest
+
+from launch.models import load_model
+from launch.reference import target_alone
+from launch.serve import LocalPipeline
+from protocol.client import Client
+from tests.conftest import reference_greedy
+from tests.e2e.conftest import serve_args
+from tests.families import FAMILIES, make_tokenizer, save_pair
+from verifier.sampling import SamplingParams
+
+PROMPTS = ["def add(a, b):\n    return", "The quick brown fox", "for i in range(10):"]
+NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    tokenizer = make_tokenizer()
+    root = tmp_path_factory.mktemp("families")
+    return tokenizer, {family: save_pair(root, family, tokenizer) for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_equals_the_target_alone(family, family_dirs):
+    tokenizer, dirs = family_dirs
+    target_dir, draft_dir = dirs[family]
+    target = load_model(target_dir)
+    eos = [tokenizer.eos_token_id]
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    sampling = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=5)
+    greedy_refs = [reference_greedy(target, ids, NEW_TOKENS, stop=eos) for ids in prompts]
+    sampled_ref = target_alone(target, prompts[0], NEW_TOKENS, eos, sampling)
+    results: dict[int, object] = {}
+
+    with LocalPipeline(serve_args(target_dir, draft_dir, "--min-agreement", "0")) as pipeline:
+        def run(i: int, ids: list[int]) -> None:
+            with Client(pipeline.endpoint, timeout=60) as client:
+                results[i] = client.generate(ids, max_new_tokens=NEW_TOKENS)
+
+        threads = [threading.Thread(target=run, args=(i, ids)) for i, ids in enumerate(prompts)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        with Client(pipeline.endpoint, timeout=60) as client:
+            sampled = client.generate(prompts[0], max_new_tokens=NEW_TOKENS, temperature=0.8, top_k=50, top_p=0.9,
+                                      seed=5)
+    assert [results[i].token_ids if i in results else None for i in range(len(prompts))] == greedy_refs, family
+    assert sum(results[i].metrics["accepted_tokens"] for i in results) > 0, "no draft was ever accepted"
+    assert sampled.token_ids == sampled_ref, family
