@@ -32,6 +32,9 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--threads", type=int, default=2, help="cores every contender gets in total")
     bench.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="write a bar chart of tokens/s")
+    bench.add_argument("--pass-costs", action="store_true",
+                       help="instead: the cost of one pass by width and rows (engine and HF, target and draft), "
+                            "on --threads/2 threads, as each pipeline process has")
     cfg.add_model_flags(bench)
     cfg.add_algorithm_flags(bench)
     cfg.add_verifier_flags(bench)
@@ -98,6 +101,10 @@ class Tally:
 
 def run_bench(args: argparse.Namespace) -> int:
     cfg.resolve_model_flags(args)
+    if args.pass_costs:
+        from launch.pass_costs import run_pass_costs
+
+        return run_pass_costs(args)
     prompts = load_prompts(args.prompts, args.limit)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTENDERS]

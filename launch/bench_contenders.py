@@ -10,7 +10,8 @@ import torch
 
 from launch import config as cfg
 
-CONTENDERS = ("target", "target-1thread", "hf-assisted", "hf-prompt-lookup", "sequential", "pipeline")
+CONTENDERS = ("target", "target-1thread", "target-engine", "hf-assisted", "hf-prompt-lookup", "sequential",
+              "pipeline")
 
 
 @dataclass
@@ -53,6 +54,16 @@ class TargetAlone(InProcess):
         return Outcome(target_alone(s.target, ids, max_new_tokens, s.stops, s.sampling), 0.0)
 
 
+class EngineAlone(InProcess):
+    """Our target engine (packed weights, our caches and masks) with no drafts."""
+
+    def decode(self, ids, max_new_tokens):
+        from launch.sequential import engine_alone
+
+        s = self.shared
+        return Outcome(engine_alone(s.target_engine(), ids, max_new_tokens, s.stops, s.sampling), 0.0)
+
+
 class HFDecoding(InProcess):
     """HF assisted generation with the same draft, or HF prompt lookup (greedy only)."""
 
@@ -85,8 +96,9 @@ class Pipeline:
         from launch.serve import LocalPipeline
         from protocol.client import Client
 
+        packing = ["--no-packed-weights"] if args.no_packed_weights else []
         serve_args = build_parser().parse_args(
-            ["serve", "--target", args.target, "--draft", args.draft, "--dtype", args.dtype, "--port", "0",
+            ["serve", "--target", args.target, "--draft", args.draft, "--dtype", args.dtype, "--port", "0", *packing,
              "--threads-per-process", str(max(1, args.threads // 2)), *cfg.algorithm_argv(args),
              *cfg.verifier_argv(args)])
         self.shared = shared
@@ -124,20 +136,30 @@ class Shared:
         self.stops = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.sampling = (SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
                          if args.temperature else None)
+        self._target_engine = None
         self._draft_engine = None
         self._hf_draft = None
+
+    def _engine_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The engines get their own copies, packed as the pipeline's are; HF's contenders keep
+        the plain models."""
+        from launch.models import for_engine
+
+        return for_engine(copy.deepcopy(model), packed=not self.args.no_packed_weights)
 
     def target_engine(self):
         from verifier.engine import TargetEngine
 
-        return TargetEngine(self.target)
+        if self._target_engine is None:
+            self._target_engine = TargetEngine(self._engine_copy(self.target))
+        return self._target_engine
 
     def draft_engine(self):
         """One drafter across prompts, so its phrase pool warms up as the pipeline's does."""
         from drafter.engine import DraftEngine
 
         if self._draft_engine is None:
-            self._draft_engine = DraftEngine(self.pair.draft, cfg.drafter_config(self.args))
+            self._draft_engine = DraftEngine(self._engine_copy(self.pair.draft), cfg.drafter_config(self.args))
         return self._draft_engine
 
     def hf_draft(self) -> torch.nn.Module:
@@ -176,7 +198,8 @@ def build_contenders(args: argparse.Namespace, names: list[str]) -> tuple[list, 
         if name == "pipeline":
             contenders.append(Pipeline(args, shared))
             continue
-        kind = {"target": TargetAlone, "target-1thread": TargetAlone, "hf-assisted": HFDecoding,
+        kind = {"target": TargetAlone, "target-1thread": TargetAlone, "target-engine": EngineAlone,
+                "hf-assisted": HFDecoding,
                 "hf-prompt-lookup": HFDecoding, "sequential": Sequential}[name]
         contenders.append(kind(name, shared, 1 if name == "target-1thread" else args.threads))
     return contenders, notes

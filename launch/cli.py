@@ -151,7 +151,8 @@ def _generate_in_process(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int(time.time_ns() % (1 << 31))
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, seed) if args.temperature else None
     draft = None if args.target_only else args.draft
-    pipeline = InProcessPipeline.load(args.target, draft, cfg.drafter_config(args), dtype=args.dtype)
+    pipeline = InProcessPipeline.load(args.target, draft, cfg.drafter_config(args), dtype=args.dtype,
+                                      packed=not args.no_packed_weights)
     start = time.perf_counter()
     run = pipeline.target_only if args.target_only else pipeline.complete
     text, tokens, metrics = run(args.prompt, args.max_new_tokens, sampling)

@@ -18,6 +18,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         f"default: the built-in draft, which fits only the built-in target {DEFAULT_TARGET}"
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--no-packed-weights", action="store_true",
+                        help="keep HF's plain linear layers (by default, on a CPU, the engines' weights are "
+                             "prepacked for oneDNN, which makes a many-token pass cheaper)")
 
 
 def resolve_model_flags(args: argparse.Namespace, needs_draft: bool = True) -> None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from launch.models import ModelPair, load_model, load_pair, load_tokenizer
+from launch.models import ModelPair, for_engine, load_model, load_pair, load_tokenizer
 from launch.reference import target_alone
 from launch.sequential import generate
 from verifier.sampling import SamplingParams
@@ -19,12 +19,15 @@ class InProcessPipeline:
     drafter: DraftEngine | None  # None: the target alone (the reference needs no draft)
 
     @classmethod
-    def load(cls, target: str, draft: str | None, drafter_config: DrafterConfig, dtype: str = "float32"
-             ) -> "InProcessPipeline":
+    def load(cls, target: str, draft: str | None, drafter_config: DrafterConfig, dtype: str = "float32",
+             packed: bool = True) -> "InProcessPipeline":
+        """Both engines on one pair; the target alone (HF's own decoding, unpacked) with no draft."""
         if draft is None:
             model = load_model(target, dtype=dtype)
             return cls(ModelPair(model, None, load_tokenizer(target)), TargetEngine(model), None)
         pair = load_pair(target, draft, dtype=dtype)
+        for_engine(pair.target, packed)
+        for_engine(pair.draft, packed)
         return cls(pair, TargetEngine(pair.target), DraftEngine(pair.draft, drafter_config))
 
     def encode(self, prompt: str) -> list[int]:

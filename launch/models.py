@@ -124,6 +124,16 @@ def draft_tokenizer(spec: str, target_name: str) -> PreTrainedTokenizerBase:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
+def for_engine(model: torch.nn.Module, packed: bool = True) -> torch.nn.Module:
+    """A loaded model made ready for an engine: its linear layers prepacked where that pays on
+    this device (kvcache.packed), unless --no-packed-weights. In place; no training after it."""
+    from kvcache.packed import pack_linears
+
+    if packed:
+        pack_linears(model)
+    return model
+
+
 def layers_draft(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
     """A draft made of some of the target's decoder layers plus its embeddings, final norm and
     LM head (weights copied, so the draft can live on another device)."""

@@ -71,6 +71,19 @@ def generate(
     return GenerationResult(new_tokens, reason, metrics(stats, d_session, len(new_tokens)))
 
 
+def engine_alone(target: TargetEngine, prompt_ids: Sequence[int], max_new_tokens: int,
+                 stop_token_ids: Sequence[int] = (), sampling: SamplingParams | None = None) -> list[int]:
+    """Our target engine with no drafts: one token per pass. Beside HF's own decoding it shows how
+    much of a speedup is the engine and how much is speculation."""
+    session = target.open(prompt_ids, max_new_tokens)
+    new_tokens: list[int] = []
+    reason = None
+    while reason is None:
+        result = target.verify(session, [], [], sampling)
+        new_tokens, reason = finish(new_tokens + result.appended, max_new_tokens, set(stop_token_ids))
+    return new_tokens
+
+
 def metrics(stats: RoundStats, d_session: DraftSession, num_new: int) -> dict[str, float]:
     rounds = max(stats.num_rounds, 1)
     return {

@@ -87,7 +87,9 @@ class LocalPipeline:
     def _common(self) -> list[str]:
         a = self.args
         keys = getattr(a, "curve_keys", None)
-        return ["--target", a.target, "--draft", a.draft, "--dtype", a.dtype] + (["--curve-keys", keys] if keys else [])
+        flags = ["--curve-keys", keys] if keys else []
+        flags += ["--no-packed-weights"] if getattr(a, "no_packed_weights", False) else []
+        return ["--target", a.target, "--draft", a.draft, "--dtype", a.dtype, *flags]
 
     def _spawn(self, role_args: list[str], stdout=None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "launch.cli", *role_args]

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--target", serve_args.target, "--draft", serve_args.draft, "--dtype", serve_args.dtype,
               "--device", device, "--threads", str(serve_args.threads_per_process)]
     common += ["--curve-keys", serve_args.curve_keys] if serve_args.curve_keys else []
+    common += ["--no-packed-weights"] if serve_args.no_packed_weights else []
     parser = build_parser()
     if rank == 0:
         host = _drafter_host(int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world)

@@ -47,7 +47,7 @@ def _stop_on_signals(server) -> None:
 
 
 def run_verifier(args: argparse.Namespace) -> int:
-    from launch.models import load_model, load_tokenizer, tokenizer_fingerprint
+    from launch.models import for_engine, load_model, load_tokenizer, tokenizer_fingerprint
     from verifier.engine import TargetEngine
     from verifier.server import VerifierServer
 
@@ -55,7 +55,8 @@ def run_verifier(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.target)
     config = cfg.verifier_config(args, tokenizer.eos_token_id)
-    engine = TargetEngine(load_model(args.target, args.device, args.dtype), config)
+    model = for_engine(load_model(args.target, args.device, args.dtype), packed=not args.no_packed_weights)
+    engine = TargetEngine(model, config)
     server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
                             tokenizer_fingerprint(tokenizer))
     _stop_on_signals(server)
@@ -75,12 +76,13 @@ def run_drafter(args: argparse.Namespace) -> int:
     from drafter.engine import DraftEngine
     from drafter.pool import PhrasePool
     from drafter.server import DrafterServer
-    from launch.models import draft_tokenizer, load_draft, load_model, tokenizer_fingerprint
+    from launch.models import draft_tokenizer, for_engine, load_draft, load_model, tokenizer_fingerprint
 
     logging.basicConfig(level=logging.INFO, format="[drafter] %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     drafter_config = cfg.drafter_config(args)
     draft = load_draft(args.draft, lambda: load_model(args.target, "cpu", args.dtype), args.device, args.dtype)
+    for_engine(draft, packed=not args.no_packed_weights)
     pool = PhrasePool.load(args.pool_file) if args.pool_file and os.path.exists(args.pool_file) else None
     engine = DraftEngine(draft, drafter_config, pool)
     fingerprint = tokenizer_fingerprint(draft_tokenizer(args.draft, args.target))

@@ -1,0 +1,156 @@
+"""`ouroboros bench --pass-costs`: what one forward pass costs, by its width and its rows.
+
+This curve decides how wide a tree pays: a drafted token must be accepted often enough to pay
+for its place in the pass. Both models, through our engine (packed weights, our caches and
+masks) and through HF's plain forward, on the same thread count; each figure the median of
+several timed passes after a warm-up."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+
+CONTEXT = 150  # cached tokens before every timed pass (the prefill has none)
+TOKENS = (1, 2, 4, 8, 16, 32)
+ROWS = (1, 2, 4, 8)
+PREFILL = 100
+WARMUP, REPEATS = 2, 7
+
+
+def _median_ms(run: Callable[[], None], undo: Callable[[], None]) -> float:
+    times = []
+    for i in range(WARMUP + REPEATS):
+        start = time.perf_counter()
+        run()
+        if i >= WARMUP:
+            times.append(time.perf_counter() - start)
+        undo()
+    return 1000 * statistics.median(times)
+
+
+def _ids(count: int, offset: int = 0) -> list[int]:
+    return [100 + (offset + 7 * i) % 4000 for i in range(count)]
+
+
+class EnginePasses:
+    """Passes through kvcache.attention / kvcache.batch, as both engines run them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from kvcache.attention import attention_kinds
+
+        self.model, self.kinds = model, attention_kinds(model.config)
+
+    def _cache(self, tokens: list[int]):
+        from kvcache.attention import new_cache, prefill
+
+        cache = new_cache()
+        prefill(self.model, self.kinds, cache, tokens)
+        return cache
+
+    def tokens(self, count: int) -> float:
+        from kvcache.attention import forward_one
+        from kvcache.ops import keep_cache_entries
+
+        cache = self._cache(_ids(CONTEXT))
+        causal = torch.ones(count, count, dtype=torch.bool).tril()
+        return _median_ms(lambda: forward_one(self.model, self.kinds, cache, _ids(count, 1), list(
+            range(CONTEXT, CONTEXT + count)), causal), lambda: keep_cache_entries(cache, list(range(CONTEXT))))
+
+    def rows(self, count: int) -> float:
+        from kvcache.batch import BatchRow, batched_forward
+        from kvcache.ops import keep_cache_entries
+
+        caches = [self._cache(_ids(CONTEXT, r)) for r in range(count)]
+        rows = [BatchRow([_ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool)) for r in range(count)]
+
+        def undo() -> None:
+            for cache in caches:
+                keep_cache_entries(cache, list(range(CONTEXT)))
+
+        return _median_ms(lambda: batched_forward(self.model, self.kinds, caches, rows), undo)
+
+    def prefill(self) -> float:
+        return _median_ms(lambda: self._cache(_ids(PREFILL)), lambda: None)
+
+
+class HFPasses:
+    """HF's plain forward with its own DynamicCache and masks."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @torch.inference_mode()
+    def _cache(self, batch: list[list[int]]) -> DynamicCache:
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=torch.tensor(batch), cache=cache, use_cache=True, logits_to_keep=1)
+        return cache
+
+    @torch.inference_mode()
+    def _step(self, cache: DynamicCache, batch: list[list[int]]) -> None:
+        self.model(input_ids=torch.tensor(batch), cache=cache, use_cache=True)
+
+    def tokens(self, count: int) -> float:
+        cache = self._cache([_ids(CONTEXT)])
+        return _median_ms(lambda: self._step(cache, [_ids(count, 1)]), lambda: cache.crop(-count))
+
+    def rows(self, count: int) -> float:
+        cache = self._cache([_ids(CONTEXT, r) for r in range(count)])
+        return _median_ms(lambda: self._step(cache, [[_ids(1, r)[0]] for r in range(count)]), lambda: cache.crop(-1))
+
+    def prefill(self) -> float:
+        return _median_ms(lambda: self._cache([_ids(PREFILL)]), lambda: None)
+
+
+def measure(models: dict[str, torch.nn.Module], packed: bool, progress=None) -> list[dict]:
+    """Every pass of the curve for each model, via our engine and via HF."""
+    from launch.models import for_engine
+
+    passes = []
+    for name, model in models.items():
+        for via, runner in (("engine", EnginePasses(for_engine(copy.deepcopy(model), packed))),
+                            ("hf", HFPasses(model))):
+            shapes = [(1, t, CONTEXT) for t in TOKENS] + [(r, 1, CONTEXT) for r in ROWS if r > 1]
+            for rows, tokens, context in shapes:
+                ms = runner.tokens(tokens) if rows == 1 else runner.rows(rows)
+                passes.append({"model": name, "via": via, "rows": rows, "tokens": tokens, "context": context,
+                               "ms": ms})
+            passes.append({"model": name, "via": via, "rows": 1, "tokens": PREFILL, "context": 0,
+                           "ms": runner.prefill()})
+            if progress is not None:
+                progress(f"{name} via {via} done")
+    return passes
+
+
+def format_table(passes: list[dict]) -> str:
+    """Rows: model/via; columns: every shape, with the ratio to the 1-token pass."""
+    lines = [f"{'model':8}{'via':8}{'shape':>18}{'ms':>9}{'x 1-token':>11}"]
+    one = {(p["model"], p["via"]): p["ms"] for p in passes if p["rows"] == 1 and p["tokens"] == 1 and p["context"]}
+    for p in passes:
+        shape = f"prefill {p['tokens']}" if not p["context"] else f"{p['rows']} row x {p['tokens']} tok"
+        lines.append(f"{p['model']:8}{p['via']:8}{shape:>18}{p['ms']:>9.1f}{p['ms'] / one[(p['model'], p['via'])]:>11.2f}")
+    return "\n".join(lines)
+
+
+def run_pass_costs(args: argparse.Namespace) -> int:
+    from launch.models import load_pair
+
+    threads = max(1, args.threads // 2)  # what each process of the pipeline gets
+    torch.set_num_threads(threads)
+    pair = load_pair(args.target, args.draft, dtype=args.dtype)
+    device = str(next(pair.target.parameters()).device)
+    passes = measure({"target": pair.target, "draft": pair.draft}, not args.no_packed_weights,
+                     progress=lambda text: print(f"pass costs: {text}", file=sys.stderr, flush=True))
+    print(f"pass costs on {device}, {threads} thread(s), {CONTEXT}-token context, median of {REPEATS}:")
+    print(format_table(passes))
+    if args.json:
+        report = {"device": device, "threads": threads, "context": CONTEXT, "passes": passes}
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+    return 0
