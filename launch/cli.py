@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from launch.bench import add_bench_parser
     from launch.stress import add_stress_parser
     from launch.train_draft import add_train_draft_parser
+    from launch.draft_eval import add_eval_draft_parser
     from launch.workers import add_worker_parsers
 
     parser = argparse.ArgumentParser(prog="ouroboros", description="Lossless Ouroboros speculative decoding")
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_worker_parsers(sub)
     add_train_draft_parser(sub)
+    add_eval_draft_parser(sub)
     add_bench_parser(sub)
     add_stress_parser(sub)
 
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             from launch.bench import run_bench
 
             return run_bench(args)
+        if args.command == "eval-draft":
+            from launch.draft_eval import run_eval_draft
+
+            return run_eval_draft(args)
         if args.command == "train-draft":
             from launch.train_draft import run_train_draft
 

@@ -157,24 +157,12 @@ def atomic_write(final: Path, write: Callable[[str], object]) -> None:
         raise
 
 
-@torch.no_grad()
 def teacher_forced_agreement(draft: nn.Module, items: list[tuple[list[int], list[int]]]) -> float:
-    """Fraction of continuation tokens the draft's argmax predicts, given the true prefix:
-    for (prompt, continuation), position len(prompt)-1+j must predict continuation[j]."""
-    device = next(draft.parameters()).device
-    token_ids = getattr(draft, "draft_token_ids", None)
-    num_agree = num_total = 0
-    for prompt, continuation in items:
-        if not continuation:
-            continue
-        ids = torch.tensor([prompt + continuation[:-1]], device=device)
-        logits = draft(input_ids=ids, logits_to_keep=len(continuation)).logits[0]
-        predicted = logits.argmax(dim=-1)
-        if token_ids is not None:
-            predicted = token_ids[predicted]
-        num_agree += int((predicted.cpu() == torch.tensor(continuation)).sum())
-        num_total += len(continuation)
-    return num_agree / max(num_total, 1)
+    """Fraction of continuation tokens the draft's argmax predicts, given the true prefix
+    (launch.draft_eval, the code `eval-draft` reports from)."""
+    from launch.draft_eval import match_vectors, summarize
+
+    return summarize(match_vectors(draft, items))["agreement"]
 
 
 def expected_tokens_per_round(agreement: float, gamma: int) -> float:

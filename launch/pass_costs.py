@@ -35,17 +35,30 @@ def _median_ms(run: Callable[[], None], undo: Callable[[], None]) -> float:
     return 1000 * statistics.median(times)
 
 
-def _ids(count: int, offset: int = 0) -> list[int]:
-    return [100 + (offset + 7 * i) % 4000 for i in range(count)]
+VOCAB_SPAN = 4000  # token ids are drawn from the first rows (within any model's vocabulary)
 
 
-class EnginePasses:
+def _ids(count: int, offset: int = 0, vocab: int = VOCAB_SPAN) -> list[int]:
+    return [(offset + 7 * i) % min(vocab, VOCAB_SPAN) for i in range(count)]
+
+
+class _Passes:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.vocab = int(model.get_input_embeddings().num_embeddings)
+
+    def ids(self, count: int, offset: int = 0) -> list[int]:
+        return _ids(count, offset, self.vocab)
+
+
+class EnginePasses(_Passes):
     """Passes through kvcache.attention / kvcache.batch, as both engines run them."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         from kvcache.attention import attention_kinds
 
-        self.model, self.kinds = model, attention_kinds(model.config)
+        super().__init__(model)
+        self.kinds = attention_kinds(model.config)
 
     def _cache(self, tokens: list[int]):
         from kvcache.attention import new_cache, prefill
@@ -58,17 +71,18 @@ class EnginePasses:
         from kvcache.attention import forward_one
         from kvcache.ops import keep_cache_entries
 
-        cache = self._cache(_ids(CONTEXT))
+        cache = self._cache(self.ids(CONTEXT))
         causal = torch.ones(count, count, dtype=torch.bool).tril()
-        return _median_ms(lambda: forward_one(self.model, self.kinds, cache, _ids(count, 1), list(
-            range(CONTEXT, CONTEXT + count)), causal), lambda: keep_cache_entries(cache, list(range(CONTEXT))))
+        positions = list(range(CONTEXT, CONTEXT + count))
+        return _median_ms(lambda: forward_one(self.model, self.kinds, cache, self.ids(count, 1), positions, causal),
+                          lambda: keep_cache_entries(cache, list(range(CONTEXT))))
 
     def rows(self, count: int) -> float:
         from kvcache.batch import BatchRow, batched_forward
         from kvcache.ops import keep_cache_entries
 
-        caches = [self._cache(_ids(CONTEXT, r)) for r in range(count)]
-        rows = [BatchRow([_ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool)) for r in range(count)]
+        caches = [self._cache(self.ids(CONTEXT, r)) for r in range(count)]
+        rows = [BatchRow([self.ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool)) for r in range(count)]
 
         def undo() -> None:
             for cache in caches:
@@ -77,18 +91,16 @@ class EnginePasses:
         return _median_ms(lambda: batched_forward(self.model, self.kinds, caches, rows), undo)
 
     def prefill(self) -> float:
-        return _median_ms(lambda: self._cache(_ids(PREFILL)), lambda: None)
+        return _median_ms(lambda: self._cache(self.ids(PREFILL)), lambda: None)
 
 
-class HFPasses:
-    """HF's plain forward with its own DynamicCache and masks."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
+class HFPasses(_Passes):
+    """HF's plain forward with its own DynamicCache and masks (full-length layers, so a sliding
+    window's pass can be undone with crop; HF's mask still applies the window)."""
 
     @torch.inference_mode()
     def _cache(self, batch: list[list[int]]) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache()
         self.model(input_ids=torch.tensor(batch), cache=cache, use_cache=True, logits_to_keep=1)
         return cache
 
@@ -97,15 +109,16 @@ class HFPasses:
         self.model(input_ids=torch.tensor(batch), cache=cache, use_cache=True)
 
     def tokens(self, count: int) -> float:
-        cache = self._cache([_ids(CONTEXT)])
-        return _median_ms(lambda: self._step(cache, [_ids(count, 1)]), lambda: cache.crop(-count))
+        cache = self._cache([self.ids(CONTEXT)])
+        return _median_ms(lambda: self._step(cache, [self.ids(count, 1)]), lambda: cache.crop(-count))
 
     def rows(self, count: int) -> float:
-        cache = self._cache([_ids(CONTEXT, r) for r in range(count)])
-        return _median_ms(lambda: self._step(cache, [[_ids(1, r)[0]] for r in range(count)]), lambda: cache.crop(-1))
+        cache = self._cache([self.ids(CONTEXT, r) for r in range(count)])
+        batch = [[self.ids(1, r)[0]] for r in range(count)]
+        return _median_ms(lambda: self._step(cache, batch), lambda: cache.crop(-1))
 
     def prefill(self) -> float:
-        return _median_ms(lambda: self._cache([_ids(PREFILL)]), lambda: None)
+        return _median_ms(lambda: self._cache([self.ids(PREFILL)]), lambda: None)
 
 
 def measure(models: dict[str, torch.nn.Module], packed: bool, progress=None) -> list[dict]:
@@ -134,7 +147,8 @@ def format_table(passes: list[dict]) -> str:
     one = {(p["model"], p["via"]): p["ms"] for p in passes if p["rows"] == 1 and p["tokens"] == 1 and p["context"]}
     for p in passes:
         shape = f"prefill {p['tokens']}" if not p["context"] else f"{p['rows']} row x {p['tokens']} tok"
-        lines.append(f"{p['model']:8}{p['via']:8}{shape:>18}{p['ms']:>9.1f}{p['ms'] / one[(p['model'], p['via'])]:>11.2f}")
+        ratio = p["ms"] / one[(p["model"], p["via"])]
+        lines.append(f"{p['model']:8}{p['via']:8}{shape:>18}{p['ms']:>9.1f}{ratio:>11.2f}")
     return "\n".join(lines)
 
 

@@ -175,6 +175,24 @@ def humaneval_prompts(limit: int) -> list[str]:
 
 
 @torch.inference_mode()
+def target_continuations(target: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                         max_new_tokens: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, the target's greedy continuation, stopping at EOS) for each prompt; a prompt
+    too long for the context keeps its last tokens."""
+    device = next(target.parameters()).device
+    eos = tokenizer.eos_token_id
+    max_prompt = int(getattr(target.config, "max_position_embeddings", 1 << 30)) - max_new_tokens
+    items = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt:]
+        bounds = {"eos_token_id": eos} if eos is not None else {"min_new_tokens": max_new_tokens}
+        out = target.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id or 0, **bounds)
+        items.append((list(ids), out[0, len(ids):].tolist()))
+    return items
+
+
+@torch.inference_mode()
 def eval_continuations(target: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, target_name: str,
                        num_prompts: int, cache_path: Path, max_new_tokens: int = 64) -> list[tuple[list[int], list[int]]]:
     """The target's greedy continuations of the first HumanEval prompts (stopping at EOS),
@@ -184,15 +202,6 @@ def eval_continuations(target: torch.nn.Module, tokenizer: PreTrainedTokenizerBa
         if cached["target"] == target_name and cached["max_new_tokens"] == max_new_tokens \
                 and len(cached["items"]) >= num_prompts:
             return [(p, c) for p, c in cached["items"][:num_prompts]]
-    device = next(target.parameters()).device
-    eos = tokenizer.eos_token_id
-    max_prompt = int(getattr(target.config, "max_position_embeddings", 1 << 30)) - max_new_tokens
-    items = []
-    for prompt in humaneval_prompts(num_prompts):
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt:]
-        bounds = {"eos_token_id": eos} if eos is not None else {"min_new_tokens": max_new_tokens}
-        out = target.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=tokenizer.pad_token_id or 0, **bounds)
-        items.append((list(ids), out[0, len(ids):].tolist()))
+    items = target_continuations(target, tokenizer, humaneval_prompts(num_prompts), max_new_tokens)
     cache_path.write_text(json.dumps({"target": target_name, "max_new_tokens": max_new_tokens, "items": items}))
     return items

@@ -278,7 +278,10 @@ def restore(checkpoint: dict, student, optimizer) -> Progress:
 
 
 def report(config: TrainConfig, target, student, items, progress: Progress, tokens_per_s: float) -> int:
-    agreement = teacher_forced_agreement(student, items) if items else None
+    from launch.draft_eval import evaluate, format_report
+
+    evaluation = evaluate(target, student.eval(), items) if items else None
+    agreement = evaluation["agreement"] if evaluation else None
     expected = {str(g): round(expected_tokens_per_round(agreement, g), 3) for g in GAMMAS} if items else {}
     meta = {
         "steps": progress.step, "tokens": progress.tokens_seen, "minutes": round(progress.minutes, 2),
@@ -286,12 +289,12 @@ def report(config: TrainConfig, target, student, items, progress: Progress, toke
         "lr": config.lr, "seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
         "vocab_coverage_train_sample": round(progress.vocab_coverage, 4), "eval_prompts": len(items),
         "agreement_start": progress.agreement_start, "agreement": agreement, "expected_tokens_per_round": expected,
+        "evaluation": evaluation,  # launch.draft_eval: what `ouroboros eval-draft` reports
     }
     save_draft(student, config.out, config.target, list(config.layers), meta, fingerprint=target_fingerprint(target))
     print(json.dumps(meta, indent=2))
-    if items:
-        print(f"agreement {agreement:.3f} on {len(items)} held-out HumanEval prompts (untrained: "
-              f"{progress.agreement_start or 0:.3f}); expected tokens per round "
-              + ", ".join(f"E(gamma={g}) = {e}" for g, e in expected.items()))
+    if evaluation:
+        print(f"untrained agreement {progress.agreement_start or 0:.3f}; on {len(items)} held-out HumanEval prompts:")
+        print(format_report(evaluation))
     print(f"draft written to {config.out}")
     return 0
