@@ -12,7 +12,8 @@ from drafter.config import DrafterConfig
 from kvcache.attention import attention_kinds, forward_one, new_cache
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
-from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match, lookup_continuation
+from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match
+from protocol.prompt_lookup import lookup_continuation
 from drafter.pool import PhrasePool
 
 

@@ -109,6 +109,8 @@ def add_verifier_flags(parser: argparse.ArgumentParser) -> None:
                         help="requests waiting beyond --max-sessions; more are refused as busy")
     parser.add_argument("--max-draft-tokens", type=int, default=v.max_draft_tokens,
                         help="most trunk + branch tokens verified in one target pass")
+    parser.add_argument("--own-lookup-tokens", type=int, default=v.own_lookup_tokens,
+                        help="prompt-lookup branch the verifier finds itself for a round with no draft (0 = none)")
     parser.add_argument("--verify-all-drafts", action="store_true",
                         help="verify every draft token sent, even where the measured pass costs say it does not pay")
 
@@ -118,6 +120,7 @@ def verifier_config(args: argparse.Namespace, eos_token_id: int | None = None) -
         draft_timeout_s=args.draft_timeout, max_sessions=args.max_sessions, max_queue=args.max_queue,
         max_batch=args.max_batch,
         max_draft_tokens=args.max_draft_tokens, is_width_fitted=not args.verify_all_drafts,
+        own_lookup_tokens=args.own_lookup_tokens,
         stop_token_ids=() if eos_token_id is None else (int(eos_token_id),),
     )
 
@@ -137,4 +140,5 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
 def verifier_argv(args: argparse.Namespace) -> list[str]:
     return ["--draft-timeout", str(args.draft_timeout), "--max-sessions", str(args.max_sessions),
             "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch),
-            "--max-draft-tokens", str(args.max_draft_tokens)] + (["--verify-all-drafts"] if args.verify_all_drafts else [])
+            "--max-draft-tokens", str(args.max_draft_tokens), "--own-lookup-tokens", str(args.own_lookup_tokens)
+            ] + (["--verify-all-drafts"] if args.verify_all_drafts else [])

@@ -92,10 +92,15 @@ class ServerRequest:
     draft_yield: float = 1.0  # draft tokens accepted per draft token verified (smoothed)
     num_unverified_rounds: int = 0  # rounds since its draft tokens were last verified
 
-    def plan_round(self) -> RoundPlan:
-        """The draft that fits now (see take_draft), cut so no token is drafted past the end."""
+    def plan_round(self, own_lookup: Callable[[list[int]], list[int]] | None = None) -> RoundPlan:
+        """The draft that fits now (see take_draft), cut so no token is drafted past the end.
+        With none, `own_lookup` (the verifier's prompt lookup on the committed text) may still
+        give a branch: a round without a draft need not be a one-token round."""
         draft = self.take_draft()
         trunk, branches, is_predraft = draft or ([], [], False)
+        if draft is None and own_lookup is not None:
+            found = own_lookup(self.session.tokens)
+            branches = [found] if found else []
         budget = self.max_new_tokens - len(self.new_tokens) - 1  # the target adds one token itself
         trunk = trunk[: max(budget, 0)]
         return RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None)

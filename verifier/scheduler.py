@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from protocol.prompt_lookup import lookup_continuation
 from verifier.config import VerifierConfig
 from verifier.pass_cost import YIELD_SMOOTHING, PassCostModel, best_width
 from verifier.requests import RoundPlan, ServerRequest
@@ -27,6 +28,11 @@ class Scheduler:
         self.requests.pop(request_id, None)
         if request_id in self.order:
             self.order.remove(request_id)
+
+    def own_lookup(self, tokens: list[int]) -> list[int]:
+        """The verifier's own prompt-lookup branch for a round without a draft."""
+        c = self.config
+        return lookup_continuation(tokens, c.lookup_ngram, c.lookup_min_ngram, c.own_lookup_tokens)
 
     def pick_ready(self, is_drafter_absent: bool) -> list[ServerRequest]:
         """Up to --max-batch requests ready for a round (a draft fits, or none is worth waiting
@@ -66,7 +72,7 @@ class Scheduler:
         for request in batch:
             self.order.remove(request.request_id)
             self.order.append(request.request_id)
-        plans = [request.plan_round() for request in batch]
+        plans = [request.plan_round(self.own_lookup) for request in batch]
         if not self.config.is_width_fitted:
             return plans
         width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], self.pass_cost)

@@ -1,6 +1,7 @@
 import torch
 
-from drafter.lookahead import build_pass_layout, longest_phrase_match, lookup_continuation
+from drafter.lookahead import build_pass_layout, longest_phrase_match
+from protocol.prompt_lookup import lookup_continuation
 
 
 def test_layout_positions_and_mask_hand_computed():

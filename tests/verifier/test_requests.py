@@ -52,3 +52,17 @@ def test_a_draft_is_rebased_when_the_text_grew_along_its_trunk():
     request.session.tokens += [2]  # the trunk disagrees with the text past its base: unusable
     assert not request.has_draft_candidate() and request.take_draft() is None
     assert request.stats.num_stale_drafts == 1
+
+
+def test_a_round_without_a_draft_verifies_the_verifiers_own_prompt_lookup():
+    from verifier.config import VerifierConfig
+    from verifier.scheduler import Scheduler
+
+    scheduler = Scheduler(VerifierConfig(own_lookup_tokens=3))
+    request = request_with([1, 2, 3, 4, 9, 1, 2])  # "1 2" came before, followed by 3 4 9
+    plan = request.plan_round(scheduler.own_lookup)
+    assert (plan.trunk, plan.branches, plan.has_draft) == ([], [[3, 4, 9]], False)
+    request.offer(draft(7, [1, 2], [5, 6]))  # a draft from the drafter comes first
+    assert request.plan_round(scheduler.own_lookup).trunk == [5, 6]
+    none = Scheduler(VerifierConfig(own_lookup_tokens=0))
+    assert request.plan_round(none.own_lookup).branches == []
