@@ -110,13 +110,15 @@ class DraftEngine:
         the round still carries the prompt-lookup and pool branches."""
         return session.agreement < self.config.min_agreement
 
-    def adapt(self, session: DraftSession, num_drafted: int, num_accepted: int) -> None:
-        """Adaptive draft length: a fully accepted trunk grows the next one by 2 (up to
-        gamma); a rejection shrinks it to one more than was accepted (at least min_gamma).
-        On a CPU every verified token costs target time, so drafts follow the evidence."""
-        if not self.config.adaptive or num_drafted == 0:
+    def adapt(self, session: DraftSession, num_verified: int, num_accepted: int) -> None:
+        """Adaptive draft length, from verified tokens only: a trunk the verifier cut (pass width,
+        budget) says nothing about the tokens it did not check. All verified tokens accepted
+        grows the next draft by 2 (up to gamma); a rejection shrinks it to one more than was
+        accepted (at least min_gamma). On a CPU every verified token costs target time, so
+        drafts follow the evidence."""
+        if not self.config.adaptive or num_verified == 0:
             return
-        if num_accepted >= num_drafted:
+        if num_accepted >= num_verified:
             session.draft_length = min(self.config.gamma, session.draft_length + 2)
         else:
             session.draft_length = max(self.config.min_gamma, num_accepted + 1)
@@ -235,7 +237,6 @@ class DraftEngine:
     def learn(
         self,
         trunk: Sequence[int],
-        branches: Sequence[Sequence[int]],
         num_trunk_accepted: int,
         trunk_predictions: Sequence[int],
         branch_predictions: Sequence[Sequence[int]],

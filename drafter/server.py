@@ -11,7 +11,8 @@ import zmq
 from drafter.engine import DraftBlock, DraftEngine, DraftSession
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Verdict
+from protocol.messages import Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
+from protocol.rules import is_usable_at
 from protocol.curve import secure_client
 from protocol.sockets import make_socket
 
@@ -28,20 +29,11 @@ class DrafterRequest:
     max_new_tokens: int
     next_base: int  # committed length the next Draft assumes
     sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
-    round: int = 0
     is_drafting_ahead: bool = False  # the block on next_base began before next_base was committed
 
     def budget(self, base: int) -> int:
         """Draft tokens still useful at `base`: the verifier adds one token itself."""
         return self.max_new_tokens - (base - self.num_prompt) - 1
-
-
-@dataclass
-class DrafterStats:
-    num_drafts: int = 0
-    num_predrafts: int = 0
-    num_predrafts_kept: int = 0
-    num_predrafts_discarded: int = 0
 
 
 class DrafterServer:
@@ -54,7 +46,6 @@ class DrafterServer:
         self.refusal: str | None = None  # why the verifier refused this drafter (it then stops)
         self.requests: dict[str, DrafterRequest] = {}
         self.order: list[str] = []  # round-robin over requests
-        self.stats = DrafterStats()
         self.is_acknowledged = False
         self.is_running = True
         self.ctx = zmq.Context.instance()
@@ -126,30 +117,30 @@ class DrafterServer:
             self.order.remove(msg.request_id)
 
     def handle_verdict(self, msg: Verdict) -> None:
+        """Sync to the verified text, learn from what the target checked (the verdict says how
+        much of the trunk that was), and keep the drafts the verifier can still use."""
         request = self.requests.get(msg.request_id)
         if request is None:
             return
         session = request.session
         base = msg.committed_length - len(msg.appended)
-        if base != session.num_committed:
-            log.warning("verdict for %s at base %d but drafter is at %d: waiting for a re-sync",
+        if base != session.num_committed:  # a verdict went missing: the verifier holds the truth
+            log.warning("verdict for %s at base %d but drafter is at %d: asking for a re-sync",
                         msg.request_id, base, session.num_committed)
             self.handle_close(Close(request_id=msg.request_id))
+            self.send(Resync(request_id=msg.request_id))
             return
         kept = self.engine.sync(session, msg.appended)
         block = _verified_block(request, base)
         if block is not None:
-            accepted = _common_prefix(block.trunk, msg.appended)
-            self.engine.learn(block.trunk, block.branches, accepted, msg.trunk_predictions, msg.branch_predictions)
-            self.engine.adapt(session, len(block.trunk), accepted)
+            trunk = block.trunk[: msg.num_trunk_verified]
+            self.engine.learn(trunk, msg.num_trunk_accepted, msg.trunk_predictions, msg.branch_predictions)
+            self.engine.adapt(session, msg.num_trunk_verified, msg.num_trunk_accepted)
         length = msg.committed_length
-        # drafts the verifier can still use at `length` (exactly based there, or rebased)
-        useful = {b: blk for b, blk in request.sent.items() if b == length or b < length < b + len(blk.trunk)}
+        useful = {b: blk for b, blk in request.sent.items() if is_usable_at(b, len(blk.trunk), length)}
         if kept and useful:
-            self.stats.num_predrafts_kept += 1
             request.sent = useful
         else:
-            self.stats.num_predrafts_discarded += int(bool(request.sent))
             # a pre-draft not yet sent still counts as drafted ahead if its base came true
             request.is_drafting_ahead = request.is_drafting_ahead and kept and request.next_base == length
             request.sent = {}
@@ -195,11 +186,8 @@ class DrafterServer:
         session, base = request.session, request.next_base
         block = self.engine.block_at(session, base, request.budget(base))
         request.sent[base] = block
-        request.round += 1
-        self.stats.num_drafts += 1
-        self.stats.num_predrafts += int(base > session.num_committed)
         self.send(Draft(
-            request_id=request.request_id, round=request.round, base_length=base,
+            request_id=request.request_id, base_length=base,
             base_tail=session.tokens[max(0, base - BASE_TAIL) : base], trunk=block.trunk, branches=block.branches,
             drafted_ahead=request.is_drafting_ahead or base > session.num_committed,
         ))
@@ -209,16 +197,10 @@ class DrafterServer:
 
 
 def _verified_block(request: DrafterRequest, base: int) -> DraftBlock | None:
-    """The block the verifier just checked at `base`: sent there, or rebased onto it."""
+    """The block the verifier just checked at `base`: sent there, or rebased onto it (the rule
+    in protocol.rules)."""
     for sent_base, block in sorted(request.sent.items()):
-        if sent_base == base or sent_base < base < sent_base + len(block.trunk):
+        if is_usable_at(sent_base, len(block.trunk), base):
             del request.sent[sent_base]
             return DraftBlock(block.trunk[base - sent_base :], block.branches)
     return None
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n

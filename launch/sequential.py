@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from drafter.engine import DraftEngine, DraftSession
 from verifier.engine import TargetEngine, TargetSession, VerifyResult
+from verifier.pass_cost import cut_draft
 from verifier.sampling import SamplingParams
 from verifier.stopping import finish
 
@@ -60,10 +61,11 @@ def generate(
         budget = max_new_tokens - len(new_tokens) - 1  # the target always adds one token
         block = drafter.draft(d_session, budget) if budget > 0 else None
         trunk, branches = (block.trunk, block.branches) if block else ([], [])
+        trunk, branches = cut_draft(trunk, branches, t_session.room)  # no position past the context
         result = target.verify(t_session, trunk, branches, sampling)
         stats.record(len(trunk), result)
         drafter.sync(d_session, result.appended)
-        drafter.learn(trunk, branches, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
+        drafter.learn(trunk, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
         drafter.adapt(d_session, len(trunk), result.num_trunk_accepted)
         if on_round is not None:
             on_round(t_session, d_session, result)

@@ -56,7 +56,7 @@ def run_verifier(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.target)
     config = cfg.verifier_config(args, tokenizer.eos_token_id)
     model = for_engine(load_model(args.target, args.device, args.dtype), packed=not args.no_packed_weights)
-    engine = TargetEngine(model, config)
+    engine = TargetEngine(model)
     server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
                             tokenizer_fingerprint(tokenizer))
     _stop_on_signals(server)

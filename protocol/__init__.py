@@ -21,6 +21,7 @@ from protocol.messages import (
     HelloAck,
     Message,
     Open,
+    Resync,
     Tokens,
     Verdict,
 )
@@ -33,6 +34,6 @@ __all__ = [
     "ClientClosed", "OuroborosError", "ProtocolError", "ServerError", "ServerTimeout",
     "MAX_BRANCHES", "MAX_FRAME_BYTES", "MAX_TEXT_CHARS", "MAX_TOKENS_PER_LIST", "PROTOCOL_VERSION",
     "Cancel", "Close", "Done", "Draft", "Error", "ErrorCode", "FinishReason", "Generate", "Hello",
-    "HelloAck", "Message", "Open", "Tokens", "Verdict",
+    "HelloAck", "Message", "Open", "Resync", "Tokens", "Verdict",
     "bind_address", "make_socket", "warn_if_public", "validate_generate",
 ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 2  # 2: Hello carries the tokenizer's fingerprint; a refused drafter gets Error(refused)
+PROTOCOL_VERSION = 2  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync
 
 # Limits the codec enforces on every decoded message.
 MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
@@ -94,12 +94,19 @@ class Hello:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Draft:
     request_id: str
-    round: int
     base_length: int  # committed length the draft was built on
     base_tail: list[int]  # last few committed tokens of that base
     trunk: list[int]
     branches: list[list[int]]
     drafted_ahead: bool = False  # drafting began before its base was verified (the overlap at work)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resync:
+    """The drafter lost step with a request (a verdict it cannot place): the verifier answers
+    with an Open carrying the committed tokens."""
+
+    request_id: str
 
 
 # ---- verifier -> drafter ----
@@ -119,12 +126,17 @@ class Open:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
+    """One verified round. The counts say what the target actually checked, so the drafter
+    never infers it: the verifier may cut a trunk (pass width, budget, --max-draft-tokens)."""
+
     request_id: str
-    round: int
     committed_length: int
     appended: list[int]  # accepted tokens + the correction or bonus token
-    trunk_predictions: list[int]
-    branch_predictions: list[list[int]]
+    num_trunk_verified: int  # leading trunk tokens of the draft (rebased to this round) put in the pass
+    num_trunk_accepted: int
+    is_branch_taken: bool  # tokens past the trunk came from a branch
+    trunk_predictions: list[int]  # the target's argmax at the root and after each verified trunk token
+    branch_predictions: list[list[int]]  # after each token of each verified branch
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,10 +145,10 @@ class Close:
 
 
 Message = (
-    Generate | Cancel | Tokens | Done | Error | Hello | Draft | HelloAck | Open | Verdict | Close
+    Generate | Cancel | Tokens | Done | Error | Hello | Draft | Resync | HelloAck | Open | Verdict | Close
 )
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Generate, Cancel, Tokens, Done, Error, Hello, Draft, HelloAck, Open, Verdict, Close)
+    for cls in (Generate, Cancel, Tokens, Done, Error, Hello, Draft, Resync, HelloAck, Open, Verdict, Close)
 }

@@ -10,7 +10,6 @@ from transformers import DynamicCache
 from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
-from verifier.config import VerifierConfig
 from verifier.sampling import SamplingParams, next_tokens
 from verifier.tree import accept_greedy, build_tree
 
@@ -23,10 +22,16 @@ class TargetSession:
     tokens: list[int]
     num_prompt: int
     cache: DynamicCache
+    max_context: int = 1 << 30  # the target's context: no position may reach it
 
     @property
     def cache_length(self) -> int:
         return self.cache.get_seq_length()
+
+    @property
+    def room(self) -> int:
+        """Draft tokens a tree may hold now without a position running past the context."""
+        return self.max_context - 1 - len(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,8 @@ class VerifyResult:
 
 
 class TargetEngine:
-    def __init__(self, model: torch.nn.Module, config: VerifierConfig | None = None) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval()
-        self.config = config or VerifierConfig()
         self.device = next(model.parameters()).device
         self.kinds = attention_kinds(model.config)  # refuses models whose cache cannot be cropped
         self.vocab_size = int(model.config.vocab_size)
@@ -72,7 +76,7 @@ class TargetEngine:
     def open(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> TargetSession:
         """Prefill all prompt tokens but the last (fed as the root of the first tree)."""
         tokens = self.check_prompt(prompt_ids, max_new_tokens)
-        session = TargetSession(tokens, len(tokens), new_cache())
+        session = TargetSession(tokens, len(tokens), new_cache(), self.max_context)
         if len(tokens) > 1:
             prefill(self.model, self.kinds, session.cache, tokens[:-1])
         return session
@@ -102,13 +106,12 @@ class TargetEngine:
                 for (session, _, _, sampling), tree, base, logits in zip(work, trees, bases, all_logits)]
 
     def _tree(self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]]):
-        """The token tree to verify, cut to --max-draft-tokens and the context."""
-        room = min(self.config.max_draft_tokens, self.max_context - 1 - len(session.tokens))
-        full_trunk = [int(t) for t in trunk]
-        trunk = full_trunk[: max(0, room)]
-        # branches hang after the trunk's last token: only meaningful if the trunk fit whole
-        branches = _fit_branches(branches, room - len(trunk)) if len(trunk) == len(full_trunk) else []
-        return build_tree(session.tokens[-1], trunk, branches)
+        """The token tree to verify, as given (plans cut it: verifier.requests.plan_round)."""
+        tree = build_tree(session.tokens[-1], [int(t) for t in trunk], [[int(t) for t in b] for b in branches])
+        if len(tree.tokens) - 1 > session.room:
+            raise ValueError(f"a tree of {len(tree.tokens) - 1} draft tokens runs past the target's context "
+                             f"({session.room} positions left)")
+        return tree
 
     def _commit(self, session: TargetSession, tree, base: int, logits: torch.Tensor,
                 sampling: SamplingParams | None) -> VerifyResult:
@@ -135,14 +138,3 @@ class TargetEngine:
     def _logits(self, cache: DynamicCache, tree, base: int) -> torch.Tensor:
         return forward_one(self.model, self.kinds, cache, tree.tokens, [base + d for d in tree.depths],
                            tree.visibility())
-
-
-def _fit_branches(branches: Sequence[Sequence[int]], room: int) -> list[list[int]]:
-    """Keep whole branches in order while they fit in `room` tokens."""
-    kept: list[list[int]] = []
-    for branch in branches:
-        if len(branch) > room:
-            break
-        kept.append([int(t) for t in branch])
-        room -= len(branch)
-    return kept

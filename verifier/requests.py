@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocol.messages import Draft
+from protocol.rules import is_usable_at
 from verifier.engine import TargetSession, VerifyResult
 from verifier.pass_cost import EXPLORE_AFTER, YIELD_SMOOTHING, cut_draft
 from verifier.sampling import SamplingParams
@@ -92,10 +93,12 @@ class ServerRequest:
     draft_yield: float = 1.0  # draft tokens accepted per draft token verified (smoothed)
     num_unverified_rounds: int = 0  # rounds since its draft tokens were last verified
 
-    def plan_round(self, own_lookup: Callable[[list[int]], list[int]] | None = None) -> RoundPlan:
-        """The draft that fits now (see take_draft), cut so no token is drafted past the end.
-        With none, `own_lookup` (the verifier's prompt lookup on the committed text) may still
-        give a branch: a round without a draft need not be a one-token round."""
+    def plan_round(self, own_lookup: Callable[[list[int]], list[int]] | None = None,
+                   max_draft_tokens: int = 1 << 30) -> RoundPlan:
+        """The draft that fits now (see take_draft), cut so no token is drafted past the end, past
+        --max-draft-tokens or past the context. With none, `own_lookup` (the verifier's prompt
+        lookup on the committed text) may still give a branch: a round without a draft need not
+        be a one-token round. The scheduler may cut it further (the width that pays)."""
         draft = self.take_draft()
         trunk, branches, is_predraft = draft or ([], [], False)
         if draft is None and own_lookup is not None:
@@ -103,7 +106,9 @@ class ServerRequest:
             branches = [found] if found else []
         budget = self.max_new_tokens - len(self.new_tokens) - 1  # the target adds one token itself
         trunk = trunk[: max(budget, 0)]
-        return RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None)
+        plan = RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None)
+        limit = min(max_draft_tokens, self.session.room)
+        return plan if plan.num_draft_tokens <= limit else plan.cut(limit)
 
     def planning_yield(self) -> float:
         """The yield that decides whether to wait for its draft: measured, or 1 when unmeasured
@@ -159,15 +164,15 @@ class ServerRequest:
         return any(self._fits(draft) for draft in self.drafts.values())
 
     def _fits(self, draft: Draft) -> bool:
-        """Its base (length + tail) is a prefix of the committed text, and its trunk agrees with
-        every committed token past that base and still reaches beyond them (or starts here)."""
+        """Its base (length + tail) is a prefix of the committed text, it is usable here by the
+        rebase rule (protocol.rules.is_usable_at), and its trunk agrees with every committed
+        token past its base."""
         base, length, tokens = draft.base_length, self.committed_length, self.session.tokens
-        if base > length:
+        if not is_usable_at(base, len(draft.trunk), length):
             return False
-        tail, covered = list(draft.base_tail), length - base
+        tail = list(draft.base_tail)
         fits = not tail or tokens[base - len(tail) : base] == tail
-        fits = fits and list(draft.trunk[:covered]) == tokens[base:length]
-        return fits and (covered == 0 or len(draft.trunk) > covered)
+        return fits and list(draft.trunk[: length - base]) == tokens[base:length]
 
     def needs_no_draft(self) -> bool:
         """Only the target's own next token is left to produce."""

@@ -72,7 +72,7 @@ class Scheduler:
         for request in batch:
             self.order.remove(request.request_id)
             self.order.append(request.request_id)
-        plans = [request.plan_round(self.own_lookup) for request in batch]
+        plans = [request.plan_round(self.own_lookup, self.config.max_draft_tokens) for request in batch]
         if not self.config.is_width_fitted:
             return plans
         width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], self.pass_cost)

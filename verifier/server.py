@@ -14,7 +14,8 @@ from protocol.codec import decode, encode
 from protocol.curve import secure_server, start_authenticator
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Tokens, Verdict,
+    Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Resync, Tokens,
+    Verdict,
 )
 from protocol.sockets import make_socket
 from protocol.validation import validate_generate
@@ -120,6 +121,8 @@ class VerifierServer:
                 continue
             if isinstance(msg, Hello):
                 self.handle_hello(identity, msg)
+            elif isinstance(msg, Resync) and identity == self.drafter:
+                self.handle_resync(msg)
             elif isinstance(msg, Draft) and identity == self.drafter:
                 self.drafter_seen = time.monotonic()
                 self.is_drafter_absent = False
@@ -156,6 +159,14 @@ class VerifierServer:
             for request in self.requests.values():
                 request.drafts.clear()
                 self.open_on_drafter(request)
+
+    def handle_resync(self, msg: Resync) -> None:
+        """The drafter lost step with a request: re-open it there from the committed tokens."""
+        request = self.requests.get(msg.request_id)
+        if request is not None:
+            log.info("drafter asked to re-sync %s at %d tokens", msg.request_id, request.committed_length)
+            request.drafts.clear()
+            self.open_on_drafter(request)
 
     def handle_generate(self, identity: bytes, msg: Generate) -> None:
         """Admission: refuse bad input, then run it, queue it (bounded), or answer "busy" at once."""
@@ -235,10 +246,10 @@ class VerifierServer:
             self.agreement.record(len(plan.trunk), result.num_trunk_accepted)
             request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
-                self.after_round(request, result)
+                self.after_round(request, plan, result)
         self.scheduler.record_pass(requests, width, seconds)
 
-    def after_round(self, request: ServerRequest, result) -> None:
+    def after_round(self, request: ServerRequest, plan, result) -> None:
         """Commit a verified round: finish, stream, end, or tell the drafter the verdict."""
         request.waiting_since = time.monotonic()
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
@@ -255,8 +266,10 @@ class VerifierServer:
                                    prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
                                    metrics=self.metrics_of(request)))
             return
-        self.to_drafter(Verdict(request_id=request.request_id, round=request.stats.num_rounds,
-                                committed_length=request.committed_length, appended=result.appended,
+        self.to_drafter(Verdict(request_id=request.request_id, committed_length=request.committed_length,
+                                appended=result.appended, num_trunk_verified=len(plan.trunk),
+                                num_trunk_accepted=result.num_trunk_accepted,
+                                is_branch_taken=result.num_branch_accepted > 0,
                                 trunk_predictions=result.trunk_predictions,
                                 branch_predictions=result.branch_predictions))
 

@@ -15,7 +15,7 @@ import zmq
 from launch.serve import LocalPipeline
 from protocol import AsyncClient, Client, ServerError
 from protocol.codec import encode
-from protocol.messages import Draft, Generate, Hello, Verdict
+from protocol.messages import Draft, Generate, Hello, Resync, Verdict
 from tests.e2e.conftest import serve_args
 
 PROMPT = "def add(a, b):"
@@ -89,10 +89,12 @@ def hostile_frames(rng: random.Random) -> list[bytes]:
     frames += [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xdb\x7f\xff\xff\xff", b"\xc6\x7f\xff\xff\xff"]
     frames += [encode(Generate(request_id="h", prompt_ids=[10**9], max_new_tokens=4)),
                encode(Generate(request_id="h2", prompt="x", max_new_tokens=10**6 + 1)),
-               encode(Draft(request_id="nobody", round=1, base_length=10**6, base_tail=[], trunk=[1] * 60000,
+               encode(Draft(request_id="nobody", base_length=10**6, base_tail=[], trunk=[1] * 60000,
                             branches=[[2] * 50] * 60)),
-               encode(Verdict(request_id="nobody", round=1, committed_length=3, appended=[1], trunk_predictions=[],
+               encode(Verdict(request_id="nobody", committed_length=3, appended=[1], num_trunk_verified=0,
+                              num_trunk_accepted=0, is_branch_taken=False, trunk_predictions=[],
                               branch_predictions=[])),
+               encode(Resync(request_id="nobody")),
                encode(Hello(drafter_id="impostor", vocab_size=7, tokenizer_fingerprint="x"))]
     return frames
 

@@ -11,7 +11,7 @@ from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
     MAX_BRANCHES, MAX_FRAME_BYTES, MAX_TEXT_CHARS, MAX_TOKENS_PER_LIST, MESSAGE_TYPES,
-    PROTOCOL_VERSION, Cancel, Close, Done, Draft, Error, Generate, Hello, HelloAck, Open, Tokens,
+    PROTOCOL_VERSION, Cancel, Close, Done, Draft, Error, Generate, Hello, HelloAck, Open, Resync, Tokens,
     Verdict,
 )
 
@@ -25,12 +25,13 @@ SAMPLES = [
          metrics={"acceptance_rate": 0.75, "tokens_per_round": 3.5}),
     Error(request_id="r1", code="invalid_request", message="empty prompt"),
     Hello(drafter_id="d0", vocab_size=49152, tokenizer_fingerprint="0f3a"),
-    Draft(request_id="r1", round=4, base_length=10, base_tail=[7, 8, 9], trunk=[1, 2, 3],
+    Draft(request_id="r1", base_length=10, base_tail=[7, 8, 9], trunk=[1, 2, 3],
           branches=[[4, 5], [], [6]]),
     HelloAck(verifier_id="v0", vocab_size=49152),
     Open(request_id="r1", token_ids=[1, 2, 3], max_new_tokens=64),
-    Verdict(request_id="r1", round=4, committed_length=13, appended=[1, 2, 9],
-            trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]]),
+    Verdict(request_id="r1", committed_length=13, appended=[1, 2, 9], num_trunk_verified=3, num_trunk_accepted=2,
+            is_branch_taken=False, trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]]),
+    Resync(request_id="r1"),
     Close(request_id="r1"),
 ]
 
@@ -79,7 +80,7 @@ REJECTED = {
     "str for optional int": (with_field(GENERATE, seed="7"), "Generate.seed"),
     "str for list": (with_field(GENERATE, stop="END"), "Generate.stop"),
     "bad metric value": (with_field(DONE, metrics={"x": "fast"}), "Done.metrics"),
-    "missing field": (frame("Draft", {k: v for k, v in body_of(DRAFT).items() if k != "round"}), "'round'"),
+    "missing field": (frame("Draft", {k: v for k, v in body_of(DRAFT).items() if k != "base_length"}), "'base_length'"),
     "extra field": (with_field(TOKENS, logprobs=[0.1]), "'logprobs'"),
     "wrong version": (frame("Cancel", {"request_id": "r"}, version=1), "version 1"),
     "bool version": (frame("Cancel", {"request_id": "r"}, version=True), "version"),

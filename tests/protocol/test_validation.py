@@ -39,3 +39,13 @@ def test_invalid_requests_raise(changes, names):
     with pytest.raises(ProtocolError, match=names) as info:
         validate_generate(dataclasses.replace(VALID, **changes), vocab_size=100, max_context=8)
     assert info.value.request_id == "r1"
+
+
+def test_the_rebase_rule_hand_computed():
+    from protocol.rules import is_usable_at
+
+    assert is_usable_at(10, 0, 10) and is_usable_at(10, 4, 10)  # drafted right here
+    assert is_usable_at(10, 4, 11) and is_usable_at(10, 4, 13)  # the text grew along the trunk
+    assert not is_usable_at(10, 4, 14)  # the trunk is used up: nothing left to verify
+    assert not is_usable_at(10, 4, 9)  # drafted ahead of the text: not yet
+    assert not is_usable_at(10, 0, 11)

@@ -1,19 +1,18 @@
 """The verifier's draft bookkeeping per request: which draft fits the committed text."""
-from types import SimpleNamespace
-
 from protocol.messages import Draft
+from verifier.engine import TargetSession
 from verifier.requests import ServerRequest
 
 PROMPT = [5, 6, 7, 8]
 
 
-def request_with(tokens):
-    session = SimpleNamespace(tokens=list(tokens))  # only the committed tokens are read here
+def request_with(tokens, max_context=1000):
+    session = TargetSession(list(tokens), len(tokens), cache=None, max_context=max_context)  # no model here
     return ServerRequest("r", b"client", session, 64, frozenset(), False)
 
 
 def draft(base, tail, trunk, ahead=False):
-    return Draft(request_id="r", round=1, base_length=base, base_tail=tail, trunk=trunk, branches=[],
+    return Draft(request_id="r", base_length=base, base_tail=tail, trunk=trunk, branches=[],
                  drafted_ahead=ahead)
 
 
@@ -66,3 +65,14 @@ def test_a_round_without_a_draft_verifies_the_verifiers_own_prompt_lookup():
     assert request.plan_round(scheduler.own_lookup).trunk == [5, 6]
     none = Scheduler(VerifierConfig(own_lookup_tokens=0))
     assert request.plan_round(none.own_lookup).branches == []
+
+
+def test_a_plan_is_cut_to_max_draft_tokens_and_to_the_context():
+    request = request_with(PROMPT, max_context=8)  # 4 committed tokens: 3 positions left
+    request.offer(draft(4, [7, 8], [1, 2, 3, 4, 5]))
+    plan = request.plan_round(max_draft_tokens=10)
+    assert plan.trunk == [1, 2, 3] and request.session.room == 3
+    request = request_with(PROMPT)
+    request.offer(Draft(request_id="r", base_length=4, base_tail=[7, 8], trunk=[1, 2], branches=[[3, 4], [5]]))
+    plan = request.plan_round(max_draft_tokens=3)
+    assert (plan.trunk, plan.branches) == ([1, 2], [[3]])
