@@ -118,6 +118,8 @@ class VerifierServer:
                 msg = decode(frame)
             except ProtocolError as exc:
                 log.warning("dropped a malformed message on the drafter link: %s", exc)
+                if "protocol version" in str(exc):  # an old or new peer: say so, in our version
+                    self.to_drafter(Error(request_id="", code=ErrorCode.REFUSED, message=str(exc)), identity)
                 continue
             if isinstance(msg, Hello):
                 self.handle_hello(identity, msg)

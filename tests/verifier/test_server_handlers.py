@@ -1,0 +1,55 @@
+"""The verifier loop's drafter-link handlers, driven over a real socket by a fake drafter."""
+import msgpack
+import pytest
+import zmq
+
+from protocol.codec import decode, encode
+from protocol.messages import Error, ErrorCode, Hello, HelloAck
+from tests.conftest import tiny_model
+from verifier.config import VerifierConfig
+from verifier.engine import TargetEngine
+from verifier.server import VerifierServer
+
+
+@pytest.fixture
+def link(tmp_path):
+    endpoint = f"ipc://{tmp_path}/drafter.sock"
+    server = VerifierServer(TargetEngine(tiny_model("llama")), None, VerifierConfig(), "tcp://127.0.0.1:0", endpoint,
+                            tokenizer_fingerprint="fp-of-the-target")
+    peer = zmq.Context.instance().socket(zmq.DEALER)
+    peer.connect(endpoint)
+    yield server, peer
+    peer.close(0)
+    server.clients.close(0)
+    server.drafter_link.close(0)
+
+
+def exchange(server, peer, frame: bytes):
+    peer.send(frame)
+    assert server.drafter_link.poll(5000)
+    server.drain_drafter()
+    assert peer.poll(5000), "the verifier did not answer"
+    return decode(peer.recv())
+
+
+def test_a_drafter_with_another_tokenizer_is_refused_with_the_reason(link):
+    server, peer = link
+    reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96, tokenizer_fingerprint="other")))
+    assert isinstance(reply, Error) and reply.code == ErrorCode.REFUSED and "tokenizer differs" in reply.message
+    assert server.drafter is None
+
+
+def test_a_padded_vocabulary_with_the_same_tokenizer_is_welcome(link):
+    server, peer = link
+    reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96 + 64,
+                                                tokenizer_fingerprint="fp-of-the-target")))
+    assert isinstance(reply, HelloAck) and reply.vocab_size == 96 and server.drafter is not None
+
+
+def test_a_peer_on_another_protocol_version_is_told_so(link):
+    server, peer = link
+    old_hello = msgpack.packb({"v": 1, "type": "Hello", "body": {"drafter_id": "d", "vocab_size": 96,
+                                                                  "model_name": "x"}})
+    reply = exchange(server, peer, old_hello)
+    assert isinstance(reply, Error) and reply.code == ErrorCode.REFUSED
+    assert "unsupported protocol version 1 (expected 2)" in reply.message
