@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
 import queue
 import signal
 import subprocess

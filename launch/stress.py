@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from launch import config as cfg
 
 
 def add_stress_parser(sub) -> None:

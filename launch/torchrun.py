@@ -5,7 +5,6 @@ GPUs both run on the CPU with gloo. The drafter endpoint is exchanged through to
 rendezvous store, so `--nnodes 2` puts the drafter on another node with no extra flags."""
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys

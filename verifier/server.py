@@ -21,6 +21,7 @@ from protocol.sockets import make_socket
 from protocol.validation import validate_generate
 from verifier.agreement import AgreementWatch
 from verifier.config import VerifierConfig
+from verifier.drafter_link import DrafterLink, is_within_vocab
 from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
@@ -41,47 +42,43 @@ class VerifierServer:
         self.scheduler = Scheduler(config)
         self.agreement = AgreementWatch()
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
-        self.drafter: bytes | None = None  # ROUTER identity of the live drafter
-        self.drafter_seen = 0.0
-        self.drafter_since = 0.0  # when the live drafter's handshake was done
-        self.is_drafter_absent = True
         self.is_running = True
         self.ctx = zmq.Context.instance()
         self.clients = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
         self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished client raises: we notice
         self.queue: deque[tuple[bytes, Generate]] = deque()  # admitted past max_sessions, up to max_queue
-        self.drafter_link = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
+        self.link = DrafterLink(self.ctx, config.draft_timeout_s)
         self.authenticator = None
         if curve_keys is not None:  # only holders of the client key may submit work or draft
             self.authenticator = start_authenticator(self.ctx, curve_keys)
             secure_server(self.clients, curve_keys)
-            secure_server(self.drafter_link, curve_keys)
+            secure_server(self.link.socket, curve_keys)
         self.clients.bind(client_endpoint)
-        self.drafter_link.bind(drafter_endpoint)
+        self.link.socket.bind(drafter_endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.clients, zmq.POLLIN)
-        self.poller.register(self.drafter_link, zmq.POLLIN)
+        self.poller.register(self.link.socket, zmq.POLLIN)
 
     def wait_for_drafter(self, timeout_s: float) -> bool:
         """The ready handshake: True once a drafter said Hello and was acknowledged."""
         deadline = time.monotonic() + timeout_s
-        while self.drafter is None and self.is_running and time.monotonic() < deadline:
-            if self.drafter_link.poll(100):
+        while self.link.identity is None and self.is_running and time.monotonic() < deadline:
+            if self.link.socket.poll(100):
                 self.drain_drafter()
-        return self.drafter is not None
+        return self.link.identity is not None
 
     def serve_loop(self) -> None:
         while self.is_running:
-            ready = self.scheduler.pick_ready(self.is_drafter_absent)
-            is_gathering = self.scheduler.is_gathering(ready, self.is_drafter_absent)
+            ready = self.scheduler.pick_ready(self.link.is_absent)
+            is_gathering = self.scheduler.is_gathering(ready, self.link.is_absent)
             events = dict(self.poller.poll(1 if is_gathering else 0 if ready else 20))
             if self.clients in events:
                 self.drain_clients()
-            if self.drafter_link in events:
+            if self.link.socket in events:
                 self.drain_drafter()
-            self.check_drafter_silence()
-            batch = self.scheduler.pick_ready(self.is_drafter_absent)
-            if batch and not self.scheduler.is_gathering(batch, self.is_drafter_absent):
+            self.link.check_silence(r.waiting_since for r in self.requests.values())
+            batch = self.scheduler.pick_ready(self.link.is_absent)
+            if batch and not self.scheduler.is_gathering(batch, self.link.is_absent):
                 self.run_rounds(batch)
 
     # ---- receiving ----
@@ -109,7 +106,7 @@ class VerifierServer:
     def drain_drafter(self, limit: int = 256) -> None:
         for _ in range(limit):
             try:
-                identity, frame = _recv_pair(self.drafter_link)
+                identity, frame = _recv_pair(self.link.socket)
             except zmq.Again:
                 return
             except ValueError:
@@ -119,43 +116,32 @@ class VerifierServer:
             except ProtocolError as exc:
                 log.warning("dropped a malformed message on the drafter link: %s", exc)
                 if "protocol version" in str(exc):  # an old or new peer: say so, in our version
-                    self.to_drafter(Error(request_id="", code=ErrorCode.REFUSED, message=str(exc)), identity)
+                    self.link.send(Error(request_id="", code=ErrorCode.REFUSED, message=str(exc)), identity)
                 continue
             if isinstance(msg, Hello):
                 self.handle_hello(identity, msg)
-            elif isinstance(msg, Resync) and identity == self.drafter:
+            elif isinstance(msg, Resync) and identity == self.link.identity:
                 self.handle_resync(msg)
-            elif isinstance(msg, Draft) and identity == self.drafter:
-                self.drafter_seen = time.monotonic()
-                self.is_drafter_absent = False
+            elif isinstance(msg, Draft) and identity == self.link.identity:
+                self.link.heard()
                 request = self.requests.get(msg.request_id)
-                if request is not None and self.is_within_vocab(msg):
+                if request is not None and is_within_vocab(msg, self.engine.vocab_size):
                     request.offer(msg)
             else:
                 log.warning("ignored %s from %s on the drafter link", type(msg).__name__, identity.hex())
 
     # ---- handlers ----
-    def is_within_vocab(self, msg: Draft) -> bool:
-        tokens = [*msg.trunk, *(t for branch in msg.branches for t in branch)]
-        if tokens and max(tokens) >= self.engine.vocab_size:
-            log.warning("dropped a draft for %s holding token ids past the target's %d", msg.request_id,
-                        self.engine.vocab_size)
-            return False
-        return True
-
     def handle_hello(self, identity: bytes, msg: Hello) -> None:
         """Tokenizers are compared, not vocabulary sizes: padding rows may differ (design.md §7)."""
         if msg.tokenizer_fingerprint != self.tokenizer_fingerprint:
             reason = ("the draft's tokenizer differs from the target's (vocabulary or merges): "
                       "pick a draft that shares the target's tokenizer")
             log.error("refused drafter %s: %s", msg.drafter_id, reason)
-            self.to_drafter(Error(request_id="", code=ErrorCode.REFUSED, message=reason), identity)
+            self.link.send(Error(request_id="", code=ErrorCode.REFUSED, message=reason), identity)
             return
-        is_new = identity != self.drafter
-        self.drafter, self.drafter_seen, self.is_drafter_absent = identity, time.monotonic(), False
-        self.to_drafter(HelloAck(verifier_id=self.verifier_id, vocab_size=self.engine.vocab_size))
+        is_new = self.link.accept(identity)
+        self.link.send(HelloAck(verifier_id=self.verifier_id, vocab_size=self.engine.vocab_size))
         if is_new:  # (re-)sync: the verifier's committed tokens are the truth
-            self.drafter_since = time.monotonic()
             self.agreement.reset()
             log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
             for request in self.requests.values():
@@ -219,16 +205,6 @@ class VerifierServer:
                                    metrics=self.metrics_of(request)))
 
     # ---- rounds ----
-    def check_drafter_silence(self) -> None:
-        """A drafter silent past --draft-timeout while a request waits: decode alone until it
-        speaks. Checked after draining, so drafts queued during a long pass count as speech."""
-        now = time.monotonic()
-        if self.drafter is not None and not self.is_drafter_absent and now - self.drafter_seen > self.config.draft_timeout_s:
-            if any(now - r.waiting_since > self.config.draft_timeout_s for r in self.requests.values()):
-                self.is_drafter_absent = True
-                log.warning("no draft within %.1f s (--draft-timeout): decoding with the target alone",
-                            self.config.draft_timeout_s)
-
     def run_rounds(self, requests: list[ServerRequest]) -> None:
         """One round for each request, all verified in one batched target pass."""
         plans = self.scheduler.plan(requests)
@@ -268,7 +244,7 @@ class VerifierServer:
                                    prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
                                    metrics=self.metrics_of(request)))
             return
-        self.to_drafter(Verdict(request_id=request.request_id, committed_length=request.committed_length,
+        self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
                                 appended=result.appended, num_trunk_verified=len(plan.trunk),
                                 num_trunk_accepted=result.num_trunk_accepted,
                                 is_branch_taken=result.num_branch_accepted > 0,
@@ -287,19 +263,17 @@ class VerifierServer:
         self.scheduler.remove(request.request_id)
         if last is not None:
             self.reply(request.client, last)
-        self.to_drafter(Close(request_id=request.request_id))
+        self.link.send(Close(request_id=request.request_id))
         while self.queue and len(self.requests) < self.config.max_sessions:
             self.admit(*self.queue.popleft())
 
     def metrics_of(self, request: ServerRequest) -> dict[str, float]:
         """The request's speculative metrics, and how long the drafter has been up (-1: none)."""
-        is_up = self.drafter is not None and not self.is_drafter_absent
-        uptime = time.monotonic() - self.drafter_since if is_up else -1.0
-        return request.stats.as_metrics(len(request.new_tokens)) | {"drafter_uptime_s": uptime}
+        return request.stats.as_metrics(len(request.new_tokens)) | {"drafter_uptime_s": self.link.uptime_s()}
 
     def open_on_drafter(self, request: ServerRequest) -> None:
-        self.drafter_seen = time.monotonic()  # its silence counts from the latest work given
-        self.to_drafter(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
+        self.link.gave_work()
+        self.link.send(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
                              max_new_tokens=request.max_new_tokens - len(request.new_tokens)))
 
     def reply(self, identity: bytes, msg) -> bool:
@@ -310,16 +284,6 @@ class VerifierServer:
         except zmq.ZMQError as exc:
             log.warning("could not send %s to a client: %s", type(msg).__name__, exc)
             return False
-
-    def to_drafter(self, msg, identity: bytes | None = None) -> None:
-        """To the live drafter, or to the peer `identity` (a refusal)."""
-        identity = identity or self.drafter
-        if identity is None:
-            return
-        try:
-            self.drafter_link.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.warning("could not send %s to the drafter: %s", type(msg).__name__, exc)
 
 
 def _recv_pair(socket: zmq.Socket) -> tuple[bytes, bytes]:

@@ -1,5 +1,4 @@
 """`ouroboros serve` as a user runs it: ready line, Ctrl-C, a crashed verifier."""
-import os
 import re
 import signal
 import subprocess

@@ -21,12 +21,12 @@ def link(tmp_path):
     yield server, peer
     peer.close(0)
     server.clients.close(0)
-    server.drafter_link.close(0)
+    server.link.socket.close(0)
 
 
 def exchange(server, peer, frame: bytes):
     peer.send(frame)
-    assert server.drafter_link.poll(5000)
+    assert server.link.socket.poll(5000)
     server.drain_drafter()
     assert peer.poll(5000), "the verifier did not answer"
     return decode(peer.recv())
@@ -36,14 +36,14 @@ def test_a_drafter_with_another_tokenizer_is_refused_with_the_reason(link):
     server, peer = link
     reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96, tokenizer_fingerprint="other")))
     assert isinstance(reply, Error) and reply.code == ErrorCode.REFUSED and "tokenizer differs" in reply.message
-    assert server.drafter is None
+    assert server.link.identity is None
 
 
 def test_a_padded_vocabulary_with_the_same_tokenizer_is_welcome(link):
     server, peer = link
     reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96 + 64,
                                                 tokenizer_fingerprint="fp-of-the-target")))
-    assert isinstance(reply, HelloAck) and reply.vocab_size == 96 and server.drafter is not None
+    assert isinstance(reply, HelloAck) and reply.vocab_size == 96 and server.link.identity is not None
 
 
 def test_a_peer_on_another_protocol_version_is_told_so(link):
