@@ -99,8 +99,11 @@ def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache: Dynam
     seen = torch.ones(1, n, base + n, dtype=torch.bool, device=device)
     seen[0, :, base:] = visible.to(device)
     query_positions = torch.tensor([positions], device=device)
-    key_positions = torch.cat([torch.arange(base, device=device)[None], query_positions], dim=1)
-    mask = layer_masks(kinds, seen, query_positions, key_positions, model_dtype(model))
+    if n == 1 and all(kind.layer_type == FULL for kind in kinds):
+        mask = None  # one query that sees everything: no mask at all (sdpa's fastest path)
+    else:
+        key_positions = torch.cat([torch.arange(base, device=device)[None], query_positions], dim=1)
+        mask = layer_masks(kinds, seen, query_positions, key_positions, model_dtype(model))
     keep = torch.tensor(logits_to_keep, device=device) if isinstance(logits_to_keep, list) else logits_to_keep
     out = model(input_ids=torch.tensor([tokens], device=device), position_ids=query_positions, attention_mask=mask,
                 cache=cache, use_cache=True, logits_to_keep=keep)
