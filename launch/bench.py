@@ -29,6 +29,10 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"comma list of {', '.join(CONTENDERS)}")
     bench.add_argument("--threads", type=int, default=2, help="cores every contender gets in total")
+    bench.add_argument("--verifier-threads", type=int, default=None,
+                       help="the pipeline's verifier threads (default --threads/2)")
+    bench.add_argument("--drafter-threads", type=int, default=None,
+                       help="the pipeline's drafter threads (default --threads/2)")
     bench.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="write a bar chart of tokens/s")
     bench.add_argument("--pass-costs", action="store_true",

@@ -96,9 +96,12 @@ class Pipeline:
         from launch.serve import LocalPipeline
         from protocol.client import Client
 
-        packing = ["--no-packed-weights"] if args.no_packed_weights else []
+        extra = ["--no-packed-weights"] if args.no_packed_weights else []
+        for flag in ("verifier_threads", "drafter_threads"):
+            if getattr(args, flag, None):
+                extra += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         serve_args = build_parser().parse_args(
-            ["serve", "--target", args.target, "--draft", args.draft, "--dtype", args.dtype, "--port", "0", *packing,
+            ["serve", "--target", args.target, "--draft", args.draft, "--dtype", args.dtype, "--port", "0", *extra,
              "--threads-per-process", str(max(1, args.threads // 2)), *cfg.algorithm_argv(args),
              *cfg.verifier_argv(args)])
         self.shared = shared

@@ -29,6 +29,10 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--draft-device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--threads-per-process", type=int, default=1, help="torch threads for each process")
+    parser.add_argument("--verifier-threads", type=int, default=None,
+                        help="torch threads for the verifier (default --threads-per-process)")
+    parser.add_argument("--drafter-threads", type=int, default=None,
+                        help="torch threads for the drafter (default --threads-per-process)")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for both models")
     parser.add_argument("--pool-file", default=None, help="phrase pool kept across drafter restarts")
     cfg.add_security_flags(parser)
@@ -43,6 +47,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _threads(args: argparse.Namespace, role_flag: str) -> int:
+    """A role's torch threads: its own flag, else --threads-per-process (>= 1)."""
+    threads = getattr(args, role_flag, None) or args.threads_per_process
+    if threads < 1:
+        raise ValueError(f"--{role_flag.replace('_', '-')} / --threads-per-process must be >= 1, got {threads}")
+    return threads
 
 
 class StderrRelay:
@@ -106,7 +118,7 @@ class LocalPipeline:
     def start_drafter(self) -> None:
         a = self.args
         role = ["drafter", "--connect", self.drafter_endpoint, "--device", a.draft_device,
-                "--threads", str(a.threads_per_process), *self._common(), *cfg.algorithm_argv(a)]
+                "--threads", str(_threads(a, "drafter_threads")), *self._common(), *cfg.algorithm_argv(a)]
         if a.pool_file:
             role += ["--pool-file", a.pool_file]
         self.drafter = self._spawn(role)
@@ -119,7 +131,7 @@ class LocalPipeline:
             print(f"ouroboros: warning: {warning}", file=sys.stderr)
         client_endpoint = a.bind or bind_address(a.host, a.port)
         role = ["verifier", "--bind", client_endpoint, "--drafter-bind", self.drafter_endpoint,
-                "--device", a.target_device, "--threads", str(a.threads_per_process),
+                "--device", a.target_device, "--threads", str(_threads(a, "verifier_threads")),
                 "--ready-timeout", str(a.ready_timeout), *self._common(), *cfg.verifier_argv(a)]
         self.verifier = self._spawn(role, stdout=subprocess.PIPE)
         self.start_drafter()

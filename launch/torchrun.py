@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=False, timeout=timedelta(seconds=serve_args.ready_timeout))
     common = ["--target", serve_args.target, "--draft", serve_args.draft, "--dtype", serve_args.dtype,
-              "--device", device, "--threads", str(serve_args.threads_per_process)]
+              "--device", device]
     common += ["--curve-keys", serve_args.curve_keys] if serve_args.curve_keys else []
     common += ["--no-packed-weights"] if serve_args.no_packed_weights else []
     parser = build_parser()
@@ -62,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         endpoint = f"tcp://{host}:{_free_port(host)}"
         store.set(ENDPOINT_KEY, endpoint)
         client = serve_args.bind or f"tcp://{serve_args.host}:{serve_args.port or '*'}"
-        args = parser.parse_args(["verifier", "--bind", client, "--drafter-bind", endpoint, *common,
+        threads = ["--threads", str(serve_args.verifier_threads or serve_args.threads_per_process)]
+        args = parser.parse_args(["verifier", "--bind", client, "--drafter-bind", endpoint, *common, *threads,
                                   "--ready-timeout", str(serve_args.ready_timeout), *cfg.verifier_argv(serve_args)])
         return run_verifier(args)
     endpoint = store.get(ENDPOINT_KEY).decode()
-    args = parser.parse_args(["drafter", "--connect", endpoint, *common, *cfg.algorithm_argv(serve_args)])
+    threads = ["--threads", str(serve_args.drafter_threads or serve_args.threads_per_process)]
+    args = parser.parse_args(["drafter", "--connect", endpoint, *common, *threads, *cfg.algorithm_argv(serve_args)])
     return run_drafter(args)
 
 

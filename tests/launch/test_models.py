@@ -47,3 +47,14 @@ def test_models_are_placed_with_a_dtype(tmp_path):
     assert next(model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="--dtype"):
         load_model(str(tmp_path / "t"), "cpu", "int3")
+
+
+def test_each_role_gets_its_own_thread_count():
+    from launch.cli import build_parser
+    from launch.serve import _threads
+
+    args = build_parser().parse_args(["serve", "--verifier-threads", "2", "--threads-per-process", "3"])
+    assert (_threads(args, "verifier_threads"), _threads(args, "drafter_threads")) == (2, 3)
+    args = build_parser().parse_args(["serve", "--threads-per-process", "0"])
+    with pytest.raises(ValueError, match="--threads-per-process must be >= 1"):
+        _threads(args, "drafter_threads")
