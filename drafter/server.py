@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import zmq
 
-from drafter.engine import DraftBlock, DraftEngine, DraftSession
+from drafter.engine import DraftBlock, DraftEngine
+from drafter.scheduler import DraftScheduler, DrafterRequest
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
@@ -18,23 +18,6 @@ from protocol.sockets import make_socket
 
 log = logging.getLogger("ouroboros.drafter")
 BASE_TAIL = 8  # committed tokens echoed in each Draft so the verifier can check the base
-MAX_AHEAD = 2  # drafts outstanding per request: the one being verified and one pre-draft
-
-
-@dataclass
-class DrafterRequest:
-    request_id: str
-    session: DraftSession
-    num_prompt: int
-    max_new_tokens: int
-    next_base: int  # committed length the next Draft assumes
-    sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
-    is_drafting_ahead: bool = False  # the block on next_base began before next_base was committed
-
-    def budget(self, base: int) -> int:
-        """Draft tokens still useful at `base`: the verifier adds one token itself."""
-        return self.max_new_tokens - (base - self.num_prompt) - 1
-
 
 class DrafterServer:
     def __init__(self, engine: DraftEngine, endpoint: str, tokenizer_fingerprint: str, vocab_size: int,
@@ -44,8 +27,8 @@ class DrafterServer:
         self.hello = Hello(drafter_id=uuid.uuid4().hex, vocab_size=vocab_size,
                            tokenizer_fingerprint=tokenizer_fingerprint)
         self.refusal: str | None = None  # why the verifier refused this drafter (it then stops)
-        self.requests: dict[str, DrafterRequest] = {}
-        self.order: list[str] = []  # round-robin over requests
+        self.scheduler = DraftScheduler(engine)
+        self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.is_acknowledged = False
         self.is_running = True
         self.ctx = zmq.Context.instance()
@@ -59,8 +42,7 @@ class DrafterServer:
         self.send(self.hello)
         last_hello = time.monotonic()
         while self.is_running:
-            busy = any(self.has_work(request) for request in self.requests.values())
-            if self.socket.poll(0 if busy else 50):
+            if self.socket.poll(0 if self.scheduler.is_busy() else 50):
                 self.drain()
             if not self.is_acknowledged and time.monotonic() - last_hello > 1.0:
                 self.send(self.hello)  # the verifier may not have been listening yet
@@ -105,16 +87,11 @@ class DrafterServer:
     def handle_open(self, msg: Open) -> None:
         """A new request, or a re-sync: the verifier's committed tokens are the truth."""
         session = self.engine.open(msg.token_ids)
-        self.requests[msg.request_id] = DrafterRequest(
-            msg.request_id, session, len(msg.token_ids), msg.max_new_tokens, next_base=len(msg.token_ids)
-        )
-        if msg.request_id not in self.order:
-            self.order.append(msg.request_id)
+        self.scheduler.add(DrafterRequest(msg.request_id, session, len(msg.token_ids), msg.max_new_tokens,
+                                          next_base=len(msg.token_ids)))
 
     def handle_close(self, msg: Close) -> None:
-        self.requests.pop(msg.request_id, None)
-        if msg.request_id in self.order:
-            self.order.remove(msg.request_id)
+        self.scheduler.remove(msg.request_id)
 
     def handle_verdict(self, msg: Verdict) -> None:
         """Sync to the verified text, learn from what the target checked (the verdict says how
@@ -147,39 +124,13 @@ class DrafterServer:
             request.next_base = length
 
     # ---- drafting ----
-    def has_work(self, request: DrafterRequest) -> bool:
-        return len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0
-
-    def needs_step(self, request: DrafterRequest) -> bool:
-        """True while the block on next_base is shorter than wanted (and the model can go on)."""
-        session, base = request.session, request.next_base
-        # gated (no trunk will be sent): ready at once if the text up to base is known
-        gated_and_known = self.engine.is_gated(session) and len(session.tokens) >= base
-        wanted = 0 if gated_and_known else self.engine.goal(session, request.budget(base))
-        return len(session.tokens) - base < wanted and self.engine.can_step(session)
-
     def advance(self) -> None:
-        """Send every block that is ready, then one batched draft pass (--draft-batch): for the
-        requests the verifier waits on, if any need one, else for pre-drafts; round-robin."""
-        waited_on, ahead = [], []
-        for request_id in list(self.order):
-            request = self.requests[request_id]
-            if not self.has_work(request):
-                continue
-            if not self.needs_step(request):
-                self.send_block(request)
-            elif request.next_base <= request.session.num_committed:
-                waited_on.append(request)
-            else:
-                ahead.append(request)
-        batch = (waited_on or ahead)[: self.engine.config.max_batch]
-        if not batch:
-            return
-        for request in batch:
-            request.is_drafting_ahead |= request.next_base > request.session.num_committed
-            self.order.remove(request.request_id)
-            self.order.append(request.request_id)
-        self.engine.step_batch([request.session for request in batch])
+        """Send every block that is ready, then one batched draft pass (drafter.scheduler)."""
+        ready, batch = self.scheduler.plan()
+        for request in ready:
+            self.send_block(request)
+        if batch:
+            self.engine.step_batch([request.session for request in batch])
 
     def send_block(self, request: DrafterRequest) -> None:
         """Send the Draft for next_base, then assume it is accepted and move next_base past it."""

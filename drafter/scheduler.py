@@ -1,0 +1,80 @@
+"""The drafter's schedule: which requests get a block sent now and which get the next draft pass
+(the verifier's waits first, then pre-drafts), round-robin. Bookkeeping, no sockets, no tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from drafter.engine import DraftBlock, DraftEngine, DraftSession
+
+MAX_AHEAD = 2  # drafts outstanding per request: the one being verified and one pre-draft
+
+
+@dataclass
+class DrafterRequest:
+    request_id: str
+    session: DraftSession
+    num_prompt: int
+    max_new_tokens: int
+    next_base: int  # committed length the next Draft assumes
+    sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
+    is_drafting_ahead: bool = False  # the block on next_base began before next_base was committed
+
+    def budget(self, base: int) -> int:
+        """Draft tokens still useful at `base`: the verifier adds one token itself."""
+        return self.max_new_tokens - (base - self.num_prompt) - 1
+
+    @property
+    def is_waited_on(self) -> bool:
+        """Its next block is for text already committed: the verifier waits for it."""
+        return self.next_base <= self.session.num_committed
+
+
+class DraftScheduler:
+    def __init__(self, engine: DraftEngine) -> None:
+        self.engine = engine
+        self.requests: dict[str, DrafterRequest] = {}
+        self.order: list[str] = []  # round-robin over requests
+
+    def add(self, request: DrafterRequest) -> None:
+        self.requests[request.request_id] = request
+        if request.request_id not in self.order:
+            self.order.append(request.request_id)
+
+    def remove(self, request_id: str) -> None:
+        self.requests.pop(request_id, None)
+        if request_id in self.order:
+            self.order.remove(request_id)
+
+    def has_work(self, request: DrafterRequest) -> bool:
+        return len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0
+
+    def needs_step(self, request: DrafterRequest) -> bool:
+        """True while the block on next_base is shorter than wanted (and the model can go on)."""
+        session, base = request.session, request.next_base
+        # gated (no trunk will be sent): ready at once if the text up to base is known
+        gated_and_known = self.engine.is_gated(session) and len(session.tokens) >= base
+        wanted = 0 if gated_and_known else self.engine.goal(session, request.budget(base))
+        return len(session.tokens) - base < wanted and self.engine.can_step(session)
+
+    def plan(self) -> tuple[list[DrafterRequest], list[DrafterRequest]]:
+        """(blocks ready to send now, the requests for one batched draft pass: those the verifier
+        waits on if any need a step, else pre-drafts; at most --draft-batch). Those stepped go to
+        the back of the round-robin."""
+        ready, waited_on, ahead = [], [], []
+        for request_id in self.order:
+            request = self.requests[request_id]
+            if not self.has_work(request):
+                continue
+            if not self.needs_step(request):
+                ready.append(request)
+            else:
+                (waited_on if request.is_waited_on else ahead).append(request)
+        batch = (waited_on or ahead)[: self.engine.config.max_batch]
+        for request in batch:
+            request.is_drafting_ahead |= not request.is_waited_on
+            self.order.remove(request.request_id)
+            self.order.append(request.request_id)
+        return ready, batch
+
+    def is_busy(self) -> bool:
+        return any(self.has_work(request) for request in self.requests.values())
