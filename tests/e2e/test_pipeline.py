@@ -10,7 +10,8 @@ from launch.cli import build_parser
 from launch.models import load_model, load_tokenizer
 from launch.serve import LocalPipeline
 from protocol.client import Client
-from tests.conftest import humaneval_prompts, reference_greedy
+from bench.prompts import humaneval_prompts
+from tests.conftest import reference_greedy
 from tests.e2e.conftest import serve_args
 
 PROMPTS = ["def add(a, b):", "Once upon a time", "import numpy as np\n", "The quick brown fox"]

@@ -7,7 +7,8 @@ import pytest
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
 from launch.sequential import generate
-from tests.conftest import humaneval_prompts, reference_greedy
+from bench.prompts import humaneval_prompts
+from tests.conftest import reference_greedy
 from verifier.engine import TargetEngine
 
 

@@ -7,10 +7,10 @@ from safetensors import safe_open
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from launch.draft_model import build_student, load_draft_dir, save_draft
-from launch import train_data
-from launch.train_data import ChunkStream, Cursor, extra_sources, site_package_sources
-from launch.train_draft import add_train_draft_parser, run_train_draft
+from distill.draft_model import build_student, load_draft_dir, save_draft
+from distill import data as train_data
+from distill.data import ChunkStream, Cursor, extra_sources, site_package_sources
+from distill.train import add_train_draft_parser, run_train_draft
 from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]

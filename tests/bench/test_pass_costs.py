@@ -6,7 +6,7 @@ from tests.families import make_tokenizer, save_pair
 
 
 def test_pass_costs_report_every_shape(tmp_path, monkeypatch):
-    import launch.pass_costs as pass_costs
+    import bench.pass_costs as pass_costs
 
     monkeypatch.setattr(pass_costs, "REPEATS", 2)
     target, draft = save_pair(tmp_path, "mistral", make_tokenizer())

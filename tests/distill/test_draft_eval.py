@@ -4,7 +4,7 @@ import json
 import pytest
 
 from launch.cli import main
-from launch.draft_eval import run_lengths, summarize
+from distill.evaluate import run_lengths, summarize
 from tests.families import make_tokenizer, save_pair
 
 

@@ -159,8 +159,8 @@ def atomic_write(final: Path, write: Callable[[str], object]) -> None:
 
 def teacher_forced_agreement(draft: nn.Module, items: list[tuple[list[int], list[int]]]) -> float:
     """Fraction of continuation tokens the draft's argmax predicts, given the true prefix
-    (launch.draft_eval, the code `eval-draft` reports from)."""
-    from launch.draft_eval import match_vectors, summarize
+    (distill.evaluate, the code `eval-draft` reports from)."""
+    from distill.evaluate import match_vectors, summarize
 
     return summarize(match_vectors(draft, items))["agreement"]
 

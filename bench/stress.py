@@ -160,7 +160,7 @@ def summarize(records: list[Record], kill: KillState, elapsed: float, restarts: 
 
 
 def run_stress(args: argparse.Namespace) -> int:
-    from launch.bench import load_prompts
+    from bench.run import load_prompts
     from launch.serve import LocalPipeline
 
     if args.clients < 1 or args.requests < 1 or args.max_new_tokens < 1:

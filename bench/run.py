@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from launch import config as cfg
-from launch.bench_contenders import CONTENDERS, Outcome, build_contenders
+from bench.prompts import load_prompts
+from bench.contenders import CONTENDERS, Outcome, build_contenders
 
 DEFAULT_CONTENDERS = "target,target-1thread,hf-assisted,hf-prompt-lookup,sequential,pipeline"
 
@@ -41,33 +42,6 @@ def add_bench_parser(sub) -> None:
     cfg.add_model_flags(bench)
     cfg.add_algorithm_flags(bench)
     cfg.add_verifier_flags(bench)
-
-
-def load_prompts(path: str | None, limit: int) -> list[str]:
-    """Prompts from a JSONL file (clear errors naming the line) or HumanEval."""
-    if limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
-    if path is None:
-        from launch.demo import humaneval_prompt
-
-        return [humaneval_prompt(i) for i in range(min(limit, 164))]
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--prompts {path}: no such file")
-    prompts = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"]:
-            raise ValueError(f"{path} line {number}: needs a non-empty 'prompt' string")
-        prompts.append(item["prompt"])
-    if not prompts:
-        raise ValueError(f"--prompts {path}: the file holds no prompts")
-    return prompts[:limit]
 
 
 @dataclass
@@ -105,7 +79,7 @@ class Tally:
 def run_bench(args: argparse.Namespace) -> int:
     cfg.resolve_model_flags(args)
     if args.pass_costs:
-        from launch.pass_costs import run_pass_costs
+        from bench.pass_costs import run_pass_costs
 
         return run_pass_costs(args)
     prompts = load_prompts(args.prompts, args.limit)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from launch.bench import load_prompts
+from bench.run import load_prompts
 
 
 def test_prompt_file_errors_name_the_line(tmp_path):

@@ -65,7 +65,7 @@ def summarize(vectors: list[list[bool]]) -> dict:
 def draft_step_ratio(target: torch.nn.Module, draft: torch.nn.Module) -> float:
     """A 1-token draft pass over a 1-token target pass, both through our engine, on this thread count."""
     from launch.models import for_engine
-    from launch.pass_costs import EnginePasses
+    from bench.pass_costs import EnginePasses
     import copy
 
     target_ms = EnginePasses(for_engine(copy.deepcopy(target))).tokens(1)
@@ -103,9 +103,9 @@ def add_eval_draft_parser(sub) -> None:
 
 
 def run_eval_draft(args: argparse.Namespace) -> int:
-    from launch.bench import load_prompts
+    from bench.run import load_prompts
     from launch.models import load_pair
-    from launch.train_data import target_continuations
+    from distill.data import target_continuations
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")

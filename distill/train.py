@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from launch.draft_model import (
+from distill.draft_model import (
     atomic_write, build_student, check_layers, expected_tokens_per_round, save_draft, shipped_state, target_fingerprint,
     teacher_forced_agreement,
 )
 from launch.models import BUILTIN_TARGET, load_model, load_tokenizer
-from launch.train_data import ChunkStream, Cursor, coverage, eval_continuations, frequent_vocab, training_files
+from distill.data import ChunkStream, Cursor, coverage, eval_continuations, frequent_vocab, training_files
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -278,7 +278,7 @@ def restore(checkpoint: dict, student, optimizer) -> Progress:
 
 
 def report(config: TrainConfig, target, student, items, progress: Progress, tokens_per_s: float) -> int:
-    from launch.draft_eval import evaluate, format_report
+    from distill.evaluate import evaluate, format_report
 
     evaluation = evaluate(target, student.eval(), items) if items else None
     agreement = evaluation["agreement"] if evaluation else None
@@ -289,7 +289,7 @@ def report(config: TrainConfig, target, student, items, progress: Progress, toke
         "lr": config.lr, "seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
         "vocab_coverage_train_sample": round(progress.vocab_coverage, 4), "eval_prompts": len(items),
         "agreement_start": progress.agreement_start, "agreement": agreement, "expected_tokens_per_round": expected,
-        "evaluation": evaluation,  # launch.draft_eval: what `ouroboros eval-draft` reports
+        "evaluation": evaluation,  # distill.evaluate: what `ouroboros eval-draft` reports
     }
     save_draft(student, config.out, config.target, list(config.layers), meta, fingerprint=target_fingerprint(target))
     print(json.dumps(meta, indent=2))

@@ -7,10 +7,11 @@ import torch
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from launch.draft_model import teacher_forced_agreement
+from distill.draft_model import teacher_forced_agreement
 from launch.models import BUILTIN_DRAFT, load_draft
 from launch.sequential import generate
-from tests.conftest import humaneval_prompts, reference_greedy
+from bench.prompts import humaneval_prompts
+from tests.conftest import reference_greedy
 from verifier.engine import TargetEngine
 
 NUM_PROMPTS = 3  # among the 20 held-out HumanEval prompts train-draft reports on

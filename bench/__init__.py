@@ -1,0 +1,1 @@
+"""Measuring: bench contenders, pass-cost curves, stress."""

@@ -1,0 +1,1 @@
+"""Draft training and evaluation: train-draft, eval-draft."""
