@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from protocol.prompt_lookup import lookup_continuation
 from verifier.config import VerifierConfig
@@ -12,8 +13,9 @@ UNMEASURED_PASS_S = 0.06  # a one-token pass until one is timed (sets the gather
 
 
 class Scheduler:
-    def __init__(self, config: VerifierConfig) -> None:
+    def __init__(self, config: VerifierConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock  # injected in tests; the same clock as ServerRequest.waiting_since
         self.requests: dict[str, ServerRequest] = {}
         self.order: list[str] = []  # round-robin: the requests served last go to the back
         self.pass_cost = PassCostModel()  # measured seconds per target pass, by its size
@@ -37,7 +39,7 @@ class Scheduler:
     def pick_ready(self, is_drafter_absent: bool) -> list[ServerRequest]:
         """Up to --max-batch requests ready for a round (a draft fits, or none is worth waiting
         for), fairest first."""
-        now = time.monotonic()
+        now = self.clock()
         ready = [self.requests[r] for r in self.order if self.is_ready(self.requests[r], now, is_drafter_absent)]
         return ready[: self.config.max_batch]
 
@@ -61,7 +63,7 @@ class Scheduler:
         if not ready or len(ready) >= self.config.max_batch or is_drafter_absent:
             return False
         window = 0.5 * (self.pass_cost.estimate(1, 1) or UNMEASURED_PASS_S)
-        now = time.monotonic()
+        now = self.clock()
         ready_ids = {request.request_id for request in ready}
         waiting = [r for r in self.requests.values() if r.request_id not in ready_ids]
         return any(now - request.waiting_since < window for request in waiting)

@@ -28,6 +28,8 @@ def test_torchrun_two_ranks_on_cpu_serve_a_request(tiny_dirs):
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
+            ended_on_sigterm = True
         except subprocess.TimeoutExpired:
             proc.kill()
-    assert proc.returncode is not None
+            ended_on_sigterm = False
+    assert ended_on_sigterm, "torchrun and its two ranks did not end within 30 s of SIGTERM"

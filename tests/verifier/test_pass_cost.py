@@ -1,5 +1,4 @@
 """The pass cost model, the pass width that pays, draft yields, and the scheduler that uses them."""
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -147,7 +146,8 @@ def test_no_wait_for_drafts_that_do_not_pay_until_it_explores_again():
     for width, seconds in ((1, 0.07), (3, 0.09), (6, 0.12)):  # 10 ms a token on a 60 ms pass
         scheduler.pass_cost.observe(1, width, seconds)
     request = scheduler.requests["r0"]
-    request.waiting_since = time.monotonic()
+    scheduler.clock = lambda: 1000.0  # an injected clock: the draft timeout never runs out here
+    request.waiting_since = 1000.0
     assert scheduler.pick_ready(is_drafter_absent=False) == []  # yield 1: wait for its draft
     request.draft_yield = 0.05  # under the break-even 0.01 / 0.07 = 0.14
     assert scheduler.pick_ready(is_drafter_absent=False) == [request]
@@ -159,9 +159,10 @@ def test_no_wait_for_drafts_that_do_not_pay_until_it_explores_again():
 
 def test_a_part_batch_waits_briefly_for_a_request_whose_verdict_just_went_out():
     scheduler = scheduler_with(2)
+    scheduler.clock = lambda: 1000.0  # an injected clock: no real time passes in this test
     ready, straggler = scheduler.requests["r0"], scheduler.requests["r1"]
-    straggler.waiting_since = time.monotonic()
+    straggler.waiting_since = 1000.0 - 0.49 * UNMEASURED_PASS_S  # within half a one-token pass
     assert scheduler.is_gathering([ready], is_drafter_absent=False)
     assert not scheduler.is_gathering([ready], is_drafter_absent=True)
-    straggler.waiting_since = time.monotonic() - UNMEASURED_PASS_S  # past half a one-token pass
+    straggler.waiting_since = 1000.0 - 0.51 * UNMEASURED_PASS_S  # past it
     assert not scheduler.is_gathering([ready], is_drafter_absent=False)
