@@ -9,6 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
+from drafter.policy import DraftPolicy, DraftState
 from kvcache.attention import attention_kinds, forward_one, new_cache
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
@@ -27,8 +28,7 @@ class DraftSession:
     num_committed: int
     cache: DynamicCache
     window: list[list[int]]
-    draft_length: int = 1  # tokens to draft per round now (adaptive, see DraftEngine.adapt)
-    agreement: float = 1.0  # running rate at which the draft's first token is the target's (see sync)
+    policy: DraftState  # draft length and agreement, kept by drafter.policy.DraftPolicy
     num_passes: int = 0
     num_phrase_hits: int = 0
     num_phrase_tokens: int = 0
@@ -48,9 +48,6 @@ class DraftBlock:
     branches: list[list[int]]
 
 
-AGREEMENT_SMOOTHING = 0.1  # weight of the newest verdict in DraftSession.agreement
-
-
 class DraftEngine:
     """Phrase-by-phrase drafting (Ouroboros, design.md §4) in the draft model."""
 
@@ -58,6 +55,7 @@ class DraftEngine:
         self.model = model.eval()
         self.config = config
         self.pool = pool or PhrasePool(config.phrase_length, config.pool_size)
+        self.policy = DraftPolicy(config)  # how much to draft and send: drafter.policy
         if self.pool.phrase_length != config.phrase_length:
             raise ValueError(
                 f"phrase pool holds phrases of {self.pool.phrase_length} tokens but --ngram "
@@ -87,41 +85,15 @@ class DraftEngine:
         level0 = [rng.choice(tokens) for _ in range(self.config.window)]
         window = [level0] if self.config.window and self.config.ngram > 2 else []
         cache = new_cache()
-        return DraftSession(tokens, len(tokens), cache, window, draft_length=self.config.gamma)
+        return DraftSession(tokens, len(tokens), cache, window, self.policy.new_state())
 
     def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
         """Extend the session's draft to at least gamma tokens (or `budget`, if smaller) and
         return the trunk with up to K pool phrases keyed by its last token as branches."""
-        goal = self.goal(session, budget)
+        goal = self.policy.goal(session.policy, budget)
         while session.num_drafted < goal and self.can_step(session):
             self.step(session)
         return self.block_at(session, session.num_committed, budget)
-
-    def goal(self, session: DraftSession, budget: int | None) -> int:
-        """Draft tokens wanted for one round with `budget` new tokens left before the bonus.
-        Gated, one: the draft's guess at the target's next token, to measure and pre-draft on."""
-        if self.is_gated(session):
-            return 1
-        return session.draft_length if budget is None else max(1, min(session.draft_length, budget))
-
-    def is_gated(self, session: DraftSession) -> bool:
-        """Send no trunk while the draft disagrees with the target too often for its tokens to
-        pay for their verification (--min-agreement); it keeps drafting and being measured, and
-        the round still carries the prompt-lookup and pool branches."""
-        return session.agreement < self.config.min_agreement
-
-    def adapt(self, session: DraftSession, num_verified: int, num_accepted: int) -> None:
-        """Adaptive draft length, from verified tokens only: a trunk the verifier cut (pass width,
-        budget) says nothing about the tokens it did not check. All verified tokens accepted
-        grows the next draft by 2 (up to gamma); a rejection shrinks it to one more than was
-        accepted (at least min_gamma). On a CPU every verified token costs target time, so
-        drafts follow the evidence."""
-        if not self.config.adaptive or num_verified == 0:
-            return
-        if num_accepted >= num_verified:
-            session.draft_length = min(self.config.gamma, session.draft_length + 2)
-        else:
-            session.draft_length = max(self.config.min_gamma, num_accepted + 1)
 
     def can_step(self, session: DraftSession) -> bool:
         return len(session.tokens) < self.max_context - 1
@@ -131,9 +103,7 @@ class DraftEngine:
         drafted tokens after it as trunk, then branches after the trunk: the prompt-lookup
         continuation of the text so far, and K pool phrases keyed by the trunk's last token."""
         c = self.config
-        cap = min(c.max_trunk, budget if budget is not None else c.max_trunk)
-        cap = 0 if self.is_gated(session) else cap
-        trunk = session.tokens[base : base + max(cap, 0)]
+        trunk = session.tokens[base : base + self.policy.trunk_cap(session.policy, budget)]
         key = trunk[-1] if trunk else session.tokens[base - 1]
         room = c.lookup_tokens if budget is None else min(c.lookup_tokens, budget - len(trunk))
         lookup = lookup_continuation(session.tokens[: base + len(trunk)], c.lookup_ngram, c.lookup_min_ngram, room)
@@ -167,7 +137,7 @@ class DraftEngine:
         Gated, only the draft's next token is wanted (to measure agreement and pre-draft on):
         no window, no phrases, so the pass feeds only the uncached tokens (usually one)."""
         past_len = session.cache_length
-        if self.is_gated(session):
+        if self.policy.is_gated(session.policy):
             return [], self._embeddable(build_pass_layout(session.tokens[past_len:], past_len, [], []))
         phrases = self.pool.most_recent(session.tokens[-1], self.config.phrases_checked)
         return phrases, self._embeddable(build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases))
@@ -223,8 +193,7 @@ class DraftEngine:
             common += 1
         kept = common == len(appended)
         if drafted and appended:  # measured on every verdict, whether or not the trunk was sent
-            rate = AGREEMENT_SMOOTHING
-            session.agreement += rate * (float(drafted[0] == appended[0]) - session.agreement)
+            self.policy.observe_first_token(session.policy, drafted[0] == appended[0])
         if not kept:
             session.tokens = session.tokens[: start + common] + [int(t) for t in appended[common:]]
             valid = min(session.cache_length, start + common)

@@ -52,8 +52,9 @@ class DraftScheduler:
         """True while the block on next_base is shorter than wanted (and the model can go on)."""
         session, base = request.session, request.next_base
         # gated (no trunk will be sent): ready at once if the text up to base is known
-        gated_and_known = self.engine.is_gated(session) and len(session.tokens) >= base
-        wanted = 0 if gated_and_known else self.engine.goal(session, request.budget(base))
+        policy = self.engine.policy
+        gated_and_known = policy.is_gated(session.policy) and len(session.tokens) >= base
+        wanted = 0 if gated_and_known else policy.goal(session.policy, request.budget(base))
         return len(session.tokens) - base < wanted and self.engine.can_step(session)
 
     def plan(self) -> tuple[list[DrafterRequest], list[DrafterRequest]]:

@@ -112,7 +112,7 @@ class DrafterServer:
         if block is not None:
             trunk = block.trunk[: msg.num_trunk_verified]
             self.engine.learn(trunk, msg.num_trunk_accepted, msg.trunk_predictions, msg.branch_predictions)
-            self.engine.adapt(session, msg.num_trunk_verified, msg.num_trunk_accepted)
+            self.engine.policy.adapt(session.policy, msg.num_trunk_verified, msg.num_trunk_accepted)
         length = msg.committed_length
         useful = {b: blk for b, blk in request.sent.items() if is_usable_at(b, len(blk.trunk), length)}
         if kept and useful:

@@ -66,7 +66,7 @@ def generate(
         stats.record(len(trunk), result)
         drafter.sync(d_session, result.appended)
         drafter.learn(trunk, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
-        drafter.adapt(d_session, len(trunk), result.num_trunk_accepted)
+        drafter.policy.adapt(d_session.policy, len(trunk), result.num_trunk_accepted)
         if on_round is not None:
             on_round(t_session, d_session, result)
         new_tokens, reason = finish(new_tokens + result.appended, max_new_tokens, stops)

@@ -62,8 +62,8 @@ def test_a_gated_session_steps_without_window_or_phrases():
     engine.step_batch(sessions)  # ungated: the window grows a level
     windows = [[list(level) for level in s.window] for s in sessions]
     for session in sessions:
-        session.agreement = 0.1
-        assert engine.is_gated(session)
+        session.policy.agreement = 0.1
+        assert engine.policy.is_gated(session.policy)
         assert len(engine._layout(session)[1].tokens) == 1  # just the last drafted token
     engine.step_batch(sessions)
     for session, window in zip(sessions, windows):
