@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from drafter.engine import DraftBlock, DraftEngine, DraftSession
+from protocol.rules import draft_budget
 
 MAX_AHEAD = 2  # drafts outstanding per request: the one being verified and one pre-draft
 
@@ -21,7 +22,7 @@ class DrafterRequest:
 
     def budget(self, base: int) -> int:
         """Draft tokens still useful at `base`: the verifier adds one token itself."""
-        return self.max_new_tokens - (base - self.num_prompt) - 1
+        return draft_budget(self.max_new_tokens, base - self.num_prompt)
 
     @property
     def is_waited_on(self) -> bool:

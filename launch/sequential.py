@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from drafter.engine import DraftEngine, DraftSession
+from protocol.rules import draft_budget
 from verifier.engine import TargetEngine, TargetSession, VerifyResult
 from verifier.pass_cost import cut_draft
 from verifier.sampling import SamplingParams
@@ -58,7 +59,7 @@ def generate(
     new_tokens: list[int] = []
     reason = None
     while reason is None:
-        budget = max_new_tokens - len(new_tokens) - 1  # the target always adds one token
+        budget = draft_budget(max_new_tokens, len(new_tokens))
         block = drafter.draft(d_session, budget) if budget > 0 else None
         trunk, branches = (block.trunk, block.branches) if block else ([], [])
         trunk, branches = cut_draft(trunk, branches, t_session.room)  # no position past the context

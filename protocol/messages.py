@@ -113,8 +113,7 @@ class Resync:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HelloAck:
-    verifier_id: str
-    vocab_size: int
+    vocab_size: int  # rows of the target's output layer: the drafter proposes only ids below it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

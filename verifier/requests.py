@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocol.messages import Draft
-from protocol.rules import is_usable_at
+from protocol.rules import draft_budget, is_usable_at
 from verifier.engine import TargetSession, VerifyResult
 from verifier.pass_cost import EXPLORE_AFTER, YIELD_SMOOTHING, cut_draft
 from verifier.sampling import SamplingParams
@@ -104,7 +104,7 @@ class ServerRequest:
         if draft is None and own_lookup is not None:
             found = own_lookup(self.session.tokens)
             branches = [found] if found else []
-        budget = self.max_new_tokens - len(self.new_tokens) - 1  # the target adds one token itself
+        budget = draft_budget(self.max_new_tokens, len(self.new_tokens))
         trunk = trunk[: max(budget, 0)]
         plan = RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None)
         limit = min(max_draft_tokens, self.session.room)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-import uuid
 from collections import deque
 
 import zmq
@@ -38,7 +37,6 @@ class VerifierServer:
         self.tokenizer = tokenizer
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.config = config
-        self.verifier_id = uuid.uuid4().hex
         self.scheduler = Scheduler(config)
         self.agreement = AgreementWatch()
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
@@ -140,7 +138,7 @@ class VerifierServer:
             self.link.send(Error(request_id="", code=ErrorCode.REFUSED, message=reason), identity)
             return
         is_new = self.link.accept(identity)
-        self.link.send(HelloAck(verifier_id=self.verifier_id, vocab_size=self.engine.vocab_size))
+        self.link.send(HelloAck(vocab_size=self.engine.vocab_size))
         if is_new:  # (re-)sync: the verifier's committed tokens are the truth
             self.agreement.reset()
             log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))

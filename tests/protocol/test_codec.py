@@ -27,7 +27,7 @@ SAMPLES = [
     Hello(drafter_id="d0", vocab_size=49152, tokenizer_fingerprint="0f3a"),
     Draft(request_id="r1", base_length=10, base_tail=[7, 8, 9], trunk=[1, 2, 3],
           branches=[[4, 5], [], [6]]),
-    HelloAck(verifier_id="v0", vocab_size=49152),
+    HelloAck(vocab_size=49152),
     Open(request_id="r1", token_ids=[1, 2, 3], max_new_tokens=64),
     Verdict(request_id="r1", committed_length=13, appended=[1, 2, 9], num_trunk_verified=3, num_trunk_accepted=2,
             is_branch_taken=False, trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]]),

@@ -49,3 +49,9 @@ def test_the_rebase_rule_hand_computed():
     assert not is_usable_at(10, 4, 14)  # the trunk is used up: nothing left to verify
     assert not is_usable_at(10, 4, 9)  # drafted ahead of the text: not yet
     assert not is_usable_at(10, 0, 11)
+
+
+def test_the_draft_budget_leaves_room_for_the_targets_own_token():
+    from protocol.rules import draft_budget
+
+    assert draft_budget(10, 0) == 9 and draft_budget(10, 9) == 0 and draft_budget(10, 10) == -1
