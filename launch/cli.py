@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.stress import add_stress_parser
     from distill.train import add_train_draft_parser
     from distill.evaluate import add_eval_draft_parser
+    from distill.onpolicy import add_draft_data_parser
     from launch.workers import add_worker_parsers
 
     parser = argparse.ArgumentParser(prog="ouroboros", description="Lossless Ouroboros speculative decoding")
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_parsers(sub)
     add_train_draft_parser(sub)
     add_eval_draft_parser(sub)
+    add_draft_data_parser(sub)
     add_bench_parser(sub)
     add_stress_parser(sub)
 
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             from distill.train import run_train_draft
 
             return run_train_draft(args)
+        if args.command == "draft-data":
+            from distill.onpolicy import run_draft_data
+
+            return run_draft_data(args)
         if args.command == "keys":
             from protocol.curve import create_keys
 

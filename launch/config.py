@@ -29,6 +29,8 @@ def resolve_model_flags(args: argparse.Namespace, needs_draft: bool = True) -> N
     if getattr(args, "target", None) is None:
         return
     check_model_path("--target", args.target)
+    if not hasattr(args, "draft"):  # train-draft, eval-draft --draft is its own, draft-data
+        return
     if args.draft is None and needs_draft:
         if args.target != DEFAULT_TARGET:
             raise ValueError(f"--draft is required with --target {args.target}: the built-in draft fits only "

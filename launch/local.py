@@ -47,11 +47,11 @@ class InProcessPipeline:
             raise ValueError("this pipeline was loaded without a draft (--target-only)")
         ids = self.encode(prompt)
         result = generate(self.target, self.drafter, ids, max_new_tokens, self.stop_token_ids, sampling=sampling)
-        return self.pair.tokenizer.decode(result.tokens), result.tokens, result.metrics
+        return self.pair.tokenizer.decode(result.tokens, skip_special_tokens=True), result.tokens, result.metrics
 
     def target_only(self, prompt: str, max_new_tokens: int, sampling: SamplingParams | None = None,
                     ) -> tuple[str, list[int], dict]:
         """The target alone (HF greedy generate, or the keyed sampler): the lossless reference."""
         ids = self.target.check_prompt(self.encode(prompt), max_new_tokens)  # the context limit, as admission
         tokens = target_alone(self.pair.target, ids, max_new_tokens, self.stop_token_ids, sampling)
-        return self.pair.tokenizer.decode(tokens), tokens, {"rounds": len(tokens)}
+        return self.pair.tokenizer.decode(tokens, skip_special_tokens=True), tokens, {"rounds": len(tokens)}

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import zmq
 import zmq.asyncio
 
-from protocol.client import Accumulator, Chunk, Completion, StreamResult, make_generate, timeout_error
+from protocol.client import Accumulator, Chunk, Completion, StreamResult, make_generate, status_of, timeout_error
 from protocol.codec import decode, encode
 from protocol.errors import ClientClosed, ProtocolError
-from protocol.messages import Cancel, Generate, Message
+from protocol.messages import Cancel, Generate, Message, Status, StatusQuery
 from protocol.curve import secure_client
 from protocol.sockets import make_socket
 
@@ -97,6 +98,19 @@ class AsyncClient:
         )
         result = StreamResult()
         return AsyncStream(self._run(request, result), result)
+
+    async def status(self) -> Status:
+        """The verifier's state and counters (see Client.status)."""
+        self._check_open()
+        query = StatusQuery(request_id=uuid.uuid4().hex)
+        queue: asyncio.Queue[Message | Exception] = asyncio.Queue()
+        self._queues[query.request_id] = queue
+        self._start_reader()
+        try:
+            await self._send(query)
+            return status_of(await self._next_reply(queue), query.request_id)
+        finally:
+            del self._queues[query.request_id]
 
     def close(self) -> None:
         """Stop the reader, close the socket, and fail open requests with ClientClosed."""

@@ -16,7 +16,7 @@ import zmq
 
 from protocol.codec import decode, encode
 from protocol.errors import ClientClosed, ProtocolError, ServerError, ServerTimeout
-from protocol.messages import Cancel, Done, Error, Generate, Message, Tokens
+from protocol.messages import Cancel, Done, Error, Generate, Message, Status, StatusQuery, Tokens
 from protocol.curve import secure_client
 from protocol.sockets import make_socket
 
@@ -84,6 +84,15 @@ class Accumulator:
             )
             return None
         raise ProtocolError(f"unexpected {type(msg).__name__} reply", request_id=self.request_id)
+
+
+def status_of(msg: Message, request_id: str) -> Status:
+    """The reply to a StatusQuery: Status, or the server's Error raised."""
+    if isinstance(msg, Status):
+        return msg
+    if isinstance(msg, Error):
+        raise ServerError(msg.code, msg.message)
+    raise ProtocolError(f"unexpected {type(msg).__name__} reply to a status query", request_id=request_id)
 
 
 def timeout_error(address: str, timeout: float) -> ServerTimeout:
@@ -172,6 +181,16 @@ class Client:
         )
         result = StreamResult()
         return Stream(self._run(request, result), result)
+
+    def status(self) -> Status:
+        """The verifier's state: requests running and queued, the drafter's presence, and its
+        speculative counters since it started."""
+        self._check_open()
+        if self._active_request_id is not None:
+            raise RuntimeError("Client runs one request at a time: finish or close the open stream first")
+        query = StatusQuery(request_id=uuid.uuid4().hex)
+        self._send(query)
+        return status_of(self._recv_for(query.request_id), query.request_id)
 
     def close(self) -> None:
         if self.is_closed:

@@ -56,7 +56,34 @@ class Cancel:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusQuery:
+    """Asks the verifier for a Status (answered at once, between passes)."""
+
+    request_id: str
+
+
 # ---- verifier -> client ----
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """The verifier's state and its speculative counters since it started (vLLM's meanings:
+    a draft is a round that verified drafted tokens; accepted tokens are drafted tokens kept)."""
+
+    request_id: str
+    running: int
+    queued: int
+    max_sessions: int
+    max_queue: int
+    is_drafter_present: bool  # False: the target decodes alone
+    num_drafter_handshakes: int  # drafters that said Hello (1 + restarts, once one came)
+    target_alone_s: float  # seconds of target passes run while no drafter was present
+    num_rounds: int  # request-rounds verified, with or without a draft
+    num_drafts: int
+    num_draft_tokens: int
+    num_accepted_tokens: int
+    accepted_by_position: list[int]  # [k]: drafts whose token k+1 was accepted
+    generation_tokens: int  # tokens committed for clients
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tokens:
@@ -144,10 +171,12 @@ class Close:
 
 
 Message = (
-    Generate | Cancel | Tokens | Done | Error | Hello | Draft | Resync | HelloAck | Open | Verdict | Close
+    Generate | Cancel | StatusQuery | Tokens | Done | Error | Status | Hello | Draft | Resync | HelloAck | Open
+    | Verdict | Close
 )
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Generate, Cancel, Tokens, Done, Error, Hello, Draft, Resync, HelloAck, Open, Verdict, Close)
+    for cls in (Generate, Cancel, StatusQuery, Tokens, Done, Error, Status, Hello, Draft, Resync, HelloAck, Open,
+                Verdict, Close)
 }

@@ -2,6 +2,7 @@
 Owns sockets, never a tensor: the engine takes and returns token lists."""
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -13,8 +14,8 @@ from protocol.codec import decode, encode
 from protocol.curve import secure_server, start_authenticator
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Resync, Tokens,
-    Verdict,
+    Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Resync, Status,
+    StatusQuery, Tokens, Verdict,
 )
 from protocol.sockets import make_socket
 from protocol.validation import validate_generate
@@ -25,6 +26,7 @@ from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
 from verifier.sampling import SamplingParams
+from verifier.stats import ServerStats
 from verifier.stopping import finish
 
 log = logging.getLogger("ouroboros.verifier")
@@ -35,10 +37,13 @@ class VerifierServer:
                  drafter_endpoint: str, curve_keys: str | None = None, tokenizer_fingerprint: str = "") -> None:
         self.engine = engine
         self.tokenizer = tokenizer
+        # client text never shows special tokens: the stop token ends the text, it is not part of it
+        self.decode_text = functools.partial(tokenizer.decode, skip_special_tokens=True)
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.config = config
         self.scheduler = Scheduler(config)
         self.agreement = AgreementWatch()
+        self.stats = ServerStats()
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.is_running = True
         self.ctx = zmq.Context.instance()
@@ -97,6 +102,8 @@ class VerifierServer:
                 self.handle_generate(identity, msg)
             elif isinstance(msg, Cancel):
                 self.handle_cancel(identity, msg)
+            elif isinstance(msg, StatusQuery):
+                self.reply(identity, self.status(msg.request_id))
             else:
                 self.reply(identity, Error(request_id=getattr(msg, "request_id", ""), code=ErrorCode.PROTOCOL,
                                            message=f"a client may not send {type(msg).__name__}"))
@@ -140,6 +147,7 @@ class VerifierServer:
         is_new = self.link.accept(identity)
         self.link.send(HelloAck(vocab_size=self.engine.vocab_size))
         if is_new:  # (re-)sync: the verifier's committed tokens are the truth
+            self.stats.num_drafter_handshakes += 1
             self.agreement.reset()
             log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
             for request in self.requests.values():
@@ -220,10 +228,12 @@ class VerifierServer:
         for request, plan, result in zip(requests, plans, results):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
             self.agreement.record(len(plan.trunk), result.num_trunk_accepted)
+            self.stats.record_round(len(plan.trunk), result.num_trunk_accepted)
             request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
                 self.after_round(request, plan, result)
         self.scheduler.record_pass(requests, width, seconds)
+        self.stats.record_pass(seconds, self.link.is_absent)
 
     def after_round(self, request: ServerRequest, plan, result) -> None:
         """Commit a verified round: finish, stream, end, or tell the drafter the verdict."""
@@ -231,7 +241,8 @@ class VerifierServer:
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
         previous = len(request.new_tokens)
         request.new_tokens = kept
-        if request.stop_strings and request.cut_at_stop(self.tokenizer.decode):
+        self.stats.generation_tokens += len(kept) - previous
+        if request.stop_strings and request.cut_at_stop(self.decode_text):
             reason = FinishReason.STOP
         self.stream(request, request.new_tokens[previous:], is_final=reason is not None)
         if request.request_id not in self.requests:
@@ -252,7 +263,7 @@ class VerifierServer:
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
         """Send committed tokens with their text delta (see ServerRequest.take_chunk)."""
-        chunk = request.take_chunk(tokens, self.tokenizer.decode, is_final)
+        chunk = request.take_chunk(tokens, self.decode_text, is_final)
         if chunk is not None and not self.reply(request.client, Tokens(request_id=request.request_id,
                                                                         token_ids=chunk[0], text=chunk[1])):
             self.handle_disconnect(request.client)
@@ -264,6 +275,15 @@ class VerifierServer:
         self.link.send(Close(request_id=request.request_id))
         while self.queue and len(self.requests) < self.config.max_sessions:
             self.admit(*self.queue.popleft())
+
+    def status(self, request_id: str) -> Status:
+        s = self.stats
+        return Status(request_id=request_id, running=len(self.requests), queued=len(self.queue),
+                      max_sessions=self.config.max_sessions, max_queue=self.config.max_queue,
+                      is_drafter_present=not self.link.is_absent, num_drafter_handshakes=s.num_drafter_handshakes,
+                      target_alone_s=s.target_alone_s, num_rounds=s.num_rounds, num_drafts=s.num_drafts,
+                      num_draft_tokens=s.num_draft_tokens, num_accepted_tokens=s.num_accepted_tokens,
+                      accepted_by_position=list(s.accepted_by_position), generation_tokens=s.generation_tokens)
 
     def metrics_of(self, request: ServerRequest) -> dict[str, float]:
         """The request's speculative metrics, and how long the drafter has been up (-1: none)."""

@@ -1,0 +1,35 @@
+"""The verifier's counters since it started, answered to a StatusQuery (the HTTP door's
+/metrics and /health read them). Plain numbers: no tensors, no sockets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServerStats:
+    num_drafter_handshakes: int = 0
+    target_alone_s: float = 0.0
+    num_rounds: int = 0
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_by_position: list[int] = field(default_factory=list)
+    generation_tokens: int = 0
+
+    def record_round(self, num_trunk_verified: int, num_trunk_accepted: int) -> None:
+        """One request's round. Like vLLM's counters: a draft is a round that verified drafted
+        tokens; accepted tokens are the drafted ones the target kept (the trunk's prefix)."""
+        self.num_rounds += 1
+        if num_trunk_verified == 0:
+            return
+        self.num_drafts += 1
+        self.num_draft_tokens += num_trunk_verified
+        self.num_accepted_tokens += num_trunk_accepted
+        if len(self.accepted_by_position) < num_trunk_verified:
+            self.accepted_by_position.extend([0] * (num_trunk_verified - len(self.accepted_by_position)))
+        for position in range(num_trunk_accepted):
+            self.accepted_by_position[position] += 1
+
+    def record_pass(self, seconds: float, is_drafter_absent: bool) -> None:
+        if is_drafter_absent:
+            self.target_alone_s += seconds
