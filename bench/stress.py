@@ -29,6 +29,10 @@ def add_stress_parser(sub) -> None:
     stress.add_argument("--kill-drafter-after", type=float, default=None, metavar="SECONDS",
                         help="SIGKILL the drafter once, this long into the run (needs --spawn)")
     stress.add_argument("--timeout", type=float, default=300.0, help="seconds of server silence per request")
+    stress.add_argument("--http", action="store_true",
+                        help="also drive the OpenAI HTTP door (an `ouroboros http-door` process in front of the "
+                             "same verifier) with the same clients, interleaved with the ZeroMQ door")
+    stress.add_argument("--rounds", type=int, default=1, help="runs per door; the report gives medians")
     stress.add_argument("--json", metavar="OUT.json")
     add_serve_flags(stress)
     stress.set_defaults(port=0)
@@ -88,21 +92,84 @@ async def one_request(client, ids: list[int], expected: list[int], max_new: int,
         record.error = f"{type(exc).__name__}: {exc}"
 
 
-async def drive(endpoint: str, args: argparse.Namespace, ids, outs, pipeline) -> tuple[list[Record], KillState, float]:
-    from protocol.async_client import AsyncClient
+class ZmqDoor:
+    name = "zmq"
 
+    def __init__(self, endpoint: str, args: argparse.Namespace) -> None:
+        self.endpoint, self.args = endpoint, args
+
+    def session(self):
+        from protocol.async_client import AsyncClient
+
+        return AsyncClient(self.endpoint, timeout=self.args.timeout, curve_keys=self.args.curve_keys)
+
+    async def request(self, client, ids: list[int], expected: list[int], record: Record) -> None:
+        await one_request(client, ids, expected, self.args.max_new_tokens, record)
+
+
+class HttpDoorClients:
+    """The same requests through the OpenAI HTTP door, with the official openai client."""
+
+    name = "http"
+
+    def __init__(self, url: str, args: argparse.Namespace, decode) -> None:
+        self.url, self.args, self.decode = url, args, decode
+
+    def session(self):
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=self.args.timeout)
+
+    async def request(self, api, ids: list[int], expected: list[int], record: Record) -> None:
+        record.started = time.monotonic()
+        try:
+            stream = await api.completions.create(model=self.args.target, prompt=ids, max_tokens=self.args.max_new_tokens,
+                                                  temperature=0, stream=True, stream_options={"include_usage": True})
+            texts, usage = [], None
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].text:
+                    record.first_token = record.first_token or time.monotonic()
+                    texts.append(chunk.choices[0].text)
+                usage = chunk.usage or usage
+            record.finished = time.monotonic()
+            record.num_tokens = usage.completion_tokens
+            record.is_ok = "".join(texts) == self.decode(expected) and usage.completion_tokens == len(expected)
+            record.is_mismatch = not record.is_ok
+        except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+            record.finished = time.monotonic()
+            record.error = f"{type(exc).__name__}: {exc}"
+
+
+def start_door_process(args: argparse.Namespace, endpoint: str):
+    """`ouroboros http-door` in its own process, as a user would run it: (process, base url)."""
+    import re
+    import subprocess
+
+    cmd = [sys.executable, "-m", "launch.cli", "http-door", "--connect", endpoint, "--target", args.target,
+           "--port", "0", "--timeout", str(args.timeout)]
+    cmd += ["--curve-keys", args.curve_keys] if args.curve_keys else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    match = re.search(r"HTTP on (http://\S+)/v1", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"the HTTP door did not start (exit code {proc.wait()})")
+    return proc, match.group(1)
+
+
+async def drive(door, args: argparse.Namespace, ids, outs, pipeline) -> tuple[list[Record], KillState, float]:
     jobs: asyncio.Queue[int] = asyncio.Queue()
     for i in range(args.requests):
         jobs.put_nowait(i)
     records = [Record() for _ in range(args.requests)]
     kill = KillState()
-    progress = tqdm(total=args.requests, desc="stress", unit="req", file=sys.stderr)
+    progress = tqdm(total=args.requests, desc=f"stress ({door.name})", unit="req", file=sys.stderr)
 
     async def worker() -> None:
-        async with AsyncClient(endpoint, timeout=args.timeout, curve_keys=args.curve_keys) as client:
+        async with door.session() as client:
             while not jobs.empty():
                 i = jobs.get_nowait()
-                await one_request(client, ids[i % len(ids)], outs[i % len(outs)], args.max_new_tokens, records[i])
+                await door.request(client, ids[i % len(ids)], outs[i % len(outs)], records[i])
                 since = records[i].drafter_since
                 if kill.killed_at and not kill.back_at and since is not None and since > kill.killed_at:
                     kill.back_at = since  # the restarted drafter's handshake
@@ -163,24 +230,67 @@ def run_stress(args: argparse.Namespace) -> int:
     from bench.run import load_prompts
     from launch.serve import LocalPipeline
 
-    if args.clients < 1 or args.requests < 1 or args.max_new_tokens < 1:
-        raise ValueError("--clients, --requests and --max-new-tokens must be >= 1")
-    if args.kill_drafter_after is not None and args.connect:
-        raise ValueError("--kill-drafter-after needs the pipeline spawned here (drop --connect)")
+    if args.clients < 1 or args.requests < 1 or args.max_new_tokens < 1 or args.rounds < 1:
+        raise ValueError("--clients, --requests, --max-new-tokens and --rounds must be >= 1")
+    if args.kill_drafter_after is not None and (args.connect or args.http or args.rounds > 1):
+        raise ValueError("--kill-drafter-after needs the pipeline spawned here, one round, no --http")
     prompts = load_prompts(args.prompts, args.requests)
     ids, outs = references(args, prompts)
     pipeline = None if args.connect else LocalPipeline(args)
     endpoint = args.connect or pipeline.start()
+    door_proc = None
     try:
-        records, kill, elapsed = asyncio.run(drive(endpoint, args, ids, outs, pipeline))
+        doors = [ZmqDoor(endpoint, args)]
+        if args.http:
+            from launch.models import load_tokenizer
+
+            tokenizer = load_tokenizer(args.target)
+            door_proc, url = start_door_process(args, endpoint)
+            doors.append(HttpDoorClients(url, args, lambda t: tokenizer.decode(t, skip_special_tokens=True)))
+        runs = {door.name: [] for door in doors}
+        for _ in range(args.rounds):  # interleaved: the doors see the same machine state
+            for door in doors:
+                runs[door.name].append(asyncio.run(drive(door, args, ids, outs, pipeline)))
     finally:
+        if door_proc is not None:
+            door_proc.terminate()
+            door_proc.wait(timeout=30)
         if pipeline is not None:
             pipeline.stop()
-    report = summarize(records, kill, elapsed, pipeline.num_drafter_restarts if pipeline else 0)
-    for record in records:
-        if record.error:
-            print(f"failed: {record.error}", file=sys.stderr)
+    restarts = pipeline.num_drafter_restarts if pipeline else 0
+    reports = {name: [summarize(*run, restarts) for run in door_runs] for name, door_runs in runs.items()}
+    for name, door_runs in runs.items():
+        for records, _, _ in door_runs:
+            for record in records:
+                if record.error:
+                    print(f"failed ({name}): {record.error}", file=sys.stderr)
+    report = median_report(reports["zmq"])
+    if args.http:
+        report = {"zmq": report, "http": median_report(reports["http"])}
+        report["http_overhead"] = 1 - report["http"]["throughput_tokens_per_s"] / report["zmq"]["throughput_tokens_per_s"]
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    return 0 if report["completed"] == report["requests"] else 1
+    all_done = all(r["completed"] == r["requests"] for door_reports in reports.values() for r in door_reports)
+    return 0 if all_done else 1
+
+
+def median_report(reports: list[dict]) -> dict:
+    """One run's report, or with several: the medians of the rates and latencies, the sums of the counts."""
+    if len(reports) == 1:
+        return reports[0]
+    merged = {}
+    for key, value in reports[0].items():
+        values = [r[key] for r in reports]
+        if key in ("requests", "completed", "failed", "mismatched"):
+            merged[key] = sum(values)
+        elif key == "drafter_restarts":
+            merged[key] = value
+        elif all(isinstance(v, (int, float)) for v in values):
+            merged[key] = statistics.median(values)
+            if key == "throughput_tokens_per_s":
+                merged["throughput_runs"] = values
+        else:
+            merged[key] = value
+    merged["rounds"] = len(reports)
+    return merged

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from distill.train import add_train_draft_parser
     from distill.evaluate import add_eval_draft_parser
     from distill.onpolicy import add_draft_data_parser
+    from launch.http_door import add_http_door_parser
     from launch.workers import add_worker_parsers
 
     parser = argparse.ArgumentParser(prog="ouroboros", description="Lossless Ouroboros speculative decoding")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_draft_parser(sub)
     add_eval_draft_parser(sub)
     add_draft_data_parser(sub)
+    add_http_door_parser(sub)
     add_bench_parser(sub)
     add_stress_parser(sub)
 
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             from distill.train import run_train_draft
 
             return run_train_draft(args)
+        if args.command == "http-door":
+            from launch.http_door import run_http_door
+
+            return run_http_door(args)
         if args.command == "draft-data":
             from distill.onpolicy import run_draft_data
 

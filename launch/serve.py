@@ -13,20 +13,17 @@ import time
 from collections import deque
 
 from launch import config as cfg
+from launch.http_door import check_http_flags, start_http_door
 from launch.workers import REFUSED_EXIT_CODE
-from protocol.sockets import bind_address, is_loopback, warn_if_public
+from protocol.sockets import bind_address, warn_if_public
 
 
 def add_serve_parser(sub) -> None:
+    from launch.http_door import add_http_flags
+
     serve = sub.add_parser("serve", help="start the two-process pipeline on this machine")
     add_serve_flags(serve)
-    http = serve.add_argument_group("OpenAI-compatible HTTP door (pip install .[http])")
-    http.add_argument("--http", type=int, default=None, metavar="PORT",
-                      help="also serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics "
-                           "on this port (0 = any free port)")
-    http.add_argument("--http-host", default="127.0.0.1", help="interface for HTTP (default loopback only)")
-    http.add_argument("--api-key", default=None,
-                      help="bearer token HTTP clients must send; required with a non-loopback --http-host")
+    add_http_flags(serve, "--http")
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -195,37 +192,14 @@ class LocalPipeline:
         self.stop()
 
 
-def check_http_flags(args: argparse.Namespace) -> None:
-    if args.http is None:
-        return
-    if not 0 <= args.http <= 65535:
-        raise ValueError(f"--http must be a port within 0..65535, got {args.http}")
-    if not is_loopback(args.http_host) and not args.api_key:
-        raise ValueError(f"--http-host {args.http_host} is reachable from other machines: pass --api-key KEY "
-                         "(clients send it as a bearer token)")
-
-
-def start_http_door(args: argparse.Namespace):
-    """The HTTP door, listening before the pipeline is ready (its /health says 503 until then)."""
-    try:
-        from gateway.app import HttpDoor, serve_in_thread
-    except ImportError as exc:
-        raise RuntimeError(f"--http needs the HTTP extra: pip install '.[http]' ({exc})") from None
-    from launch.models import load_tokenizer
-
-    door = HttpDoor(args.target, load_tokenizer(args.target), api_key=args.api_key, curve_keys=args.curve_keys)
-    server, _, port = serve_in_thread(door, args.http_host, args.http)
-    host = f"[{args.http_host}]" if ":" in args.http_host else args.http_host
-    print(f"ouroboros: HTTP on http://{host}:{port}/v1 (starting: /health answers 503 until ready)", flush=True)
-    return door, server
-
-
 def run_serve(args: argparse.Namespace) -> int:
     stop_requested = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_requested.set())
-    check_http_flags(args)
-    door, http_server = start_http_door(args) if args.http is not None else (None, None)
+    check_http_flags(args.http, args.http_host, args.api_key)
+    door, http_server = None, None
+    if args.http is not None:
+        door, http_server = start_http_door(args.target, args.http, args.http_host, args.api_key, args.curve_keys)
     pipeline = LocalPipeline(args)
     try:
         endpoint = pipeline.start()
