@@ -96,12 +96,12 @@ class Pipeline:
         from launch.serve import LocalPipeline
         from protocol.client import Client
 
-        extra = ["--no-packed-weights"] if args.no_packed_weights else []
+        extra = []
         for flag in ("verifier_threads", "drafter_threads"):
             if getattr(args, flag, None):
                 extra += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         serve_args = build_parser().parse_args(
-            ["serve", "--target", args.target, "--draft", args.draft, "--dtype", args.dtype, "--port", "0", *extra,
+            ["serve", *cfg.model_argv(args), "--port", "0", *extra,
              "--threads-per-process", str(max(1, args.threads // 2)), *cfg.algorithm_argv(args),
              *cfg.verifier_argv(args)])
         self.shared = shared

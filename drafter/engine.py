@@ -11,11 +11,15 @@ from transformers import DynamicCache
 from drafter.config import DrafterConfig
 from drafter.policy import DraftPolicy, DraftState
 from kvcache.attention import attention_kinds, forward_one, new_cache
+from kvcache.slots import Slot, SlotPool, resolve_max_len
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
 from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match
 from protocol.prompt_lookup import lookup_continuation
 from drafter.pool import PhrasePool
+
+
+PASS_MARGIN = 256  # KV slot columns past --max-len: a lookahead pass may reach beyond the committed end
 
 
 @dataclass
@@ -26,7 +30,7 @@ class DraftSession:
 
     tokens: list[int]  # committed tokens, then the draft model's own greedy continuation
     num_committed: int
-    cache: DynamicCache
+    cache: DynamicCache | Slot
     window: list[list[int]]
     policy: DraftState  # draft length and agreement, kept by drafter.policy.DraftPolicy
     num_passes: int = 0
@@ -51,7 +55,10 @@ class DraftBlock:
 class DraftEngine:
     """Phrase-by-phrase drafting (Ouroboros, design.md §4) in the draft model."""
 
-    def __init__(self, model: torch.nn.Module, config: DrafterConfig, pool: PhrasePool | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, config: DrafterConfig, pool: PhrasePool | None = None,
+                 max_sessions: int = 16, max_len: int | None = None) -> None:
+        """KV slots for `max_sessions` sessions of up to `max_len` tokens (kvcache.slots), plus room
+        for one lookahead pass past the end; a session past those gets a plain cache."""
         self.model = model.eval()
         self.config = config
         self.pool = pool or PhrasePool(config.phrase_length, config.pool_size)
@@ -63,7 +70,9 @@ class DraftEngine:
             )
         self.device = next(model.parameters()).device
         self.kinds = attention_kinds(model.config)  # refuses models whose cache cannot be cropped
-        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.max_context = resolve_max_len(model.config, max_len)
+        self.slots = SlotPool(model.config, max_sessions, self.max_context + PASS_MARGIN,
+                              next(model.parameters()).dtype, self.device)
         self.token_ids: torch.Tensor | None = getattr(model, "draft_token_ids", None)
         # a pair may differ by padding rows past the shared tokenizer (design.md §7): the draft
         # embeds only its own rows and proposes only ids the target has (see limit_vocab)
@@ -84,7 +93,7 @@ class DraftEngine:
         rng = random.Random(len(tokens))
         level0 = [rng.choice(tokens) for _ in range(self.config.window)]
         window = [level0] if self.config.window and self.config.ngram > 2 else []
-        cache = new_cache()
+        cache = new_cache(self.slots)
         return DraftSession(tokens, len(tokens), cache, window, self.policy.new_state())
 
     def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
@@ -238,6 +247,6 @@ class DraftEngine:
             self.pool.add(window[0][col], [row[col] for row in window[1:]] + [token])
         session.window = window[1:] + [new_level]
 
-    def _forward(self, cache: DynamicCache, layout) -> torch.Tensor:
+    def _forward(self, cache: DynamicCache | Slot, layout) -> torch.Tensor:
         return forward_one(self.model, self.kinds, cache, layout.tokens, layout.positions, layout.visible,
                            logits_to_keep=layout.logit_indices)

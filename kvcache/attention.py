@@ -9,6 +9,7 @@ are transformers' own (masking_utils): sliding window W sees k with q - W < k <=
 k with k // C == q // C."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -49,9 +50,11 @@ def attention_kinds(config) -> list[AttentionKind]:
     return kinds
 
 
-def new_cache() -> DynamicCache:
-    """An empty cache that keeps every entry of every layer (see the module docstring)."""
-    return DynamicCache()
+def new_cache(slots=None):
+    """An empty cache that keeps every entry of every layer (see the module docstring): a row of
+    the KV slot pool `slots` (kvcache.slots.SlotPool) when one is free, else a DynamicCache."""
+    slot = slots.allocate() if slots is not None else None
+    return slot if slot is not None else DynamicCache()
 
 
 def _allowed_by_kind(kind: AttentionKind, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
@@ -88,11 +91,12 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 @torch.inference_mode()
-def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache: DynamicCache, tokens: list[int],
+def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache, tokens: list[int],
                 positions: list[int], visible: torch.Tensor, logits_to_keep: list[int] | int = 0) -> torch.Tensor:
-    """One pass of one sequence after its cache: new token i sits at positions[i] and sees every
-    cached entry (entry j sits at position j) and the new tokens `visible[i]` allows, as its
-    layer kind permits. Returns the logits (rows of `logits_to_keep`, all when 0)."""
+    """One pass of one sequence after its cache (a DynamicCache or a KV slot): new token i sits
+    at positions[i] and sees every cached entry (entry j sits at position j) and the new tokens
+    `visible[i]` allows, as its layer kind permits. Returns the logits (rows of
+    `logits_to_keep`, all when 0)."""
     device = next(model.parameters()).device
     base = cache.get_seq_length()
     n = len(tokens)
@@ -105,9 +109,32 @@ def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache: Dynam
         key_positions = torch.cat([torch.arange(base, device=device)[None], query_positions], dim=1)
         mask = layer_masks(kinds, seen, query_positions, key_positions, model_dtype(model))
     keep = torch.tensor(logits_to_keep, device=device) if isinstance(logits_to_keep, list) else logits_to_keep
-    out = model(input_ids=torch.tensor([tokens], device=device), position_ids=query_positions, attention_mask=mask,
-                cache=cache, use_cache=True, logits_to_keep=keep)
+    with model_cache(cache, [n]) as model_view:
+        out = model(input_ids=torch.tensor([tokens], device=device), position_ids=query_positions,
+                    attention_mask=mask, cache=model_view, use_cache=True, logits_to_keep=keep)
     return out.logits[0]
+
+
+@contextlib.contextmanager
+def model_cache(cache, widths: list[int] | None = None, slots: list | None = None):
+    """The Cache object to hand the model for a pass: a DynamicCache as it is, or for KV slots
+    the pool's pass cache (kvcache.slots), whose lengths are restored if the pass fails."""
+    from kvcache.slots import Slot
+
+    slots = slots if slots is not None else [cache] if isinstance(cache, Slot) else None
+    if slots is None:
+        yield cache
+        return
+    pool = slots[0].pool
+    bases = [slot.get_seq_length() for slot in slots]
+    try:
+        yield pool.begin_pass(slots, widths)
+    except BaseException:
+        for slot, base in zip(slots, bases):
+            pool.lengths[slot.index] = base
+        raise
+    finally:
+        pool.end_pass()
 
 
 def prefill(model: torch.nn.Module, kinds: list[AttentionKind], cache: DynamicCache, tokens: list[int]) -> None:

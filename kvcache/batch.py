@@ -1,6 +1,7 @@
 """One forward pass for several sequences whose KV caches have different lengths.
 
-Row i holds sequence i: its cache (base_i entries) right-padded with zeros to the longest base
+In KV slots (kvcache.slots) each row reads and writes its own slot in place. Otherwise (plain
+DynamicCaches), row i holds sequence i: its cache (base_i entries) right-padded with zeros to the longest base
 L, then its n_i new tokens in columns L..L+n_i-1, padded to the widest row N. Keys in a cache
 already carry their rotary positions, so padding moves no position; new tokens get theirs from
 the row's positions. The 4-D mask lets row i's new tokens see its own cache entries and the new
@@ -76,9 +77,55 @@ def _batch_visibility(rows: Sequence[BatchRow], bases: Sequence[int], width: int
 
 
 @torch.inference_mode()
-def batched_forward(model: torch.nn.Module, kinds: list[AttentionKind], caches: Sequence[DynamicCache],
+def batched_forward(model: torch.nn.Module, kinds: list[AttentionKind], caches: Sequence,
                     rows: Sequence[BatchRow]) -> list[torch.Tensor]:
-    """Logits (n_i, vocab) for every row's new tokens; each cache gains its own n_i entries."""
+    """Logits (n_i, vocab) for every row's new tokens; each cache gains its own n_i entries.
+    Rows in KV slots of one pool go in one pass over the slots; any others (DynamicCaches: no
+    slot was free) in one padded pass."""
+    from kvcache.slots import Slot
+
+    in_slots = [i for i, cache in enumerate(caches) if isinstance(cache, Slot)]
+    if len({id(caches[i].pool) for i in in_slots}) > 1:
+        raise ValueError("a batched pass takes the KV slots of one pool")
+    others = [i for i in range(len(caches)) if i not in set(in_slots)]
+    logits: list[torch.Tensor | None] = [None] * len(rows)
+    for group, forward in ((in_slots, _slots_forward), (others, _padded_forward)):
+        if group:
+            for i, row_logits in zip(group, forward(model, kinds, [caches[i] for i in group], [rows[i] for i in group])):
+                logits[i] = row_logits
+    return logits
+
+
+def _slots_forward(model: torch.nn.Module, kinds: list[AttentionKind], slots: Sequence, rows: Sequence[BatchRow]
+                   ) -> list[torch.Tensor]:
+    """Row i's key columns are its slot's: its bases_i cached entries, then its n_i new ones,
+    then columns of no concern up to the longest row (masked out). Padding queries see column 0."""
+    from kvcache.attention import model_cache
+
+    device = next(model.parameters()).device
+    bases = [slot.get_seq_length() for slot in slots]
+    widths = [len(row.tokens) for row in rows]
+    width, length = max(widths), max(b + n for b, n in zip(bases, widths))
+    visible = torch.zeros(len(rows), width, length, dtype=torch.bool)
+    query_positions = torch.zeros(len(rows), width, dtype=torch.long)
+    key_positions = torch.arange(length).repeat(len(rows), 1)
+    for i, (row, base, n) in enumerate(zip(rows, bases, widths)):
+        visible[i, :n, :base] = True
+        visible[i, :n, base : base + n] = row.visible
+        visible[i, n:, 0] = True
+        query_positions[i, :n] = torch.tensor(row.positions)
+        key_positions[i, base : base + n] = query_positions[i, :n]
+    mask = layer_masks(kinds, visible.to(device), query_positions.to(device), key_positions.to(device),
+                       model_dtype(model))
+    input_ids = torch.tensor([r.tokens + [r.tokens[0]] * (width - len(r.tokens)) for r in rows], device=device)
+    with model_cache(None, widths, slots=list(slots)) as cache:
+        out = model(input_ids=input_ids, position_ids=query_positions.to(device), attention_mask=mask, cache=cache,
+                    use_cache=True)
+    return [out.logits[i, :n] for i, n in enumerate(widths)]
+
+
+def _padded_forward(model: torch.nn.Module, kinds: list[AttentionKind], caches: Sequence[DynamicCache],
+                    rows: Sequence[BatchRow]) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     bases = [cache.get_seq_length() for cache in caches]
     width = max(len(row.tokens) for row in rows)

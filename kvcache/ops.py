@@ -11,6 +11,11 @@ def keep_cache_entries(cache: DynamicCache, indices: list[int]) -> None:
     when they are 0..n-1, else a gather that moves kept entries into place. Keys keep the
     rotary positions they were computed at, so a moved entry must already sit at its final one.
     Every layer must keep all its entries: a sliding layer's running count would not follow."""
+    from kvcache.slots import Slot
+
+    if isinstance(cache, Slot):
+        cache.keep(indices)
+        return
     is_prefix = indices == list(range(len(indices)))
     for layer in cache.layers:
         if getattr(layer, "is_sliding", False) or hasattr(layer, "cumulative_length"):

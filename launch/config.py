@@ -21,6 +21,16 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-packed-weights", action="store_true",
                         help="keep HF's plain linear layers (by default, on a CPU, the engines' weights are "
                              "prepacked for oneDNN, which makes a many-token pass cheaper)")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="longest request, prompt + new tokens: sizes each process's KV slots (default: the "
+                             "smaller of the model's context and 4096)")
+
+
+def model_argv(args: argparse.Namespace) -> list[str]:
+    """The model flags again, to hand them to a child process."""
+    argv = ["--target", args.target, "--draft", args.draft, "--dtype", args.dtype]
+    argv += ["--no-packed-weights"] if args.no_packed_weights else []
+    return argv + (["--max-len", str(args.max_len)] if args.max_len is not None else [])
 
 
 def resolve_model_flags(args: argparse.Namespace, needs_draft: bool = True) -> None:

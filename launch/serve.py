@@ -98,13 +98,12 @@ class LocalPipeline:
         self.drafter: subprocess.Popen | None = None
         self.num_drafter_restarts = 0
         self.stderr: dict[str, StderrRelay] = {}
+        self.verifier_facts: dict[str, str] = {}  # from its READY line: kv_slots, max_len, kv_bytes
 
     def _common(self) -> list[str]:
         a = self.args
         keys = getattr(a, "curve_keys", None)
-        flags = ["--curve-keys", keys] if keys else []
-        flags += ["--no-packed-weights"] if getattr(a, "no_packed_weights", False) else []
-        return ["--target", a.target, "--draft", a.draft, "--dtype", a.dtype, *flags]
+        return cfg.model_argv(a) + (["--curve-keys", keys] if keys else [])
 
     def _spawn(self, role_args: list[str], stdout=None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "launch.cli", *role_args]
@@ -122,6 +121,7 @@ class LocalPipeline:
     def start_drafter(self) -> None:
         a = self.args
         role = ["drafter", "--connect", self.drafter_endpoint, "--device", a.draft_device,
+                "--max-sessions", str(a.max_sessions),
                 "--threads", str(_threads(a, "drafter_threads")), *self._common(), *cfg.algorithm_argv(a)]
         if a.pool_file:
             role += ["--pool-file", a.pool_file]
@@ -151,8 +151,9 @@ class LocalPipeline:
                 line = lines.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if line.startswith("READY "):
-                self.endpoint = line.split(" ", 1)[1].strip()
+            if line.startswith("READY "):  # READY ENDPOINT key=value ...
+                self.endpoint, *facts = line.split()[1:]
+                self.verifier_facts = dict(fact.split("=", 1) for fact in facts)
                 return self.endpoint
         self.stop()
         raise RuntimeError(f"the pipeline was not ready within {a.ready_timeout:.0f} s (--ready-timeout)")
@@ -209,7 +210,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise
     if door is not None:
         door.endpoint = endpoint
-    print(f"ouroboros: serving on {endpoint} (Ctrl-C to stop)", flush=True)
+    facts = pipeline.verifier_facts
+    memory = (f"; target KV slots: {facts['kv_slots']} x {facts['max_len']} tokens, "
+              f"{int(facts['kv_bytes']) / 2**30:.2f} GiB at most") if "kv_bytes" in facts else ""
+    print(f"ouroboros: serving on {endpoint} (Ctrl-C to stop{memory})", flush=True)
     code = 0
     while not stop_requested.is_set():
         verifier_code = pipeline.check()

@@ -52,10 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group(backend="nccl" if has_gpu else "gloo", timeout=timedelta(minutes=10))
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=False, timeout=timedelta(seconds=serve_args.ready_timeout))
-    common = ["--target", serve_args.target, "--draft", serve_args.draft, "--dtype", serve_args.dtype,
-              "--device", device]
+    common = [*cfg.model_argv(serve_args), "--device", device]
     common += ["--curve-keys", serve_args.curve_keys] if serve_args.curve_keys else []
-    common += ["--no-packed-weights"] if serve_args.no_packed_weights else []
     parser = build_parser()
     if rank == 0:
         host = _drafter_host(int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world)
@@ -68,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_verifier(args)
     endpoint = store.get(ENDPOINT_KEY).decode()
     threads = ["--threads", str(serve_args.drafter_threads or serve_args.threads_per_process)]
-    args = parser.parse_args(["drafter", "--connect", endpoint, *common, *threads, *cfg.algorithm_argv(serve_args)])
+    args = parser.parse_args(["drafter", "--connect", endpoint, "--max-sessions", str(serve_args.max_sessions), *common,
+                              *threads, *cfg.algorithm_argv(serve_args)])
     return run_drafter(args)
 
 

@@ -33,6 +33,7 @@ def add_worker_parsers(sub) -> None:
     dra.add_argument("--device", default="cpu")
     dra.add_argument("--threads", type=int, default=1)
     dra.add_argument("--pool-file", default=None, help="phrase pool to load at start and save at exit")
+    dra.add_argument("--max-sessions", type=int, default=16, help="requests drafted at once (sizes the KV slots)")
     cfg.add_model_flags(dra)
     cfg.add_security_flags(dra)
     cfg.add_algorithm_flags(dra)
@@ -56,7 +57,10 @@ def run_verifier(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.target)
     config = cfg.verifier_config(args, tokenizer.eos_token_id)
     model = for_engine(load_model(args.target, args.device, args.dtype), packed=not args.no_packed_weights)
-    engine = TargetEngine(model)
+    engine = TargetEngine(model, config.max_sessions, args.max_len)
+    slots = engine.slots
+    logging.info("KV slots: %d x %d tokens, %.0f MiB at most (--max-sessions, --max-len)", slots.num_slots,
+                 slots.max_len, slots.nbytes / 2**20)
     server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
                             tokenizer_fingerprint(tokenizer))
     _stop_on_signals(server)
@@ -67,7 +71,7 @@ def run_verifier(args: argparse.Namespace) -> int:
         return 0
     if not is_ready:
         logging.warning("no drafter after %.0f s (--ready-timeout): serving with the target alone", args.ready_timeout)
-    print(f"READY {endpoint}", flush=True)
+    print(f"READY {endpoint} kv_slots={slots.num_slots} max_len={slots.max_len} kv_bytes={slots.nbytes}", flush=True)
     server.serve_loop()
     return 0
 
@@ -84,7 +88,9 @@ def run_drafter(args: argparse.Namespace) -> int:
     draft = load_draft(args.draft, lambda: load_model(args.target, "cpu", args.dtype), args.device, args.dtype)
     for_engine(draft, packed=not args.no_packed_weights)
     pool = PhrasePool.load(args.pool_file) if args.pool_file and os.path.exists(args.pool_file) else None
-    engine = DraftEngine(draft, drafter_config, pool)
+    if args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+    engine = DraftEngine(draft, drafter_config, pool, args.max_sessions, args.max_len)
     fingerprint = tokenizer_fingerprint(draft_tokenizer(args.draft, args.target))
     server = DrafterServer(engine, args.connect, fingerprint, int(draft.config.vocab_size), args.curve_keys)
     _stop_on_signals(server)

@@ -10,6 +10,7 @@ from transformers import DynamicCache
 from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
+from kvcache.slots import Slot, SlotPool, resolve_max_len
 from verifier.sampling import SamplingParams, next_tokens
 from verifier.tree import accept_greedy, build_tree
 
@@ -21,7 +22,7 @@ class TargetSession:
 
     tokens: list[int]
     num_prompt: int
-    cache: DynamicCache
+    cache: DynamicCache | Slot
     max_context: int = 1 << 30  # the target's context: no position may reach it
 
     @property
@@ -49,12 +50,16 @@ class VerifyResult:
 
 
 class TargetEngine:
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, max_sessions: int = 16, max_len: int | None = None) -> None:
+        """KV slots for `max_sessions` requests of up to `max_len` tokens (kvcache.slots); a
+        session past those gets a plain cache."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.kinds = attention_kinds(model.config)  # refuses models whose cache cannot be cropped
         self.vocab_size = int(model.config.vocab_size)
-        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.max_context = resolve_max_len(model.config, max_len)  # the longest a request may grow
+        self.slots = SlotPool(model.config, max_sessions, self.max_context, next(model.parameters()).dtype,
+                              self.device)
 
     def check_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> list[int]:
         """The prompt as ints; ValueError if it is empty, holds ids the target does not have, or
@@ -64,8 +69,9 @@ class TargetEngine:
             raise ValueError("the prompt is empty: give at least one token")
         if len(tokens) + max_new_tokens > self.max_context:
             raise ValueError(
-                f"the prompt ({len(tokens)} tokens) plus max_new_tokens ({max_new_tokens}) is over the target's "
-                f"context of {self.max_context} tokens: shorten the prompt or lower max_new_tokens"
+                f"the prompt ({len(tokens)} tokens) plus max_new_tokens ({max_new_tokens}) is over the max context "
+                f"of {self.max_context} tokens (the model's context, or --max-len): shorten the prompt or lower "
+                "max_new_tokens"
             )
         bad = [t for t in tokens if not 0 <= t < self.vocab_size]
         if bad:
@@ -76,7 +82,7 @@ class TargetEngine:
     def open(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> TargetSession:
         """Prefill all prompt tokens but the last (fed as the root of the first tree)."""
         tokens = self.check_prompt(prompt_ids, max_new_tokens)
-        session = TargetSession(tokens, len(tokens), new_cache(), self.max_context)
+        session = TargetSession(tokens, len(tokens), new_cache(self.slots), self.max_context)
         if len(tokens) > 1:
             prefill(self.model, self.kinds, session.cache, tokens[:-1])
         return session
@@ -135,6 +141,6 @@ class TargetEngine:
             num_nodes=len(tree.tokens),
         )
 
-    def _logits(self, cache: DynamicCache, tree, base: int) -> torch.Tensor:
+    def _logits(self, cache: DynamicCache | Slot, tree, base: int) -> torch.Tensor:
         return forward_one(self.model, self.kinds, cache, tree.tokens, [base + d for d in tree.depths],
                            tree.visibility())

@@ -2,7 +2,6 @@
 Owns sockets, never a tensor: the engine takes and returns token lists."""
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import time
@@ -37,8 +36,6 @@ class VerifierServer:
                  drafter_endpoint: str, curve_keys: str | None = None, tokenizer_fingerprint: str = "") -> None:
         self.engine = engine
         self.tokenizer = tokenizer
-        # client text never shows special tokens: the stop token ends the text, it is not part of it
-        self.decode_text = functools.partial(tokenizer.decode, skip_special_tokens=True)
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.config = config
         self.scheduler = Scheduler(config)
@@ -275,6 +272,10 @@ class VerifierServer:
         self.link.send(Close(request_id=request.request_id))
         while self.queue and len(self.requests) < self.config.max_sessions:
             self.admit(*self.queue.popleft())
+
+    def decode_text(self, tokens: list[int]) -> str:
+        """Client text never shows special tokens: the stop token ends the text, not part of it."""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def status(self, request_id: str) -> Status:
         s = self.stats

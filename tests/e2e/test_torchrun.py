@@ -19,7 +19,7 @@ def test_torchrun_two_ranks_on_cpu_serve_a_request(tiny_dirs):
         while endpoint is None:
             line = lines.get(timeout=180)
             if "READY " in line:
-                endpoint = line.split("READY ", 1)[1].strip()
+                endpoint = line.split("READY ", 1)[1].split()[0]
         with Client(endpoint, timeout=60) as client:
             completion = client.generate("def add(a, b):", max_new_tokens=24)
         assert len(completion.token_ids) == 24

@@ -1,0 +1,110 @@
+"""KV slots: passes over slots (one, consecutive, scattered, mixed with plain caches) compute what
+plain caches compute, crops and moves stay inside the slot, and memory is bounded up front."""
+import pytest
+import torch
+
+from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
+from kvcache.batch import BatchRow, batched_forward
+from kvcache.ops import keep_cache_entries
+from kvcache.slots import SlotPool, resolve_max_len, slot_bytes
+from tests.families import family_pair
+
+PROMPTS = [[5, 9, 13, 2, 7, 30, 11], [3, 4, 5], [8, 1, 2, 9, 9, 4, 17, 12, 6, 50, 3], [40, 41]]
+
+
+def pool_for(model, num_slots=4, max_len=64, poison=True) -> SlotPool:
+    pool = SlotPool(model.config, num_slots, max_len, torch.float32, "cpu")
+    if poison:  # never-written memory may hold anything: nothing may leak from it
+        for buffer in (*pool.keys, *pool.values):
+            buffer.fill_(float("nan"))
+    return pool
+
+
+def rows_for(prompts_and_new):
+    rows = []
+    for prompt, new in prompts_and_new:
+        n = len(new)
+        rows.append(BatchRow(tokens=new, positions=list(range(len(prompt), len(prompt) + n)),
+                             visible=torch.ones(n, n, dtype=torch.bool).tril()))
+    return rows
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2"])
+@pytest.mark.parametrize("order", ["consecutive", "scattered", "mixed"])
+def test_batched_passes_over_slots_equal_plain_caches(family, order):
+    target, _ = family_pair(family, 320)
+    kinds = attention_kinds(target.config)
+    pool = pool_for(target)
+    held = [pool.allocate() for _ in range(4)]
+    if order == "scattered":  # slots 0 and 2: attention reads a gather, not a view
+        held[1] = held[3] = None
+        slots = [held[0], held[2]]
+    else:
+        slots = held[:2]
+    if order == "mixed":
+        slots = [slots[0], new_cache()]  # a plain cache beside a slot (the pool was full)
+    plain = [new_cache(), new_cache()]
+    prompts = PROMPTS[2], PROMPTS[1]
+    for cache_pair in (slots, plain):
+        for cache, prompt in zip(cache_pair, prompts):
+            prefill(target, kinds, cache, prompt)
+    work = [(prompts[0], [6, 7, 8, 9, 10]), (prompts[1], [11])]  # ragged: one row is padded
+    got = batched_forward(target, kinds, slots, rows_for(work))
+    want = batched_forward(target, kinds, plain, rows_for(work))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    for slot, cache in zip(slots, plain):
+        assert slot.get_seq_length() == cache.get_seq_length()
+        for ours, theirs in zip(slot.layers, cache.layers):
+            torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ours.values, theirs.values, atol=1e-4, rtol=1e-4)
+
+
+def test_crop_and_move_stay_inside_the_slot():
+    target, _ = family_pair("llama", 320)
+    kinds = attention_kinds(target.config)
+    pool = pool_for(target)
+    slot, plain = pool.allocate(), new_cache()
+    for cache in (slot, plain):
+        prefill(target, kinds, cache, PROMPTS[0])
+        forward_one(target, kinds, cache, [3, 4, 5, 6], [7, 8, 8, 9], torch.ones(4, 4, dtype=torch.bool).tril())
+        keep_cache_entries(cache, list(range(7)) + [9, 10])  # an accepted branch moves into place
+    assert slot.get_seq_length() == plain.get_seq_length() == 9
+    for ours, theirs in zip(slot.layers, plain.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys)
+    keep_cache_entries(slot, list(range(5)))  # a crop is a length reset
+    assert slot.get_seq_length() == 5 and slot.layers[0].keys.shape[2] == 5
+
+
+def test_slots_come_back_and_a_full_pool_falls_back_to_plain_caches():
+    target, _ = family_pair("llama", 320)
+    pool = pool_for(target, num_slots=2, poison=False)
+    first, second = new_cache(pool), new_cache(pool)
+    assert pool.num_free == 0
+    assert type(new_cache(pool)).__name__ == "DynamicCache"
+    del first
+    assert pool.num_free == 1
+    assert new_cache(pool).index == 0  # the lowest free slot first: busy rows stay consecutive
+    assert second.index == 1
+
+
+def test_a_pass_past_the_slot_length_is_refused_and_changes_nothing():
+    target, _ = family_pair("llama", 320)
+    kinds = attention_kinds(target.config)
+    pool = pool_for(target, max_len=8, poison=False)
+    slot = pool.allocate()
+    prefill(target, kinds, slot, PROMPTS[0][:6])
+    with pytest.raises(ValueError, match="--max-len"):
+        forward_one(target, kinds, slot, [1, 2, 3], [6, 7, 8], torch.ones(3, 3, dtype=torch.bool).tril())
+    assert slot.get_seq_length() == 6 and pool.plan is None
+
+
+def test_memory_is_bounded_up_front():
+    target, _ = family_pair("gemma2", 320)
+    pool = pool_for(target, num_slots=3, max_len=50, poison=False)
+    text = target.config
+    expected = 2 * text.num_hidden_layers * 3 * text.num_key_value_heads * 51 * text.head_dim * 4
+    assert pool.nbytes == slot_bytes(text, 3, 50, torch.float32) == expected
+    assert resolve_max_len(text, None) == min(text.max_position_embeddings, 4096)
+    with pytest.raises(ValueError, match="--max-len"):
+        resolve_max_len(text, text.max_position_embeddings + 1)
