@@ -1,30 +1,37 @@
-"""The drafter's frozen configuration, built once in launch/ and passed down."""
+"""The drafter's frozen configuration, built once in launch/ and passed down. Each knob's CLI
+flag and help live here, once, in its field's metadata (launch.config builds the flags, the
+config and a child's argv from them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.knobs import knob
+
 
 @dataclass(frozen=True)
 class DrafterConfig:
-    """Knobs of Ouroboros drafting (design.md §4). Each error names the CLI flag to change."""
+    """Knobs of Ouroboros drafting (design.md §4). Each error names the CLI flag to change.
+    Defaults fit the built-in pair on a 2-core CPU, where every verified token costs target time
+    (README, "What it does on this CPU"); on GPUs raise --branches and lower --min-agreement."""
 
-    gamma: int = 8  # draft tokens the draft model must produce per round (--gamma)
-    window: int = 4  # W: lookahead window columns (--window)
-    ngram: int = 4  # N: n-gram size incl. key token; phrases hold N-1 tokens (--ngram)
-    pool_size: int = 20  # G: phrases kept per key token (--pool-size)
-    # Defaults fit the built-in pair on a 2-core CPU, where every verified token costs target time
-    # (README, "What it does on this CPU"); on GPUs raise --branches and lower --min-agreement.
-    branches: int = 0  # K: pool phrases attached after the trunk as branches (--branches)
-    phrases_checked: int = 4  # pool phrases verified inside one draft pass (--phrases-checked)
-    max_trunk: int = 64  # hard cap on trunk length sent in one round (--max-trunk)
-    seed_pool_from_text: bool = True  # prompt/committed text n-grams feed the pool (--no-text-phrases)
-    adaptive: bool = True  # draft length follows recent acceptance within [min_gamma, gamma] (--fixed-gamma)
-    min_gamma: int = 1  # shortest adaptive draft (--min-gamma)
-    lookup_tokens: int = 5  # prompt-lookup branch length, 0 = none (--lookup-tokens)
-    lookup_ngram: int = 3  # longest suffix n-gram prompt lookup matches (--lookup-ngram)
-    lookup_min_ngram: int = 2  # shortest one (--lookup-min-ngram)
-    min_agreement: float = 0.4  # send no trunk while the draft's running agreement is lower (--min-agreement)
-    max_batch: int = 8  # requests drafted together in one batched draft pass (--draft-batch)
+    gamma: int = knob(8, "--gamma", "draft tokens per round")
+    window: int = knob(4, "--window", "W: lookahead window columns")
+    ngram: int = knob(4, "--ngram", "N: n-gram size incl. key token; phrases hold N-1 tokens")
+    pool_size: int = knob(20, "--pool-size", "G: phrases kept per key token")
+    branches: int = knob(0, "--branches", "K: pool phrases attached after the trunk as branches")
+    phrases_checked: int = knob(4, "--phrases-checked", "pool phrases verified inside one draft pass")
+    max_trunk: int = knob(64, "--max-trunk", "longest trunk sent in one round")
+    seed_pool_from_text: bool = knob(True, "--no-text-phrases",
+                                     "do not seed the phrase pool with n-grams of the prompt and output",
+                                     inverted_by=True)
+    adaptive: bool = knob(True, "--fixed-gamma", "always draft --gamma tokens (no adaptation)", inverted_by=True)
+    min_gamma: int = knob(1, "--min-gamma", "shortest adaptive draft")
+    lookup_tokens: int = knob(5, "--lookup-tokens", "prompt-lookup branch length (0 = no lookup branch)")
+    lookup_ngram: int = knob(3, "--lookup-ngram", "longest n-gram prompt lookup matches")
+    lookup_min_ngram: int = knob(2, "--lookup-min-ngram", "shortest n-gram prompt lookup matches")
+    min_agreement: float = knob(0.4, "--min-agreement",
+                                "send no draft trunk while the draft's running first-token agreement is below this")
+    max_batch: int = knob(8, "--draft-batch", "requests drafted together in one batched draft pass")
 
     def __post_init__(self) -> None:
         _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from drafter.config import DrafterConfig
@@ -75,82 +76,68 @@ def add_security_flags(parser: argparse.ArgumentParser) -> None:
                         help="CURVE authentication and encryption with the keys from `ouroboros keys DIR`")
 
 
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _knobs(config_type: type):
+    return [f for f in dataclasses.fields(config_type) if "flag" in f.metadata]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """The flags of a frozen config's knobs (protocol.knobs), with its defaults."""
+    defaults = config_type()
+    for f in _knobs(config_type):
+        flag, help_text = f.metadata["flag"], f.metadata["help"]
+        if f.metadata["inverted_by"]:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            default = getattr(defaults, f.name)
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def config_from_args(config_type: type, args: argparse.Namespace, **extra):
+    """The frozen config from parsed flags (each error names its flag)."""
+    values = {}
+    for f in _knobs(config_type):
+        value = getattr(args, _dest(f.metadata["flag"]))
+        values[f.name] = not value if f.metadata["inverted_by"] else value
+    return config_type(**values, **extra)
+
+
+def config_argv(config) -> list[str]:
+    """A config's knobs as flags again, for a child process that parses them back."""
+    argv = []
+    for f in _knobs(type(config)):
+        value = getattr(config, f.name)
+        if f.metadata["inverted_by"]:
+            argv += [f.metadata["flag"]] if not value else []
+        else:
+            argv += [f.metadata["flag"], str(value)]
+    return argv
+
+
 def add_algorithm_flags(parser: argparse.ArgumentParser) -> None:
-    d = DrafterConfig()
-    parser.add_argument("--gamma", type=int, default=d.gamma, help="draft tokens per round")
-    parser.add_argument("--window", type=int, default=d.window, help="W: lookahead window columns")
-    parser.add_argument("--ngram", type=int, default=d.ngram, help="N: n-gram size incl. key token")
-    parser.add_argument("--pool-size", type=int, default=d.pool_size, help="G: phrases kept per key token")
-    parser.add_argument("--branches", type=int, default=d.branches, help="K: phrase branches per round")
-    parser.add_argument("--phrases-checked", type=int, default=d.phrases_checked,
-                        help="pool phrases verified inside one draft pass")
-    parser.add_argument("--max-trunk", type=int, default=d.max_trunk, help="longest trunk sent in one round")
-    parser.add_argument("--min-gamma", type=int, default=d.min_gamma, help="shortest adaptive draft")
-    parser.add_argument("--fixed-gamma", action="store_true", help="always draft --gamma tokens (no adaptation)")
-    parser.add_argument("--lookup-tokens", type=int, default=d.lookup_tokens,
-                        help="prompt-lookup branch length (0 = no lookup branch)")
-    parser.add_argument("--lookup-ngram", type=int, default=d.lookup_ngram, help="longest n-gram prompt lookup matches")
-    parser.add_argument("--lookup-min-ngram", type=int, default=d.lookup_min_ngram,
-                        help="shortest n-gram prompt lookup matches")
-    parser.add_argument("--min-agreement", type=float, default=d.min_agreement,
-                        help="send no draft trunk while the draft's running first-token agreement is below this")
-    parser.add_argument("--draft-batch", type=int, default=d.max_batch,
-                        help="requests drafted together in one batched draft pass")
-    parser.add_argument("--no-text-phrases", action="store_true",
-                        help="do not seed the phrase pool with n-grams of the prompt and output")
+    add_config_flags(parser, DrafterConfig)
 
 
 def drafter_config(args: argparse.Namespace) -> DrafterConfig:
-    return DrafterConfig(
-        gamma=args.gamma, window=args.window, ngram=args.ngram, pool_size=args.pool_size,
-        branches=args.branches, phrases_checked=args.phrases_checked, max_trunk=args.max_trunk,
-        seed_pool_from_text=not args.no_text_phrases, adaptive=not args.fixed_gamma, min_gamma=args.min_gamma,
-        min_agreement=args.min_agreement, lookup_tokens=args.lookup_tokens, lookup_ngram=args.lookup_ngram,
-        lookup_min_ngram=args.lookup_min_ngram, max_batch=args.draft_batch,
-    )
+    return config_from_args(DrafterConfig, args)
 
 
 def add_verifier_flags(parser: argparse.ArgumentParser) -> None:
-    v = VerifierConfig()
-    parser.add_argument("--draft-timeout", type=float, default=v.draft_timeout_s,
-                        help="seconds to wait for a valid draft before a round is decoded by the target alone")
-    parser.add_argument("--max-sessions", type=int, default=v.max_sessions, help="requests decoded at once")
-    parser.add_argument("--max-batch", type=int, default=v.max_batch,
-                        help="ready requests verified together in one batched target pass")
-    parser.add_argument("--max-queue", type=int, default=v.max_queue,
-                        help="requests waiting beyond --max-sessions; more are refused as busy")
-    parser.add_argument("--max-draft-tokens", type=int, default=v.max_draft_tokens,
-                        help="most trunk + branch tokens verified in one target pass")
-    parser.add_argument("--own-lookup-tokens", type=int, default=v.own_lookup_tokens,
-                        help="prompt-lookup branch the verifier finds itself for a round with no draft (0 = none)")
-    parser.add_argument("--verify-all-drafts", action="store_true",
-                        help="verify every draft token sent, even where the measured pass costs say it does not pay")
+    add_config_flags(parser, VerifierConfig)
 
 
 def verifier_config(args: argparse.Namespace, eos_token_id: int | None = None) -> VerifierConfig:
-    return VerifierConfig(
-        draft_timeout_s=args.draft_timeout, max_sessions=args.max_sessions, max_queue=args.max_queue,
-        max_batch=args.max_batch,
-        max_draft_tokens=args.max_draft_tokens, is_width_fitted=not args.verify_all_drafts,
-        own_lookup_tokens=args.own_lookup_tokens,
-        stop_token_ids=() if eos_token_id is None else (int(eos_token_id),),
-    )
+    stops = () if eos_token_id is None else (int(eos_token_id),)
+    return config_from_args(VerifierConfig, args, stop_token_ids=stops)
 
 
 def algorithm_argv(args: argparse.Namespace) -> list[str]:
     """The algorithm flags again, to hand them to a child process."""
-    argv = ["--gamma", str(args.gamma), "--window", str(args.window), "--ngram", str(args.ngram),
-            "--pool-size", str(args.pool_size), "--branches", str(args.branches),
-            "--phrases-checked", str(args.phrases_checked), "--max-trunk", str(args.max_trunk),
-            "--min-gamma", str(args.min_gamma), "--lookup-tokens", str(args.lookup_tokens),
-            "--lookup-ngram", str(args.lookup_ngram), "--min-agreement", str(args.min_agreement), "--lookup-min-ngram", str(args.lookup_min_ngram),
-            "--draft-batch", str(args.draft_batch)]
-    argv += ["--no-text-phrases"] if args.no_text_phrases else []
-    return argv + (["--fixed-gamma"] if args.fixed_gamma else [])
+    return config_argv(drafter_config(args))
 
 
 def verifier_argv(args: argparse.Namespace) -> list[str]:
-    return ["--draft-timeout", str(args.draft_timeout), "--max-sessions", str(args.max_sessions),
-            "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch),
-            "--max-draft-tokens", str(args.max_draft_tokens), "--own-lookup-tokens", str(args.own_lookup_tokens)
-            ] + (["--verify-all-drafts"] if args.verify_all_drafts else [])
+    return config_argv(verifier_config(args))

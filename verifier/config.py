@@ -1,21 +1,25 @@
-"""The verifier's frozen configuration, built once in launch/ and passed down."""
+"""The verifier's frozen configuration, built once in launch/ and passed down. Each knob's CLI
+flag and help live here, once (protocol.knobs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.knobs import knob
+
 
 @dataclass(frozen=True)
 class VerifierConfig:
-    max_draft_tokens: int = 256  # trunk + branch tokens verified in one pass (--max-draft-tokens)
-    draft_timeout_s: float = 2.0  # wait for a valid draft before decoding alone (--draft-timeout)
-    max_sessions: int = 16  # requests decoded at once (--max-sessions)
-    max_batch: int = 8  # ready requests verified together in one target pass (--max-batch)
-    max_queue: int = 64  # requests waiting beyond those; more get a "busy" Error at once (--max-queue)
-    is_width_fitted: bool = True  # cut batched trees to the width that pays (--verify-all-drafts: off)
-    stop_token_ids: tuple[int, ...] = ()  # always end a request (the tokenizer's EOS)
-    # a round that comes without a draft still verifies a prompt-lookup branch, found by the
-    # verifier in the committed text (--own-lookup-tokens, 0 = none)
-    own_lookup_tokens: int = 5
+    max_draft_tokens: int = knob(256, "--max-draft-tokens", "most trunk + branch tokens verified in one target pass")
+    draft_timeout_s: float = knob(2.0, "--draft-timeout", "seconds to wait for a valid draft before a round is "
+                                  "decoded by the target alone")
+    max_sessions: int = knob(16, "--max-sessions", "requests decoded at once (sizes the KV slots)")
+    max_batch: int = knob(8, "--max-batch", "ready requests verified together in one batched target pass")
+    max_queue: int = knob(64, "--max-queue", "requests waiting beyond --max-sessions; more are refused as busy")
+    is_width_fitted: bool = knob(True, "--verify-all-drafts", "verify every draft token sent, even where the "
+                                 "measured pass costs say it does not pay", inverted_by=True)
+    stop_token_ids: tuple[int, ...] = ()  # always end a request (the tokenizer's EOS; no flag)
+    own_lookup_tokens: int = knob(5, "--own-lookup-tokens", "prompt-lookup branch the verifier finds itself for a "
+                                  "round with no draft (0 = none)")
     lookup_ngram: int = 3
     lookup_min_ngram: int = 2
 
