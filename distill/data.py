@@ -165,21 +165,18 @@ def coverage(vocab_ids: torch.LongTensor, tokens: Counter | list[int]) -> float:
     return sum(n for t, n in counts.items() if t in kept) / max(total, 1)
 
 
-@torch.inference_mode()
 def target_continuations(target: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                          max_new_tokens: int) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, the target's greedy continuation, stopping at EOS) for each prompt; a prompt
     too long for the context keeps its last tokens."""
-    device = next(target.parameters()).device
-    eos = tokenizer.eos_token_id
+    from launch.reference import target_alone
+
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     max_prompt = int(getattr(target.config, "max_position_embeddings", 1 << 30)) - max_new_tokens
     items = []
     for prompt in prompts:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt:]
-        bounds = {"eos_token_id": eos} if eos is not None else {"min_new_tokens": max_new_tokens}
-        out = target.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=tokenizer.pad_token_id or 0, **bounds)
-        items.append((list(ids), out[0, len(ids):].tolist()))
+        items.append((list(ids), target_alone(target, ids, max_new_tokens, stops)))
     return items
 
 

@@ -1,0 +1,102 @@
+"""The drafter loop's handlers, driven over a real socket by a fake verifier (a ROUTER)."""
+import pytest
+import zmq
+
+from drafter.config import DrafterConfig
+from drafter.engine import DraftEngine
+from drafter.server import BASE_TAIL, DrafterServer
+from protocol.codec import decode, encode
+from protocol.messages import Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
+from tests.conftest import tiny_model
+
+PROMPT = [5, 9, 13, 2, 7, 30, 11, 40, 41, 42]
+
+
+@pytest.fixture
+def link(tmp_path):
+    endpoint = f"ipc://{tmp_path}/drafter.sock"
+    verifier = zmq.Context.instance().socket(zmq.ROUTER)
+    verifier.bind(endpoint)
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(min_agreement=0.0, gamma=4, window=2, ngram=3))
+    server = DrafterServer(engine, endpoint, "fp", vocab_size=96)
+    server.socket.connect(endpoint)
+    server.send(server.hello)
+    identity, hello = receive(verifier)
+    assert isinstance(hello, Hello) and hello.tokenizer_fingerprint == "fp" and hello.vocab_size == 96
+    yield server, verifier, identity
+    server.socket.close(0)
+    verifier.close(0)
+
+
+def receive(verifier, timeout_ms=5000):
+    assert verifier.poll(timeout_ms), "the drafter sent nothing"
+    identity, frame = verifier.recv_multipart()
+    return identity, decode(frame)
+
+
+def deliver(server, verifier, identity, msg) -> None:
+    verifier.send_multipart([identity, encode(msg) if not isinstance(msg, bytes) else msg])
+    assert server.socket.poll(5000)
+    server.drain()
+
+
+def next_draft(server, verifier) -> Draft:
+    for _ in range(50):  # a few loop turns: a batched draft pass, then the block goes out
+        server.advance()
+        if verifier.poll(0):
+            msg = receive(verifier)[1]
+            if isinstance(msg, Draft):
+                return msg
+    raise AssertionError("no Draft came")
+
+
+def test_hello_ack_limits_the_vocabulary_and_a_refusal_stops_the_drafter(link):
+    server, verifier, identity = link
+    deliver(server, verifier, identity, HelloAck(vocab_size=64))
+    assert server.is_acknowledged and server.engine.num_proposable == 64
+    deliver(server, verifier, identity, Error(request_id="", code=ErrorCode.REFUSED, message="tokenizer differs"))
+    assert not server.is_running and "tokenizer differs" in server.refusal
+
+
+def test_an_open_request_is_drafted_at_its_committed_end(link):
+    server, verifier, identity = link
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    draft = next_draft(server, verifier)
+    assert (draft.request_id, draft.base_length, draft.base_tail) == ("r", len(PROMPT), PROMPT[-BASE_TAIL:])
+    assert 4 <= len(draft.trunk) <= 32 - 1  # at least gamma, within the budget (max_new_tokens - 1)
+
+
+def test_a_verdict_moves_the_drafts_on_and_close_forgets_the_request(link):
+    server, verifier, identity = link
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    draft = next_draft(server, verifier)
+    appended = draft.trunk[:1] + [3]  # the first trunk token accepted, then the target's own
+    deliver(server, verifier, identity, Verdict(
+        request_id="r", committed_length=len(PROMPT) + 2, appended=appended, num_trunk_verified=len(draft.trunk),
+        num_trunk_accepted=1, is_branch_taken=False, trunk_predictions=appended + [0] * (len(draft.trunk) - 1),
+        branch_predictions=[]))
+    session = server.requests["r"].session
+    assert session.num_committed == len(PROMPT) + 2 and session.tokens[: session.num_committed] == PROMPT + appended
+    assert next_draft(server, verifier).base_length == len(PROMPT) + 2
+    deliver(server, verifier, identity, Close(request_id="r"))
+    assert "r" not in server.requests
+
+
+def test_a_verdict_it_cannot_place_asks_for_a_resync(link):
+    server, verifier, identity = link
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    next_draft(server, verifier)
+    deliver(server, verifier, identity, Verdict(
+        request_id="r", committed_length=len(PROMPT) + 5, appended=[1, 2], num_trunk_verified=0,
+        num_trunk_accepted=0, is_branch_taken=False, trunk_predictions=[1], branch_predictions=[]))
+    msg = receive(verifier)[1]
+    while isinstance(msg, Draft):  # drafts already on their way
+        msg = receive(verifier)[1]
+    assert msg == Resync(request_id="r") and "r" not in server.requests
+
+
+def test_a_malformed_frame_is_dropped_and_the_loop_goes_on(link):
+    server, verifier, identity = link
+    deliver(server, verifier, identity, b"\x93not msgpack we know")
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=8))
+    assert "r" in server.requests
