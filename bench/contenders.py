@@ -92,18 +92,14 @@ class Pipeline:
     name = "pipeline"
 
     def __init__(self, args: argparse.Namespace, shared: "Shared") -> None:
-        from launch.cli import build_parser
-        from launch.serve import LocalPipeline
+        from launch.serve import LocalPipeline, add_serve_flags
         from protocol.client import Client
 
-        extra = []
-        for flag in ("verifier_threads", "drafter_threads"):
-            if getattr(args, flag, None):
-                extra += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        serve_args = build_parser().parse_args(
-            ["serve", *cfg.model_argv(args), "--port", "0", *extra,
-             "--threads-per-process", str(max(1, args.threads // 2)), *cfg.algorithm_argv(args),
-             *cfg.verifier_argv(args)])
+        serve_parser = argparse.ArgumentParser()
+        add_serve_flags(serve_parser)
+        serve_args = serve_parser.parse_args([])  # serve's defaults, then this run's models and knobs
+        serve_args.__dict__.update({k: v for k, v in vars(args).items() if k in vars(serve_args)})
+        serve_args.port, serve_args.threads_per_process = 0, max(1, args.threads // 2)
         self.shared = shared
         self.local = LocalPipeline(serve_args)
         self.client = Client(self.local.start(), timeout=600)

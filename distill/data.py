@@ -68,8 +68,10 @@ def extra_sources(paths: list[str]) -> list[Path]:
     return found
 
 
-def training_files(data: list[str], use_site_packages: bool = True) -> list[Path]:
-    files = sorted(set((site_package_sources() if use_site_packages else []) + extra_sources(data)))
+def training_files(data: list[str], use_site_packages: bool = True, data_repeat: int = 1) -> list[Path]:
+    """Site-packages sources and the --data files, these `data_repeat` times over (a weight)."""
+    extra = sorted(set(extra_sources(data)))
+    files = sorted(set(site_package_sources() if use_site_packages else []) - set(extra)) + extra * data_repeat
     if not files:
         raise ValueError("no training data files found: pass text files or directories with --data")
     return files

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,14 +13,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from distill.draft_model import (
-    atomic_write, build_student, check_layers, expected_tokens_per_round, save_draft, shipped_state, target_fingerprint,
-    teacher_forced_agreement,
+    build_student, check_layers, expected_tokens_per_round, save_draft, target_fingerprint, teacher_forced_agreement,
 )
 from launch.models import BUILTIN_TARGET, load_model, load_tokenizer
-from distill.data import ChunkStream, Cursor, coverage, eval_continuations, frequent_vocab, training_files
+from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
+from distill.data import ChunkStream, coverage, eval_continuations, frequent_vocab, training_files
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
 WARMUP_STEPS = 10
 GAMMAS = (4, 8)
 
@@ -44,6 +42,8 @@ class TrainConfig:
     eval_prompts: int = 20
     seed: int = 0
     device: str = "cpu"
+    init: str | None = None  # a draft directory (or the built-in draft's name) to start from
+    data_repeat: int = 1  # --data files weigh this many times as much as site-packages files
 
     def __post_init__(self) -> None:
         checks = {
@@ -59,6 +59,7 @@ class TrainConfig:
             "--checkpoint-every-minutes must be > 0": self.checkpoint_every_minutes > 0,
             "--eval-prompts must be >= 0": self.eval_prompts >= 0,
             "--data is required with --no-site-packages": self.use_site_packages or bool(self.data),
+            "--data-repeat must be >= 1": self.data_repeat >= 1,
         }
         for message, is_ok in checks.items():
             if not is_ok:
@@ -68,17 +69,8 @@ class TrainConfig:
         """The flags a resumed run must repeat: they fix the model and the data order."""
         return {"target": self.target, "layers": list(self.layers), "vocab_size": self.vocab_size,
                 "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
-                "data": list(self.data), "use_site_packages": self.use_site_packages}
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    tokens_seen: int = 0
-    minutes: float = 0.0
-    cursor: Cursor = field(default_factory=Cursor)
-    agreement_start: float | None = None
-    vocab_coverage: float = 1.0
+                "data": list(self.data), "use_site_packages": self.use_site_packages, "init": self.init,
+                "data_repeat": self.data_repeat}
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -108,6 +100,10 @@ def add_train_draft_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--data", nargs="+", default=[], metavar="PATH", help="extra text files or directories")
     p.add_argument("--no-site-packages", action="store_true", help="train on --data only")
+    p.add_argument("--data-repeat", type=int, default=1, help="weigh --data files this many times (e.g. the "
+                   "target's own continuations from `ouroboros draft-data`)")
+    p.add_argument("--init", default=None, metavar="DRAFT", help="start from this draft (a directory, or "
+                   "smollm2-135m-draft): its layers and vocabulary; --layers and --vocab-size must match")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
@@ -128,7 +124,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume, data=tuple(args.data), use_site_packages=not args.no_site_packages, lr=args.lr,
         seq_len=args.seq_len, batch_size=args.batch_size, vocab_size=args.vocab_size, threads=args.threads,
         checkpoint_every_minutes=args.checkpoint_every_minutes, eval_prompts=args.eval_prompts, seed=args.seed,
-        device=args.device,
+        device=args.device, init=args.init, data_repeat=args.data_repeat,
     )
 
 
@@ -141,15 +137,18 @@ def run_train_draft(args: argparse.Namespace) -> int:
     target = load_model(config.target, config.device).requires_grad_(False)
     check_layers(target, list(config.layers))
     tokenizer = load_tokenizer(config.target)
-    files = training_files(list(config.data), config.use_site_packages)
+    files = training_files(list(config.data), config.use_site_packages, config.data_repeat)
     print(f"training data: {len(files)} files")
     items = eval_continuations(target, tokenizer, config.target, config.eval_prompts, config.out / "eval_continuations.json")
     progress = Progress()
-    if checkpoint is None:
-        vocab_ids = choose_vocab(config, tokenizer, files, target.config.vocab_size, progress)
+    if checkpoint is not None:
+        student = build_student(target, list(config.layers), checkpoint["student"].get("draft_token_ids"))
+    elif config.init is not None:
+        student = initial_draft(config, target)
     else:
-        vocab_ids = checkpoint["student"].get("draft_token_ids")
-    student = build_student(target, list(config.layers), vocab_ids)
+        vocab_ids = choose_vocab(config, tokenizer, files, target.config.vocab_size, progress)
+        student = build_student(target, list(config.layers), vocab_ids)
+    vocab_ids = getattr(student, "draft_token_ids", None)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=0.0)
     if checkpoint is None:
@@ -162,6 +161,23 @@ def run_train_draft(args: argparse.Namespace) -> int:
     stream = ChunkStream(files, tokenizer, config.seq_len, config.batch_size, config.seed, progress.cursor)
     tokens_per_s = train_loop(config, target, student, optimizer, stream, progress)
     return report(config, target, student, items, progress, tokens_per_s)
+
+
+def initial_draft(config: TrainConfig, target) -> torch.nn.Module:
+    """--init: the draft to start from, which must have the run's layers and vocabulary size."""
+    from distill.draft_model import load_draft_dir
+    from launch.models import BUILTIN_DRAFT, BUILTIN_DRAFT_DIR
+
+    path = BUILTIN_DRAFT_DIR if config.init == BUILTIN_DRAFT else Path(config.init)
+    student = load_draft_dir(path, target, config.device, "float32", target_name=config.target)
+    layers = tuple(json.loads((path / "draft.json").read_text())["layers"])
+    rows = student.get_output_embeddings().weight.shape[0]
+    if layers != config.layers or rows != (config.vocab_size or target.config.vocab_size):
+        raise ValueError(f"--init {config.init} has layers {','.join(map(str, layers))} and a {rows}-token "
+                         f"vocabulary: pass --layers {','.join(map(str, layers))} --vocab-size {rows}")
+    for name, parameter in student.named_parameters():
+        parameter.requires_grad_(name != "model.embed_tokens.weight")
+    return student.train()
 
 
 def choose_vocab(config: TrainConfig, tokenizer, files, full_size: int, progress: Progress) -> torch.LongTensor | None:
@@ -231,50 +247,6 @@ def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStr
     progress.minutes += elapsed / 60
     write_checkpoint(config, student, optimizer, progress, 0.0)
     return num_tokens / max(elapsed, 1e-9)
-
-
-def write_checkpoint(config: TrainConfig, student, optimizer, progress: Progress, extra_minutes: float) -> None:
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "run": config.run_identity(),
-        "student": {k: v.detach().cpu() for k, v in shipped_state(student).items()},
-        "optimizer": optimizer.state_dict(),
-        "progress": {**asdict(progress), "cursor": [progress.cursor.shard, progress.cursor.batch],
-                     "minutes": progress.minutes + extra_minutes},
-        "torch_rng": torch.get_rng_state(),
-    }
-    atomic_write(config.out / CHECKPOINT_FILE, lambda path: torch.save(state, path))
-
-
-def read_checkpoint(config: TrainConfig) -> dict | None:
-    """The checkpoint to resume, checked against this run's flags; None for a fresh run."""
-    path = config.out / CHECKPOINT_FILE
-    if not config.resume:
-        if path.exists():
-            raise ValueError(f"{path} exists: pass --resume to continue that run, or pick another --out")
-        return None
-    if not path.exists():
-        raise ValueError(f"--resume: no checkpoint at {path} (start a run without --resume first)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"--resume: {path} is checkpoint version {checkpoint.get('version')}, not {CHECKPOINT_VERSION}")
-    for key, value in config.run_identity().items():
-        if checkpoint["run"][key] != value:
-            flag = "--" + key.replace("_", "-")
-            raise ValueError(f"--resume: {path} was made with {flag} {checkpoint['run'][key]}, this run has {value}; "
-                             "repeat the original flags")
-    return checkpoint
-
-
-def restore(checkpoint: dict, student, optimizer) -> Progress:
-    missing, unexpected = student.load_state_dict(checkpoint["student"], strict=False)
-    if unexpected or any(k != "model.embed_tokens.weight" for k in missing):
-        raise ValueError(f"--resume: the checkpoint does not fit this draft (missing {missing}, unexpected {unexpected})")
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    saved = dict(checkpoint["progress"])
-    saved["cursor"] = Cursor(*saved["cursor"])
-    return Progress(**saved)
 
 
 def report(config: TrainConfig, target, student, items, progress: Progress, tokens_per_s: float) -> int:

@@ -180,3 +180,22 @@ def test_the_chunk_stream_resumes_where_it_stopped(monkeypatch):
     resumed = iter(ChunkStream(files, char_tokenizer(), 64, 16, seed=1, cursor=cursor))
     assert all(torch.equal(a, next(resumed)) for a in rest)
     assert stream.cursor.shard > cursor.shard and all(b.shape == (16, 64) for b in head)
+
+
+def test_init_starts_from_a_draft_and_checks_its_shape(tiny_target_dir, tmp_path):
+    assert tiny_run(tiny_target_dir, tmp_path / "first", "--tokens", "256", "--layers", "0,2") == 0
+    first = json.loads((tmp_path / "first" / "draft.json").read_text())["training"]
+    assert tiny_run(tiny_target_dir, tmp_path / "second", "--tokens", "64", "--layers", "0,2",
+                    "--init", str(tmp_path / "first"), "--data-repeat", "3") == 0
+    second = json.loads((tmp_path / "second" / "draft.json").read_text())["training"]
+    # the second run starts where the first ended (float16 rounding aside), not from target layers
+    assert second["agreement_start"] == pytest.approx(first["agreement"], abs=0.02)
+    with pytest.raises(ValueError, match="--layers 0,2 --vocab-size 48"):
+        tiny_run(tiny_target_dir, tmp_path / "third", "--tokens", "64", "--layers", "0,1",
+                 "--init", str(tmp_path / "first"))
+
+
+def test_data_repeat_weighs_the_extra_files():
+    files = train_data.training_files(DATA[:1], use_site_packages=False, data_repeat=3)
+    once = train_data.training_files(DATA[:1], use_site_packages=False)
+    assert len(files) == 3 * len(once) and set(files) == set(once)
