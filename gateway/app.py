@@ -44,6 +44,21 @@ def _from_server(exc: OuroborosError) -> BadRequest:
     return BadRequest(str(exc), status=500, kind="server_error")
 
 
+async def _unless_disconnected(request: Request, work):
+    """Await `work`, or cancel it and return None once the HTTP client has gone (the
+    AsyncClient then sends Cancel to the verifier as the request unwinds)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_S))[0]:
+            if await request.is_disconnected():
+                task.cancel()
+                return None
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -154,18 +169,13 @@ class HttpDoor:
     async def _whole(self, request: Request, params: GenerateParams, replies: Replies) -> Response:
         """One JSON answer; a client that disconnects first cancels its request."""
         timer = RequestTimer(self.metrics)
-        task = asyncio.ensure_future(self.client().generate(params.prompt, **params.client_kwargs()))
         try:
-            while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_S))[0]:
-                if await request.is_disconnected():
-                    task.cancel()  # the AsyncClient sends Cancel as the request unwinds
-                    return Response(status_code=499)
-            completion = task.result()
+            completion = await _unless_disconnected(request, self.client().generate(params.prompt,
+                                                                                     **params.client_kwargs()))
         except OuroborosError as exc:
             raise _from_server(exc) from None
-        finally:
-            if not task.done():
-                task.cancel()
+        if completion is None:
+            return Response(status_code=499)
         timer.tokens(completion.completion_tokens)
         timer.finished(completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
         return JSONResponse(replies.whole(completion))
@@ -175,13 +185,21 @@ class HttpDoor:
         gets its own status code; after that, errors come as an error event."""
         timer = RequestTimer(self.metrics)
         stream = self.client().stream(params.prompt, **params.client_kwargs())
+
+        async def first_chunk():
+            try:
+                return await stream.__anext__()
+            except StopAsyncIteration:
+                return None
+
         try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            first = None
+            first = await _unless_disconnected(request, first_chunk())
         except OuroborosError as exc:
             await stream.aclose()
             raise _from_server(exc) from None
+        if first is None and stream.completion is None:  # the client left before the first token
+            await stream.aclose()
+            return Response(status_code=499)
 
         async def events():
             try:

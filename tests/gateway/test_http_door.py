@@ -225,3 +225,18 @@ def test_builtin_chat_ends_at_the_stop_token_which_the_text_never_shows():
     assert completion.token_ids[-1] == tokenizer.eos_token_id
     assert reply.choices[0].message.content == completion.text == tokenizer.decode(completion.token_ids[:-1])
     assert "<|" not in completion.text and completion.text.strip()
+
+
+def test_a_full_admission_queue_answers_503_with_retry_after(tiny_dirs):
+    served = start_http_serve(tiny_dirs["target"], "--draft", "layers:0", "--max-sessions", "1", "--max-queue", "0")
+    try:
+        api = openai.OpenAI(base_url=served.http + "/v1", api_key="unused", max_retries=0, timeout=120)
+        busy = api.completions.create(model=door_model(api), prompt=PROMPTS[0], max_tokens=900, temperature=0,
+                                      stream=True)
+        next(iter(busy))  # the one session is taken
+        status, headers, body = post(served.http + "/v1/completions", {"prompt": "x", "max_tokens": 4})
+        busy.close()
+    finally:
+        stop(served.proc)
+    assert status == 503 and headers["retry-after"] == "1"
+    assert json.loads(body)["error"]["code"] == "overloaded"
