@@ -10,7 +10,7 @@ from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
 from drafter.policy import DraftPolicy, DraftState
-from kvcache.attention import attention_kinds, forward_one, new_cache
+from kvcache.attention import attention_kinds, forward_one, free_cache, new_cache
 from kvcache.slots import Slot, SlotPool, resolve_max_len
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
@@ -19,7 +19,10 @@ from protocol.prompt_lookup import lookup_continuation
 from drafter.pool import PhrasePool
 
 
-PASS_MARGIN = 256  # KV slot columns past --max-len: a lookahead pass may reach beyond the committed end
+def pass_margin(config: DrafterConfig) -> int:
+    """KV slot columns past --max-len: a pass feeds the uncached text (at most a trunk and the
+    target's token after a verdict) and the lookahead window's and checked phrases' tokens."""
+    return config.max_trunk + 2 + (config.window + config.phrases_checked) * config.ngram
 
 
 @dataclass
@@ -70,8 +73,8 @@ class DraftEngine:
             )
         self.device = next(model.parameters()).device
         self.kinds = attention_kinds(model.config)  # refuses models whose cache cannot be cropped
-        self.max_context = resolve_max_len(model.config, max_len)
-        self.slots = SlotPool(model.config, max_sessions, self.max_context + PASS_MARGIN,
+        self.max_context = resolve_max_len(model.config, max_len, clamp=True)
+        self.slots = SlotPool(model.config, max_sessions, self.max_context + pass_margin(config),
                               next(model.parameters()).dtype, self.device)
         self.token_ids: torch.Tensor | None = getattr(model, "draft_token_ids", None)
         # a pair may differ by padding rows past the shared tokenizer (design.md §7): the draft
@@ -95,6 +98,10 @@ class DraftEngine:
         window = [level0] if self.config.window and self.config.ngram > 2 else []
         cache = new_cache(self.slots)
         return DraftSession(tokens, len(tokens), cache, window, self.policy.new_state())
+
+    def close(self, session: DraftSession) -> None:
+        """The request is done (or re-opened): its KV slot is free at once."""
+        free_cache(session.cache)
 
     def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
         """Extend the session's draft to at least gamma tokens (or `budget`, if smaller) and

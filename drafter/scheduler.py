@@ -37,12 +37,16 @@ class DraftScheduler:
         self.order: list[str] = []  # round-robin over requests
 
     def add(self, request: DrafterRequest) -> None:
+        if request.request_id in self.requests:  # re-opened (a re-sync): the old session is done
+            self.engine.close(self.requests[request.request_id].session)
         self.requests[request.request_id] = request
         if request.request_id not in self.order:
             self.order.append(request.request_id)
 
     def remove(self, request_id: str) -> None:
-        self.requests.pop(request_id, None)
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.engine.close(request.session)
         if request_id in self.order:
             self.order.remove(request_id)
 

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 
+import zmq
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,7 +20,7 @@ from starlette.routing import Route
 from gateway.metrics import DoorMetrics, RequestTimer
 from gateway.openai_api import BadRequest, GenerateParams, Replies, error_body, parse_chat, parse_completion
 from protocol.async_client import AsyncClient
-from protocol.errors import OuroborosError, ServerError, ServerTimeout
+from protocol.errors import OuroborosError, ProtocolError, ServerError, ServerTimeout
 from protocol.messages import ErrorCode
 
 log = logging.getLogger("ouroboros.http")
@@ -33,7 +34,11 @@ def _error(exc: BadRequest) -> JSONResponse:
     return JSONResponse(error_body(str(exc), exc.kind, exc.param, exc.code), status_code=exc.status, headers=headers)
 
 
-def _from_server(exc: OuroborosError) -> BadRequest:
+# what talking to the verifier may raise: its Error replies and silence, a malformed reply, the socket
+DOOR_ERRORS = (OuroborosError, ProtocolError, zmq.ZMQError)
+
+
+def _from_server(exc: Exception) -> BadRequest:
     """Our errors in OpenAI's terms: bad input 400, busy 503 (retry), silence 504, else 500."""
     if isinstance(exc, ServerError) and exc.code == ErrorCode.INVALID_REQUEST:
         return BadRequest(exc.message)
@@ -52,11 +57,13 @@ async def _unless_disconnected(request: Request, work):
         while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_S))[0]:
             if await request.is_disconnected():
                 task.cancel()
+                await asyncio.gather(task, return_exceptions=True)  # unwound: its Cancel has gone out
                 return None
         return task.result()
     finally:
         if not task.done():
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def _sse(payload: dict | str) -> str:
@@ -116,7 +123,7 @@ class HttpDoor:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
             status = await asyncio.wait_for(self.client().status(), STATUS_TIMEOUT_S)
-        except (OuroborosError, TimeoutError) as exc:
+        except (*DOOR_ERRORS, TimeoutError) as exc:
             return JSONResponse({"status": "unavailable", "error": str(exc) or type(exc).__name__}, status_code=503)
         self.metrics.status.update(status)
         drafter = "present" if status.is_drafter_present else "absent"
@@ -128,7 +135,7 @@ class HttpDoor:
         if self.endpoint is not None:
             try:
                 self.metrics.status.update(await asyncio.wait_for(self.client().status(), STATUS_TIMEOUT_S))
-            except (OuroborosError, TimeoutError) as exc:
+            except (*DOOR_ERRORS, TimeoutError) as exc:
                 log.warning("metrics without the verifier's counters: %s", exc)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -162,21 +169,30 @@ class HttpDoor:
             if params.stream:
                 return await self._stream(request, params, replies)
             return await self._whole(request, params, replies)
-        except BadRequest as exc:
-            self.metrics.failed.labels(status=str(exc.status)).inc()
-            return _error(exc)
+        except (BadRequest, *DOOR_ERRORS) as exc:
+            error = exc if isinstance(exc, BadRequest) else _from_server(exc)
+            self.metrics.failed.labels(status=str(error.status)).inc()
+            return _error(error)
 
     async def _whole(self, request: Request, params: GenerateParams, replies: Replies) -> Response:
-        """One JSON answer; a client that disconnects first cancels its request."""
+        """One JSON answer, gathered from a stream (so the silence timeout counts between rounds,
+        not over the whole request); a client that disconnects first cancels its request."""
         timer = RequestTimer(self.metrics)
+        stream = self.client().stream(params.prompt, **params.client_kwargs())
+
+        async def gather():
+            async for chunk in stream:
+                timer.tokens(len(chunk.token_ids))
+            return stream.completion
+
         try:
-            completion = await _unless_disconnected(request, self.client().generate(params.prompt,
-                                                                                     **params.client_kwargs()))
-        except OuroborosError as exc:
+            completion = await _unless_disconnected(request, gather())
+        except DOOR_ERRORS as exc:
             raise _from_server(exc) from None
+        finally:
+            await stream.aclose()
         if completion is None:
             return Response(status_code=499)
-        timer.tokens(completion.completion_tokens)
         timer.finished(completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
         return JSONResponse(replies.whole(completion))
 
@@ -194,7 +210,7 @@ class HttpDoor:
 
         try:
             first = await _unless_disconnected(request, first_chunk())
-        except OuroborosError as exc:
+        except DOOR_ERRORS as exc:
             await stream.aclose()
             raise _from_server(exc) from None
         if first is None and stream.completion is None:  # the client left before the first token
@@ -216,7 +232,7 @@ class HttpDoor:
                 if params.include_usage:
                     yield _sse(replies.usage_chunk(completion))
                 yield _sse("[DONE]")
-            except OuroborosError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure ends the stream with an error event
                 error = _from_server(exc)
                 self.metrics.failed.labels(status=str(error.status)).inc()
                 yield _sse(error_body(str(error), error.kind, error.param, error.code))

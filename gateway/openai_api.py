@@ -74,7 +74,8 @@ def parse_common(body: Any, default_max_tokens: int) -> dict:
             raise BadRequest(f"'{name}' is not supported by this server", name)
     if body.get("n", 1) != 1:
         raise BadRequest("only n=1 is supported", "n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = body.get("max_completion_tokens")
+    max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
     max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", default_max_tokens, 1, 1_000_000, is_int=True)
     top_k = _number(body, "top_k", 0, -1, 1_000_000, is_int=True)  # vLLM's -1 and our 0 both mean off
     stop = body.get("stop")

@@ -50,6 +50,14 @@ def attention_kinds(config) -> list[AttentionKind]:
     return kinds
 
 
+def free_cache(cache) -> None:
+    """A session is done: its KV slot (if it has one) goes back to the pool now."""
+    from kvcache.slots import Slot
+
+    if isinstance(cache, Slot):
+        cache.free()
+
+
 def new_cache(slots=None):
     """An empty cache that keeps every entry of every layer (see the module docstring): a row of
     the KV slot pool `slots` (kvcache.slots.SlotPool) when one is free, else a DynamicCache."""

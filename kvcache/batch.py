@@ -84,7 +84,8 @@ def batched_forward(model: torch.nn.Module, kinds: list[AttentionKind], caches: 
     slot was free) in one padded pass."""
     from kvcache.slots import Slot
 
-    in_slots = [i for i, cache in enumerate(caches) if isinstance(cache, Slot)]
+    # rows in slot order: consecutive slots then make a view, not a gather
+    in_slots = sorted((i for i, cache in enumerate(caches) if isinstance(cache, Slot)), key=lambda i: caches[i].index)
     if len({id(caches[i].pool) for i in in_slots}) > 1:
         raise ValueError("a batched pass takes the KV slots of one pool")
     others = [i for i in range(len(caches)) if i not in set(in_slots)]

@@ -6,8 +6,8 @@ that row's own offset and hands attention the rows it needs: a view when the row
 consecutive slots, else one gather. Nothing is padded into a batch and split back, a crop is a
 length reset, and an accepted branch's entries move inside their row. The last column is a
 scratch column: padding tokens of a ragged pass write there and nobody reads it. The buffers
-are allocated empty, so memory is touched only as rows grow into it; the bound is
-SlotPool.nbytes.
+are allocated empty, so on a CPU memory is touched only as rows grow into it (a GPU reserves
+it all at once); the bound is SlotPool.nbytes.
 
 Entry j of a row sits at absolute position j (its rotary position), as in our plain caches, so
 kvcache.attention's masks and rules apply unchanged."""
@@ -24,11 +24,14 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 DEFAULT_MAX_LEN = 4096
 
 
-def resolve_max_len(config, max_len: int | None) -> int:
-    """--max-len: default the smaller of the model's context and 4096; never past the context."""
+def resolve_max_len(config, max_len: int | None, clamp: bool = False) -> int:
+    """--max-len: default the smaller of the model's context and 4096; never past the context
+    (refused, or with `clamp` cut to it: a draft with a shorter context than its target's)."""
     context = int(getattr(config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30)
     if max_len is None:
         return min(context, DEFAULT_MAX_LEN)
+    if clamp:
+        max_len = min(max_len, context)
     if not 2 <= max_len <= context:
         raise ValueError(f"--max-len must be within 2..{context} (the model's context), got {max_len}")
     return max_len
@@ -66,7 +69,7 @@ class _PassLayer(CacheLayerMixin):
 
     def __init__(self, pool: SlotPool, layer_idx: int) -> None:
         super().__init__()
-        self.pool, self.layer_idx = pool, layer_idx
+        self.pool, self.layer_idx = weakref.proxy(pool), layer_idx  # no cycle: a dropped pool frees at once
         self.is_initialized = True
 
     def lazy_initialization(self, key_states, value_states) -> None:
@@ -111,15 +114,24 @@ class SlotView:
 
 
 class Slot:
-    """A sequence's row in a SlotPool; the row returns to the pool when this object is dropped."""
+    """A sequence's row in a SlotPool. The row returns to the pool on free(), or when this
+    object is dropped; a freed slot refuses passes."""
 
     def __init__(self, pool: SlotPool, index: int) -> None:
         self.pool, self.index = pool, index
         self.layers = [SlotView(pool, index, layer) for layer in range(len(pool.keys))]
-        weakref.finalize(self, pool.release, index)
+        self._release = weakref.finalize(self, pool.release, index)
+
+    @property
+    def is_free(self) -> bool:
+        return not self._release.alive
+
+    def free(self) -> None:
+        """Give the row back now (the owner is done): the next request can have it at once."""
+        self._release()
 
     def get_seq_length(self) -> int:
-        return self.pool.lengths[self.index]
+        return 0 if self.is_free else self.pool.lengths[self.index]
 
     def keep(self, indices: list[int]) -> None:
         """Keep these entries, in order (each index >= its new place): a crop when they are
@@ -170,6 +182,8 @@ class SlotPool:
         """Plan a pass that feeds widths[i] new tokens after each slot's entries (the batch is as
         wide as the widest; the rest of a row is padding, written to the scratch column). Returns
         the Cache to give the model; the lengths grow by the widths."""
+        if any(slot.is_free for slot in slots):
+            raise RuntimeError("a pass on a freed KV slot: its session was already closed")
         width = max(widths)
         bases = [slot.get_seq_length() for slot in slots]
         for base, n in zip(bases, widths):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
+from kvcache.attention import attention_kinds, forward_one, free_cache, new_cache, prefill
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.ops import keep_cache_entries
 from kvcache.slots import Slot, SlotPool, resolve_max_len
@@ -86,6 +86,10 @@ class TargetEngine:
         if len(tokens) > 1:
             prefill(self.model, self.kinds, session.cache, tokens[:-1])
         return session
+
+    def close(self, session: TargetSession) -> None:
+        """The request is done: its KV slot is free for the next one at once."""
+        free_cache(session.cache)
 
     @torch.inference_mode()
     def verify(

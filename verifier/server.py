@@ -41,6 +41,7 @@ class VerifierServer:
         self.scheduler = Scheduler(config)
         self.agreement = AgreementWatch()
         self.stats = ServerStats()
+        self.last_send_error = 0  # errno of the latest failed reply
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.is_running = True
         self.ctx = zmq.Context.instance()
@@ -261,12 +262,18 @@ class VerifierServer:
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
         """Send committed tokens with their text delta (see ServerRequest.take_chunk)."""
         chunk = request.take_chunk(tokens, self.decode_text, is_final)
-        if chunk is not None and not self.reply(request.client, Tokens(request_id=request.request_id,
-                                                                        token_ids=chunk[0], text=chunk[1])):
+        if chunk is None or self.reply(request.client, Tokens(request_id=request.request_id, token_ids=chunk[0],
+                                                               text=chunk[1])):
+            return
+        if self.last_send_error == zmq.EHOSTUNREACH:  # the client is gone: all its requests go
             self.handle_disconnect(request.client)
+        else:  # its queue is full (one socket may carry many users, e.g. the HTTP door): this one fails
+            self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL,
+                                    message=f"could not send tokens to the client (errno {self.last_send_error})"))
 
     def end(self, request: ServerRequest, last: Done | Error | None) -> None:
         self.scheduler.remove(request.request_id)
+        self.engine.close(request.session)  # its KV slot, free for the next request admitted below
         if last is not None:
             self.reply(request.client, last)
         self.link.send(Close(request_id=request.request_id))
@@ -278,13 +285,8 @@ class VerifierServer:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def status(self, request_id: str) -> Status:
-        s = self.stats
-        return Status(request_id=request_id, running=len(self.requests), queued=len(self.queue),
-                      max_sessions=self.config.max_sessions, max_queue=self.config.max_queue,
-                      is_drafter_present=not self.link.is_absent, num_drafter_handshakes=s.num_drafter_handshakes,
-                      target_alone_s=s.target_alone_s, num_rounds=s.num_rounds, num_drafts=s.num_drafts,
-                      num_draft_tokens=s.num_draft_tokens, num_accepted_tokens=s.num_accepted_tokens,
-                      accepted_by_position=list(s.accepted_by_position), generation_tokens=s.generation_tokens)
+        return self.stats.as_status(request_id, len(self.requests), len(self.queue), self.config,
+                                    is_drafter_present=not self.link.is_absent)
 
     def metrics_of(self, request: ServerRequest) -> dict[str, float]:
         """The request's speculative metrics, and how long the drafter has been up (-1: none)."""
@@ -296,11 +298,13 @@ class VerifierServer:
                              max_new_tokens=request.max_new_tokens - len(request.new_tokens)))
 
     def reply(self, identity: bytes, msg) -> bool:
-        """False when the client is gone (unroutable) or its queue is full."""
+        """False when the client is gone (unroutable: EHOSTUNREACH) or its queue is full
+        (EAGAIN); last_send_error says which."""
         try:
             self.clients.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
             return True
         except zmq.ZMQError as exc:
+            self.last_send_error = exc.errno
             log.warning("could not send %s to a client: %s", type(msg).__name__, exc)
             return False
 

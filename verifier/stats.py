@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocol.messages import Status
+
 
 @dataclass
 class ServerStats:
@@ -33,3 +35,11 @@ class ServerStats:
     def record_pass(self, seconds: float, is_drafter_absent: bool) -> None:
         if is_drafter_absent:
             self.target_alone_s += seconds
+
+    def as_status(self, request_id: str, running: int, queued: int, config, is_drafter_present: bool) -> Status:
+        return Status(request_id=request_id, running=running, queued=queued, max_sessions=config.max_sessions,
+                      max_queue=config.max_queue, is_drafter_present=is_drafter_present,
+                      num_drafter_handshakes=self.num_drafter_handshakes, target_alone_s=self.target_alone_s,
+                      num_rounds=self.num_rounds, num_drafts=self.num_drafts, num_draft_tokens=self.num_draft_tokens,
+                      num_accepted_tokens=self.num_accepted_tokens,
+                      accepted_by_position=list(self.accepted_by_position), generation_tokens=self.generation_tokens)

@@ -227,15 +227,28 @@ def test_builtin_chat_ends_at_the_stop_token_which_the_text_never_shows():
     assert "<|" not in completion.text and completion.text.strip()
 
 
-def test_a_full_admission_queue_answers_503_with_retry_after(tiny_dirs):
-    served = start_http_serve(tiny_dirs["target"], "--draft", "layers:0", "--max-sessions", "1", "--max-queue", "0")
+def test_a_queued_client_that_leaves_is_dropped_and_a_full_queue_answers_503(tiny_dirs):
+    served = start_http_serve(tiny_dirs["target"], "--draft", "layers:0", "--max-sessions", "1", "--max-queue", "1")
     try:
         api = openai.OpenAI(base_url=served.http + "/v1", api_key="unused", max_retries=0, timeout=120)
         busy = api.completions.create(model=door_model(api), prompt=PROMPTS[0], max_tokens=900, temperature=0,
                                       stream=True)
         next(iter(busy))  # the one session is taken
+        impatient = openai.OpenAI(base_url=served.http + "/v1", api_key="unused", max_retries=0, timeout=1.5)
+        with pytest.raises(openai.APITimeoutError):  # queued, no first token: it gives up and leaves
+            impatient.completions.create(model=door_model(api), prompt="x", max_tokens=4, stream=True)
+        with Client(served.zmq, timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while client.status().queued and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.status().queued == 0  # its Cancel reached the verifier
+        waiting = ThreadPoolExecutor(1).submit(post, served.http + "/v1/completions", {"prompt": "y", "max_tokens": 2})
+        with Client(served.zmq, timeout=10) as client:
+            while client.status().queued == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
         status, headers, body = post(served.http + "/v1/completions", {"prompt": "x", "max_tokens": 4})
         busy.close()
+        assert waiting.result(timeout=120)[0] == 200  # the queued one is served once the session frees
     finally:
         stop(served.proc)
     assert status == 503 and headers["retry-after"] == "1"

@@ -108,3 +108,18 @@ def test_memory_is_bounded_up_front():
     assert resolve_max_len(text, None) == min(text.max_position_embeddings, 4096)
     with pytest.raises(ValueError, match="--max-len"):
         resolve_max_len(text, text.max_position_embeddings + 1)
+
+
+def test_a_freed_slot_is_reused_at_once_and_refuses_passes():
+    target, _ = family_pair("llama", 320)
+    kinds = attention_kinds(target.config)
+    pool = pool_for(target, num_slots=1, poison=False)
+    first = pool.allocate()
+    prefill(target, kinds, first, PROMPTS[0])
+    first.free()  # the owner is done though the object lives on (e.g. in a caller's list)
+    second = pool.allocate()
+    assert second is not None and second.index == first.index and second.get_seq_length() == 0
+    with pytest.raises(RuntimeError, match="freed"):
+        forward_one(target, kinds, first, [1], [7], torch.ones(1, 1, dtype=torch.bool))
+    del first
+    assert pool.num_free == 0  # dropping the freed object does not release the row twice
