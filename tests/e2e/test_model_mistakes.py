@@ -81,7 +81,7 @@ def test_the_context_limit_is_checked_at_admission_in_every_mode(pair_dirs, mode
     run = ouroboros("generate", "def add(a, b):", mode, "--target", pair_dirs["target"], "--draft",
                     pair_dirs["draft"], "--max-new-tokens", "510")
     assert run.returncode == 2
-    assert "plus max_new_tokens (510) is over the target's context of 512 tokens" in error_line(run)
+    assert "plus max_new_tokens (510) is over the max context of 512 tokens" in error_line(run)
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str) -> None:
