@@ -52,18 +52,21 @@ class _Passes:
 
 
 class EnginePasses(_Passes):
-    """Passes through kvcache.attention / kvcache.batch, as both engines run them."""
+    """Passes through kvcache.attention / kvcache.batch on KV slots, as both engines run them."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         from kvcache.attention import attention_kinds
+        from kvcache.slots import SlotPool
 
         super().__init__(model)
         self.kinds = attention_kinds(model.config)
+        parameter = next(model.parameters())
+        self.slots = SlotPool(model.config, max(ROWS) + 1, CONTEXT + max(TOKENS), parameter.dtype, parameter.device)
 
     def _cache(self, tokens: list[int]):
         from kvcache.attention import new_cache, prefill
 
-        cache = new_cache()
+        cache = new_cache(self.slots)
         prefill(self.model, self.kinds, cache, tokens)
         return cache
 

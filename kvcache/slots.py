@@ -59,6 +59,7 @@ class PassPlan:
     row_slice: slice | None  # the rows as a slice when they are consecutive (a view, no copy)
     write_columns: torch.Tensor
     length: int
+    single: tuple[int, int, int] | None = None  # one row: (slot, first column, end): a plain slice copy
 
 
 class _PassLayer(CacheLayerMixin):
@@ -80,9 +81,14 @@ class _PassLayer(CacheLayerMixin):
         if key_states.shape[1:2] + key_states.shape[3:] != keys.shape[1:2] + keys.shape[3:]:
             raise ValueError(f"layer {self.layer_idx} produced keys of shape {tuple(key_states.shape)}; the KV slots "
                              f"were sized from the config for {tuple(keys.shape)}")
-        rows = plan.rows[:, None]
-        keys[rows, :, plan.write_columns] = key_states.transpose(1, 2).to(keys.dtype)
-        values[rows, :, plan.write_columns] = value_states.transpose(1, 2).to(values.dtype)
+        if plan.single is not None:
+            row, start, end = plan.single
+            keys[row, :, start:end] = key_states[0]
+            values[row, :, start:end] = value_states[0]
+        else:
+            rows = plan.rows[:, None]
+            keys[rows, :, plan.write_columns] = key_states.transpose(1, 2).to(keys.dtype)
+            values[rows, :, plan.write_columns] = value_states.transpose(1, 2).to(values.dtype)
         if plan.row_slice is not None:
             return keys[plan.row_slice, :, : plan.length], values[plan.row_slice, :, : plan.length]
         return keys[plan.rows, :, : plan.length], values[plan.rows, :, : plan.length]
@@ -198,7 +204,8 @@ class SlotPool:
         self.plan = PassPlan(rows=torch.tensor(indices, device=self.device),
                              row_slice=slice(indices[0], indices[-1] + 1) if is_consecutive else None,
                              write_columns=columns.to(self.device),
-                             length=max(base + n for base, n in zip(bases, widths)))
+                             length=max(base + n for base, n in zip(bases, widths)),
+                             single=(indices[0], bases[0], bases[0] + width) if len(slots) == 1 else None)
         for slot, base, n in zip(slots, bases, widths):
             self.lengths[slot.index] = base + n
             self._make_finite(slot.index, self.plan.length)
