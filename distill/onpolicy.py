@@ -119,7 +119,6 @@ def add_draft_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--data", nargs="+", default=[], metavar="PATH", help="more prompt sources (files or dirs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=run_draft_data)
     return p
 
 

@@ -113,7 +113,6 @@ def add_train_draft_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--eval-prompts", type=int, default=20, help="held-out HumanEval prompts for the report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.set_defaults(handler=run_train_draft)
     return p
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
@@ -68,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# each command's entry point, imported only when it runs (module, function)
+HANDLERS = {
+    "serve": ("launch.serve", "run_serve"), "stress": ("bench.stress", "run_stress"),
+    "bench": ("bench.run", "run_bench"), "eval-draft": ("distill.evaluate", "run_eval_draft"),
+    "train-draft": ("distill.train", "run_train_draft"), "http-door": ("launch.http_door", "run_http_door"),
+    "draft-data": ("distill.onpolicy", "run_draft_data"), "demo": ("launch.demo", "run_demo"),
+    "verifier": ("launch.workers", "run_verifier"), "drafter": ("launch.workers", "run_drafter"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -79,53 +90,24 @@ def main(argv: list[str] | None = None) -> int:
             cfg.verifier_config(args)
         if args.command == "generate":
             return cmd_generate(args)
-        if args.command == "serve":
-            from launch.serve import run_serve
-
-            return run_serve(args)
-        if args.command == "stress":
-            from bench.stress import run_stress
-
-            return run_stress(args)
-        if args.command == "bench":
-            from bench.run import run_bench
-
-            return run_bench(args)
-        if args.command == "eval-draft":
-            from distill.evaluate import run_eval_draft
-
-            return run_eval_draft(args)
-        if args.command == "train-draft":
-            from distill.train import run_train_draft
-
-            return run_train_draft(args)
-        if args.command == "http-door":
-            from launch.http_door import run_http_door
-
-            return run_http_door(args)
-        if args.command == "draft-data":
-            from distill.onpolicy import run_draft_data
-
-            return run_draft_data(args)
         if args.command == "keys":
-            from protocol.curve import create_keys
-
-            root = create_keys(args.dir, overwrite=args.overwrite)
-            print(f"CURVE keys in {root}: the verifier needs the whole directory; clients and the drafter "
-                  f"need server.key, client.key and client.key_secret. Keep *.key_secret private.")
-            return 0
-        if args.command == "demo":
-            from launch.demo import run_demo
-
-            return run_demo(args)
-        from launch.workers import run_drafter, run_verifier
-
-        return run_verifier(args) if args.command == "verifier" else run_drafter(args)
+            return cmd_keys(args)
+        module, function = HANDLERS[args.command]
+        return getattr(importlib.import_module(module), function)(args)
     except (ValueError, RuntimeError, OSError, OuroborosError) as exc:
         print(f"ouroboros: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from protocol.curve import create_keys
+
+    root = create_keys(args.dir, overwrite=args.overwrite)
+    print(f"CURVE keys in {root}: the verifier needs the whole directory; clients and the drafter "
+          f"need server.key, client.key and client.key_secret. Keep *.key_secret private.")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

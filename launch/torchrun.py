@@ -5,6 +5,7 @@ GPUs both run on the CPU with gloo. The drafter endpoint is exchanged through to
 rendezvous store, so `--nnodes 2` puts the drafter on another node with no extra flags."""
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import sys
@@ -52,22 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group(backend="nccl" if has_gpu else "gloo", timeout=timedelta(minutes=10))
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=False, timeout=timedelta(seconds=serve_args.ready_timeout))
-    common = [*cfg.model_argv(serve_args), "--device", device]
-    common += ["--curve-keys", serve_args.curve_keys] if serve_args.curve_keys else []
-    parser = build_parser()
+
+    def role(**settings) -> argparse.Namespace:  # serve's parsed flags, and this role's own
+        return argparse.Namespace(**(vars(serve_args) | {"device": device} | settings))
+
     if rank == 0:
         host = _drafter_host(int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world)
         endpoint = f"tcp://{host}:{_free_port(host)}"
         store.set(ENDPOINT_KEY, endpoint)
         client = serve_args.bind or f"tcp://{serve_args.host}:{serve_args.port or '*'}"
-        threads = ["--threads", str(serve_args.verifier_threads or serve_args.threads_per_process)]
-        args = parser.parse_args(["verifier", "--bind", client, "--drafter-bind", endpoint, *common, *threads,
-                                  "--ready-timeout", str(serve_args.ready_timeout), *cfg.verifier_argv(serve_args)])
-        return run_verifier(args)
+        threads = serve_args.verifier_threads or serve_args.threads_per_process
+        return run_verifier(role(bind=client, drafter_bind=endpoint, threads=threads))
     endpoint = store.get(ENDPOINT_KEY).decode()
-    threads = ["--threads", str(serve_args.drafter_threads or serve_args.threads_per_process)]
-    args = parser.parse_args(["drafter", "--connect", endpoint, "--max-sessions", str(serve_args.max_sessions), *common,
-                              *threads, *cfg.algorithm_argv(serve_args)])
+    args = role(connect=endpoint, threads=serve_args.drafter_threads or serve_args.threads_per_process)
     return run_drafter(args)
 
 

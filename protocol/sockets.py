@@ -67,3 +67,12 @@ def warn_if_public(host: str, is_authenticated: bool = False) -> str | None:
     )
     log.warning(warning)
     return warning
+
+
+def recv_routed(socket: zmq.Socket) -> tuple[bytes, bytes]:
+    """(identity, frame) from a ROUTER without blocking: zmq.Again when none waits, ValueError
+    when the message is not one identity and one frame."""
+    parts = socket.recv_multipart(zmq.NOBLOCK)
+    if len(parts) != 2:
+        raise ValueError(f"expected identity + one frame, got {len(parts)} frames")
+    return parts[0], parts[1]

@@ -10,7 +10,7 @@ import zmq
 
 from protocol.codec import encode
 from protocol.messages import Draft
-from protocol.sockets import make_socket
+from protocol.sockets import make_socket, recv_routed
 
 log = logging.getLogger("ouroboros.verifier")
 
@@ -53,6 +53,9 @@ class DrafterLink:
     def uptime_s(self) -> float:
         """Seconds since the live drafter's handshake, -1 when none is live."""
         return time.monotonic() - self.since if self.identity is not None and not self.is_absent else -1.0
+
+    def receive(self) -> tuple[bytes, bytes]:
+        return recv_routed(self.socket)
 
     def send(self, msg, identity: bytes | None = None) -> None:
         """To the live drafter, or to the peer `identity` (a refusal). Never blocks."""

@@ -9,16 +9,16 @@ from collections import deque
 
 import zmq
 
-from protocol.codec import decode, encode
+from protocol.codec import decode
 from protocol.curve import secure_server, start_authenticator
 from protocol.errors import ProtocolError
 from protocol.messages import (
     Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Resync, Status,
     StatusQuery, Tokens, Verdict,
 )
-from protocol.sockets import make_socket
 from protocol.validation import validate_generate
 from verifier.agreement import AgreementWatch
+from verifier.client_link import ClientLink
 from verifier.config import VerifierConfig
 from verifier.drafter_link import DrafterLink, is_within_vocab
 from verifier.engine import TargetEngine
@@ -41,12 +41,11 @@ class VerifierServer:
         self.scheduler = Scheduler(config)
         self.agreement = AgreementWatch()
         self.stats = ServerStats()
-        self.last_send_error = 0  # errno of the latest failed reply
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.is_running = True
         self.ctx = zmq.Context.instance()
-        self.clients = make_socket(self.ctx, zmq.ROUTER, hwm=10_000)
-        self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished client raises: we notice
+        self.client_link = ClientLink(self.ctx)
+        self.clients = self.client_link.socket
         self.queue: deque[tuple[bytes, Generate]] = deque()  # admitted past max_sessions, up to max_queue
         self.link = DrafterLink(self.ctx, config.draft_timeout_s)
         self.authenticator = None
@@ -86,7 +85,7 @@ class VerifierServer:
     def drain_clients(self, limit: int = 256) -> None:
         for _ in range(limit):
             try:
-                identity, frame = _recv_pair(self.clients)
+                identity, frame = self.client_link.receive()
             except zmq.Again:
                 return
             except ValueError:
@@ -109,7 +108,7 @@ class VerifierServer:
     def drain_drafter(self, limit: int = 256) -> None:
         for _ in range(limit):
             try:
-                identity, frame = _recv_pair(self.link.socket)
+                identity, frame = self.link.receive()
             except zmq.Again:
                 return
             except ValueError:
@@ -265,11 +264,11 @@ class VerifierServer:
         if chunk is None or self.reply(request.client, Tokens(request_id=request.request_id, token_ids=chunk[0],
                                                                text=chunk[1])):
             return
-        if self.last_send_error == zmq.EHOSTUNREACH:  # the client is gone: all its requests go
+        if self.client_link.is_gone():  # the client is gone: all its requests go
             self.handle_disconnect(request.client)
         else:  # its queue is full (one socket may carry many users, e.g. the HTTP door): this one fails
             self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL,
-                                    message=f"could not send tokens to the client (errno {self.last_send_error})"))
+                                    message="could not send tokens to the client: its queue is full"))
 
     def end(self, request: ServerRequest, last: Done | Error | None) -> None:
         self.scheduler.remove(request.request_id)
@@ -298,19 +297,4 @@ class VerifierServer:
                              max_new_tokens=request.max_new_tokens - len(request.new_tokens)))
 
     def reply(self, identity: bytes, msg) -> bool:
-        """False when the client is gone (unroutable: EHOSTUNREACH) or its queue is full
-        (EAGAIN); last_send_error says which."""
-        try:
-            self.clients.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError as exc:
-            self.last_send_error = exc.errno
-            log.warning("could not send %s to a client: %s", type(msg).__name__, exc)
-            return False
-
-
-def _recv_pair(socket: zmq.Socket) -> tuple[bytes, bytes]:
-    parts = socket.recv_multipart(zmq.NOBLOCK)
-    if len(parts) != 2:
-        raise ValueError(f"expected identity + one frame, got {len(parts)} frames")
-    return parts[0], parts[1]
+        return self.client_link.send(identity, msg)
