@@ -13,8 +13,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from launch.models import DTYPES
-
 FORMAT = "ouroboros-draft"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "draft.safetensors"
@@ -122,7 +120,7 @@ def load_draft_dir(
     missing, unexpected = student.load_state_dict(state, strict=False)
     if set(missing) != {EMBEDDING_KEY} or unexpected:
         raise ValueError(f"{path / WEIGHTS_FILE} does not fit the target: missing {missing}, unexpected {unexpected}")
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "float32", "bfloat16", "float16"
     return student.to(device=device, dtype=dtype).eval()
 
 
