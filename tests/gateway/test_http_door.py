@@ -227,11 +227,13 @@ def test_builtin_chat_ends_at_the_stop_token_which_the_text_never_shows():
     assert "<|" not in completion.text and completion.text.strip()
 
 
-def test_a_queued_client_that_leaves_is_dropped_and_a_full_queue_answers_503(tiny_dirs):
-    served = start_http_serve(tiny_dirs["target"], "--draft", "layers:0", "--max-sessions", "1", "--max-queue", "1")
+def test_a_queued_client_that_leaves_is_dropped_and_a_full_queue_answers_503():
+    """The built-in target, slow enough here (about 20 tokens/s) that the busy request holds the
+    one session for the whole test; a tiny model may finish 900 tokens in a second."""
+    served = start_http_serve("smollm2-135m", "--max-sessions", "1", "--max-queue", "1")
     try:
         api = openai.OpenAI(base_url=served.http + "/v1", api_key="unused", max_retries=0, timeout=120)
-        busy = api.completions.create(model=door_model(api), prompt=PROMPTS[0], max_tokens=900, temperature=0,
+        busy = api.completions.create(model=door_model(api), prompt=PROMPTS[0], max_tokens=2000, temperature=0,
                                       stream=True)
         next(iter(busy))  # the one session is taken
         impatient = openai.OpenAI(base_url=served.http + "/v1", api_key="unused", max_retries=0, timeout=1.5)

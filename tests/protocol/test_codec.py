@@ -11,8 +11,8 @@ from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
     MAX_BRANCHES, MAX_FRAME_BYTES, MAX_TEXT_CHARS, MAX_TOKENS_PER_LIST, MESSAGE_TYPES,
-    PROTOCOL_VERSION, Cancel, Close, Done, Draft, Error, Generate, Hello, HelloAck, Open, Resync, Tokens,
-    Verdict,
+    PROTOCOL_VERSION, Cancel, Close, Done, Draft, Error, Generate, Hello, HelloAck, Open, Resync, Status,
+    StatusQuery, Tokens, Verdict,
 )
 
 SAMPLES = [
@@ -33,6 +33,10 @@ SAMPLES = [
             is_branch_taken=False, trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]]),
     Resync(request_id="r1"),
     Close(request_id="r1"),
+    StatusQuery(request_id="q1"),
+    Status(request_id="q1", running=2, queued=1, max_sessions=16, max_queue=64, is_drafter_present=False,
+           num_drafter_handshakes=2, target_alone_s=3.5, num_rounds=40, num_drafts=30, num_draft_tokens=90,
+           num_accepted_tokens=33, accepted_by_position=[20, 9, 4], generation_tokens=120),
 ]
 
 
