@@ -47,12 +47,20 @@ def _stop_on_signals(server) -> None:
     signal.signal(signal.SIGINT, stop)
 
 
+def _log_to_stderr(role: str) -> None:
+    """INFO by default; OUROBOROS_LOG_LEVEL=DEBUG adds every pass and its time (ms since start)."""
+    level = os.environ.get("OUROBOROS_LOG_LEVEL", "INFO").upper()
+    detailed = level == "DEBUG"
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format=f"[{role}] %(relativeCreated)d %(message)s" if detailed else f"[{role}] %(message)s")
+
+
 def run_verifier(args: argparse.Namespace) -> int:
     from launch.models import for_engine, load_model, load_tokenizer, tokenizer_fingerprint
     from verifier.engine import TargetEngine
     from verifier.server import VerifierServer
 
-    logging.basicConfig(level=logging.INFO, format="[verifier] %(message)s", stream=sys.stderr)
+    _log_to_stderr("verifier")
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.target)
     config = cfg.verifier_config(args, tokenizer.eos_token_id)
@@ -82,7 +90,7 @@ def run_drafter(args: argparse.Namespace) -> int:
     from drafter.server import DrafterServer
     from launch.models import draft_tokenizer, for_engine, load_draft, load_model, tokenizer_fingerprint
 
-    logging.basicConfig(level=logging.INFO, format="[drafter] %(message)s", stream=sys.stderr)
+    _log_to_stderr("drafter")
     torch.set_num_threads(args.threads)
     drafter_config = cfg.drafter_config(args)
     draft = load_draft(args.draft, lambda: load_model(args.target, "cpu", args.dtype), args.device, args.dtype)
