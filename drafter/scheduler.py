@@ -19,6 +19,7 @@ class DrafterRequest:
     next_base: int  # committed length the next Draft assumes
     sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
     is_drafting_ahead: bool = False  # the block on next_base began before next_base was committed
+    is_resting: bool = False  # the last verdict said the verifier will not wait for its drafts
 
     def budget(self, base: int) -> int:
         """Draft tokens still useful at `base`: the verifier adds one token itself."""
@@ -51,7 +52,10 @@ class DraftScheduler:
             self.order.remove(request_id)
 
     def has_work(self, request: DrafterRequest) -> bool:
-        return len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0
+        """A block to draft or send. None while resting: the verifier said it will not wait for
+        this request's drafts (Verdict.wants_draft), so no draft pass runs for it and, with
+        nothing else to do, the loop sleeps in poll instead of taking the target's machine."""
+        return not request.is_resting and len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0
 
     def needs_step(self, request: DrafterRequest) -> bool:
         """True while the block on next_base is shorter than wanted (and the model can go on)."""

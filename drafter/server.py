@@ -108,6 +108,7 @@ class DrafterServer:
             self.send(Resync(request_id=msg.request_id))
             return
         kept = self.engine.sync(session, msg.appended)
+        request.is_resting = not msg.wants_draft
         block = _verified_block(request, base)
         if block is not None:
             trunk = block.trunk[: msg.num_trunk_verified]

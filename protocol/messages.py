@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 2  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync
+PROTOCOL_VERSION = 3  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
+# 3: Verdict.wants_draft
 
 # Limits the codec enforces on every decoded message.
 MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
@@ -163,6 +164,9 @@ class Verdict:
     is_branch_taken: bool  # tokens past the trunk came from a branch
     trunk_predictions: list[int]  # the target's argmax at the root and after each verified trunk token
     branch_predictions: list[list[int]]  # after each token of each verified branch
+    # will the verifier wait for this request's next draft? False: its drafts do not pay now
+    # (verifier.scheduler.wants_draft), so the drafter rests on it until a verdict says True
+    wants_draft: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -55,6 +55,13 @@ class Scheduler:
         threshold = self.pass_cost.break_even_yield(min(len(self.requests), self.config.max_batch))
         return threshold is None or request.planning_yield() >= threshold
 
+    def wants_draft(self, request: ServerRequest) -> bool:
+        """Told to the drafter with each verdict: will the next round wait for this request's
+        draft? Not while its drafts do not pay (is_draft_worth_waiting), so the drafter rests
+        on it instead of taking the machine from the target; after EXPLORE_AFTER rounds without
+        verified draft tokens the answer is True again, and a draft comes to be measured."""
+        return not request.needs_no_draft() and self.is_draft_worth_waiting(request)
+
     def is_gathering(self, ready: list[ServerRequest], is_drafter_absent: bool) -> bool:
         """Hold a part batch while a request whose verdict just went out may still join it.
         Rule: a row that joins costs the pass a little (one more row); one left out later

@@ -255,7 +255,8 @@ class VerifierServer:
                                 num_trunk_accepted=result.num_trunk_accepted,
                                 is_branch_taken=result.num_branch_accepted > 0,
                                 trunk_predictions=result.trunk_predictions,
-                                branch_predictions=result.branch_predictions))
+                                branch_predictions=result.branch_predictions,
+                                wants_draft=self.scheduler.wants_draft(request)))
 
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:

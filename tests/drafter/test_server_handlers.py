@@ -41,9 +41,9 @@ def deliver(server, verifier, identity, msg) -> None:
 
 
 def next_draft(server, verifier) -> Draft:
-    for _ in range(50):  # a few loop turns: a batched draft pass, then the block goes out
+    for _ in range(100):  # a few loop turns: a batched draft pass, then the block goes out
         server.advance()
-        if verifier.poll(0):
+        if verifier.poll(20):  # a busy machine may take a while to carry it
             msg = receive(verifier)[1]
             if isinstance(msg, Draft):
                 return msg
@@ -74,12 +74,34 @@ def test_a_verdict_moves_the_drafts_on_and_close_forgets_the_request(link):
     deliver(server, verifier, identity, Verdict(
         request_id="r", committed_length=len(PROMPT) + 2, appended=appended, num_trunk_verified=len(draft.trunk),
         num_trunk_accepted=1, is_branch_taken=False, trunk_predictions=appended + [0] * (len(draft.trunk) - 1),
-        branch_predictions=[]))
+        branch_predictions=[], wants_draft=True))
     session = server.requests["r"].session
     assert session.num_committed == len(PROMPT) + 2 and session.tokens[: session.num_committed] == PROMPT + appended
     assert next_draft(server, verifier).base_length == len(PROMPT) + 2
     deliver(server, verifier, identity, Close(request_id="r"))
     assert "r" not in server.requests
+
+
+def test_a_verdict_that_wants_no_draft_rests_the_request_until_one_does(link):
+    server, verifier, identity = link
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    draft = next_draft(server, verifier)
+    while verifier.poll(200):  # the pre-draft on its way too
+        receive(verifier)
+    appended = [draft.trunk[0] + 1]  # the first trunk token rejected: the pre-draft is void
+    verdict = dict(request_id="r", num_trunk_verified=len(draft.trunk), num_trunk_accepted=0, is_branch_taken=False,
+                   branch_predictions=[])
+    deliver(server, verifier, identity, Verdict(committed_length=len(PROMPT) + 1, appended=appended,
+                                                trunk_predictions=appended, wants_draft=False, **verdict))
+    session = server.requests["r"].session
+    steps = session.cache_length
+    for _ in range(20):
+        server.advance()
+    assert not server.scheduler.is_busy() and not verifier.poll(200)  # no draft pass, no Draft: it sleeps
+    assert session.cache_length == steps and session.num_committed == len(PROMPT) + 1  # still in step
+    deliver(server, verifier, identity, Verdict(committed_length=len(PROMPT) + 2, appended=[3],
+                                                trunk_predictions=[3], wants_draft=True, **verdict))
+    assert next_draft(server, verifier).base_length == len(PROMPT) + 2  # drafting again, at the new end
 
 
 def test_a_verdict_it_cannot_place_asks_for_a_resync(link):
@@ -88,7 +110,8 @@ def test_a_verdict_it_cannot_place_asks_for_a_resync(link):
     next_draft(server, verifier)
     deliver(server, verifier, identity, Verdict(
         request_id="r", committed_length=len(PROMPT) + 5, appended=[1, 2], num_trunk_verified=0,
-        num_trunk_accepted=0, is_branch_taken=False, trunk_predictions=[1], branch_predictions=[]))
+        num_trunk_accepted=0, is_branch_taken=False, trunk_predictions=[1], branch_predictions=[],
+        wants_draft=True))
     msg = receive(verifier)[1]
     while isinstance(msg, Draft):  # drafts already on their way
         msg = receive(verifier)[1]

@@ -100,7 +100,7 @@ def hostile_frames(rng: random.Random) -> list[bytes]:
                             branches=[[2] * 50] * 60)),
                encode(Verdict(request_id="nobody", committed_length=3, appended=[1], num_trunk_verified=0,
                               num_trunk_accepted=0, is_branch_taken=False, trunk_predictions=[],
-                              branch_predictions=[])),
+                              branch_predictions=[], wants_draft=True)),
                encode(Resync(request_id="nobody")),
                encode(Hello(drafter_id="impostor", vocab_size=7, tokenizer_fingerprint="x"))]
     return frames

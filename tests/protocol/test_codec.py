@@ -30,7 +30,7 @@ SAMPLES = [
     HelloAck(vocab_size=49152),
     Open(request_id="r1", token_ids=[1, 2, 3], max_new_tokens=64),
     Verdict(request_id="r1", committed_length=13, appended=[1, 2, 9], num_trunk_verified=3, num_trunk_accepted=2,
-            is_branch_taken=False, trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]]),
+            is_branch_taken=False, trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]], wants_draft=True),
     Resync(request_id="r1"),
     Close(request_id="r1"),
     StatusQuery(request_id="q1"),

@@ -157,6 +157,21 @@ def test_no_wait_for_drafts_that_do_not_pay_until_it_explores_again():
     assert scheduler_with(1, is_width_fitted=False).is_draft_worth_waiting(request)  # --verify-all-drafts
 
 
+def test_the_verdict_tells_the_drafter_to_rest_while_drafts_do_not_pay():
+    scheduler = scheduler_with(1)
+    for width, seconds in ((1, 0.07), (3, 0.09), (6, 0.12)):
+        scheduler.pass_cost.observe(1, width, seconds)
+    request = scheduler.requests["r0"]
+    assert scheduler.wants_draft(request)  # unmeasured: drafts are wanted
+    request.draft_yield = 0.05
+    assert not scheduler.wants_draft(request)  # under break-even: the drafter may rest
+    request.num_unverified_rounds = EXPLORE_AFTER
+    assert scheduler.wants_draft(request)  # time to measure its drafts again
+    request.num_unverified_rounds, request.draft_yield = 0, 1.0
+    request.new_tokens = [1] * 63  # one token left: the target's own, no draft can help
+    assert not scheduler.wants_draft(request)
+
+
 def test_a_part_batch_waits_briefly_for_a_request_whose_verdict_just_went_out():
     scheduler = scheduler_with(2)
     scheduler.clock = lambda: 1000.0  # an injected clock: no real time passes in this test
