@@ -87,11 +87,10 @@ class Sequential(InProcess):
 
 
 class Pipeline:
-    """The two processes over ZeroMQ, one thread each, driven by the client library."""
+    """The two processes over ZeroMQ, one thread each, driven by the client library.
+    `pipeline@DRAFT` runs it with another draft, so drafts meet head to head in one run."""
 
-    name = "pipeline"
-
-    def __init__(self, args: argparse.Namespace, shared: "Shared") -> None:
+    def __init__(self, args: argparse.Namespace, shared: "Shared", name: str = "pipeline") -> None:
         from launch.serve import LocalPipeline, add_serve_flags
         from protocol.client import Client
 
@@ -100,7 +99,9 @@ class Pipeline:
         serve_args = serve_parser.parse_args([])  # serve's defaults, then this run's models and knobs
         serve_args.__dict__.update({k: v for k, v in vars(args).items() if k in vars(serve_args)})
         serve_args.port, serve_args.threads_per_process = 0, max(1, args.threads // 2)
-        self.shared = shared
+        if "@" in name:
+            serve_args.draft = name.split("@", 1)[1]
+        self.name, self.shared = name, shared
         self.local = LocalPipeline(serve_args)
         self.client = Client(self.local.start(), timeout=600)
 
@@ -194,8 +195,8 @@ def build_contenders(args: argparse.Namespace, names: list[str]) -> tuple[list, 
         if name == "target-1thread" and torch.cuda.is_available():
             notes.append("target-1thread skipped on GPUs")
             continue
-        if name == "pipeline":
-            contenders.append(Pipeline(args, shared))
+        if name.split("@", 1)[0] == "pipeline":
+            contenders.append(Pipeline(args, shared, name))
             continue
         kind = {"target": TargetAlone, "target-1thread": TargetAlone, "target-engine": EngineAlone,
                 "hf-assisted": HFDecoding,

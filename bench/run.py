@@ -28,7 +28,8 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--top-p", type=float, default=1.0)
     bench.add_argument("--top-k", type=int, default=0)
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"comma list of {', '.join(CONTENDERS)}")
+    bench.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"comma list of {', '.join(CONTENDERS)}; pipeline@DRAFT is the pipeline "
+                       "with another draft (e.g. pipeline@layers:0,1), beside the one --draft names")
     bench.add_argument("--threads", type=int, default=2, help="cores every contender gets in total")
     bench.add_argument("--verifier-threads", type=int, default=None,
                        help="the pipeline's verifier threads (default --threads/2)")
@@ -84,7 +85,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_pass_costs(args)
     prompts = load_prompts(args.prompts, args.limit)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONTENDERS]
+    unknown = [n for n in names if n not in CONTENDERS and not (n.startswith("pipeline@") and len(n) > 9)]
     if unknown:
         raise ValueError(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")
     if "target" not in names:

@@ -92,7 +92,7 @@ def continue_batch(target, tokenizer, prompts: list[str], max_new_tokens: int, t
     """The target's continuations (greedy at temperature 0, else sampled), left-padded batch."""
     tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
+    batch = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(target.device)
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
         else {"do_sample": False}
@@ -117,6 +117,12 @@ def add_draft_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--sampled-fraction", type=float, default=0.5, help="share of batches sampled at --temperature")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--data", nargs="+", default=[], metavar="PATH", help="more prompt sources (files or dirs)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="stop after writing this many samples (with --minutes, whichever comes first)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the target generates (a GPU writes thousands of tokens/s)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="the target's weights while generating (float32 gives the target's own text)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -126,14 +132,15 @@ def run_draft_data(args: argparse.Namespace) -> int:
     checks = {"--minutes must be > 0": args.minutes > 0, "--batch-size must be >= 1": args.batch_size >= 1,
               "--max-new-tokens must be >= 1": args.max_new_tokens >= 1,
               "--sampled-fraction must be within 0..1": 0 <= args.sampled_fraction <= 1,
-              "--temperature must be > 0": args.temperature > 0}
+              "--temperature must be > 0": args.temperature > 0,
+              "--samples must be >= 1": args.samples is None or args.samples >= 1}
     for message, is_ok in checks.items():
         if not is_ok:
             raise ValueError(message)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = load_model(args.target).requires_grad_(False)
+    target = load_model(args.target, args.device, args.dtype).requires_grad_(False)
     tokenizer = load_tokenizer(args.target)
     code_files = site_package_sources() + [p for p in extra_sources(args.data) if p.suffix == ".py"]
     prose_files = prose_sources() + [p for p in extra_sources(args.data) if p.suffix in PROSE_SUFFIXES]
@@ -142,8 +149,8 @@ def run_draft_data(args: argparse.Namespace) -> int:
     batch_index = number // args.batch_size
     deadline = time.monotonic() + args.minutes * 60
     bar = tqdm(total=int(args.minutes * 60), unit="s", desc="draft-data", file=sys.stderr)
-    start, num_tokens = time.monotonic(), 0
-    while time.monotonic() < deadline:
+    start, num_tokens, first = time.monotonic(), 0, number
+    while time.monotonic() < deadline and (args.samples is None or number - first < args.samples):
         rng = random.Random(f"{args.seed}:{batch_index}")
         prompts = make_prompts(rng, code_files, prose_files, tokenizer, args.batch_size, args.max_prompt_chars)
         temperature = args.temperature if rng.random() < args.sampled_fraction else 0.0

@@ -18,8 +18,8 @@ class VerifierConfig:
     is_width_fitted: bool = knob(True, "--verify-all-drafts", "verify every draft token sent, even where the "
                                  "measured pass costs say it does not pay", inverted_by=True)
     stop_token_ids: tuple[int, ...] = ()  # always end a request (the tokenizer's EOS; no flag)
-    own_lookup_tokens: int = knob(5, "--own-lookup-tokens", "prompt-lookup branch the verifier finds itself for a "
-                                  "round with no draft (0 = none)")
+    own_lookup_tokens: int = knob(5, "--own-lookup-tokens", "prompt-lookup branch the verifier finds itself, at the "
+                                  "root beside any draft's trunk (0 = none)")
     lookup_ngram: int = 3
     lookup_min_ngram: int = 2
 

@@ -39,7 +39,7 @@ class TargetSession:
 class VerifyResult:
     appended: list[int]  # accepted draft tokens + the target's own next token
     num_trunk_accepted: int
-    num_branch_accepted: int  # tokens accepted from a branch after the whole trunk
+    num_branch_accepted: int  # tokens accepted from a branch (after the whole trunk, or the lookup at the root)
     trunk_predictions: list[int]  # target argmax at the root and after each trunk token
     branch_predictions: list[list[int]]  # target argmax after each branch token
     num_nodes: int = 1  # tokens in the verified tree, root included
@@ -94,17 +94,19 @@ class TargetEngine:
     @torch.inference_mode()
     def verify(
         self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]] = (),
-        sampling: SamplingParams | None = None,
+        sampling: SamplingParams | None = None, lookup: Sequence[int] = (),
     ) -> VerifyResult:
-        """Verify trunk + branches in one target forward pass and commit the result
-        (greedy, or keyed sampling: see verifier.sampling.next_tokens)."""
-        return self.verify_batch([(session, trunk, branches, sampling)])[0]
+        """Verify trunk + branches (+ a lookup branch at the root, see verifier.tree.build_tree)
+        in one target forward pass and commit the result (greedy, or keyed sampling: see
+        verifier.sampling.next_tokens)."""
+        return self.verify_batch([(session, trunk, branches, sampling, lookup)])[0]
 
     @torch.inference_mode()
-    def verify_batch(self, work: Sequence[tuple[TargetSession, Sequence[int], Sequence[Sequence[int]],
-                                                 SamplingParams | None]]) -> list[VerifyResult]:
-        """Verify several requests' trees in one target pass (see kvcache.batch)."""
-        trees = [self._tree(session, trunk, branches) for session, trunk, branches, _ in work]
+    def verify_batch(self, work: Sequence[tuple]) -> list[VerifyResult]:
+        """Verify several requests' trees in one target pass (see kvcache.batch). Each item is
+        (session, trunk, branches, sampling) or (session, trunk, branches, sampling, lookup)."""
+        trees = [self._tree(session, trunk, branches, lookup[0] if lookup else ())
+                 for session, trunk, branches, _, *lookup in work]
         bases = [session.cache_length for session, *_ in work]
         if len(work) == 1:
             all_logits = [self._logits(work[0][0].cache, trees[0], bases[0])]
@@ -113,11 +115,13 @@ class TargetEngine:
                     for tree, base in zip(trees, bases)]
             all_logits = batched_forward(self.model, self.kinds, [s.cache for s, *_ in work], rows)
         return [self._commit(session, tree, base, logits, sampling)
-                for (session, _, _, sampling), tree, base, logits in zip(work, trees, bases, all_logits)]
+                for (session, _, _, sampling, *_), tree, base, logits in zip(work, trees, bases, all_logits)]
 
-    def _tree(self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]]):
+    def _tree(self, session: TargetSession, trunk: Sequence[int], branches: Sequence[Sequence[int]],
+              lookup: Sequence[int] = ()):
         """The token tree to verify, as given (plans cut it: verifier.requests.plan_round)."""
-        tree = build_tree(session.tokens[-1], [int(t) for t in trunk], [[int(t) for t in b] for b in branches])
+        tree = build_tree(session.tokens[-1], [int(t) for t in trunk], [[int(t) for t in b] for b in branches],
+                          [int(t) for t in lookup])
         if len(tree.tokens) - 1 > session.room:
             raise ValueError(f"a tree of {len(tree.tokens) - 1} draft tokens runs past the target's context "
                              f"({session.room} positions left)")

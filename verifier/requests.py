@@ -51,24 +51,30 @@ class RequestStats:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """What one round of a request verifies: a draft (or none) cut to the tokens left."""
+    """What one round of a request verifies: a draft (or none) cut to the tokens left, and the
+    verifier's own prompt-lookup continuation at the root beside the trunk (verifier.tree)."""
 
     trunk: list[int]
     branches: list[list[int]]
     is_predraft: bool
     has_draft: bool
     dropped_first_tokens: tuple[int, ...] = ()  # a draft cut away whole: its candidate next tokens
+    lookup: tuple[int, ...] = ()
 
     @property
     def num_draft_tokens(self) -> int:
-        return len(self.trunk) + sum(len(branch) for branch in self.branches)
+        return len(self.lookup) + len(self.trunk) + sum(len(branch) for branch in self.branches)
 
     def cut(self, num_tokens: int) -> RoundPlan:
-        trunk, branches = cut_draft(self.trunk, self.branches, num_tokens)
+        """The first `num_tokens` tokens: the lookup first (a match in the text is the likeliest
+        guess), then the draft (verifier.pass_cost.cut_draft)."""
+        lookup = self.lookup[: max(num_tokens, 0)]
+        room = num_tokens - len(lookup)
+        trunk, branches = cut_draft(self.trunk, self.branches, room)
         dropped = ()
-        if num_tokens <= 0 and self.num_draft_tokens:  # the trunk's first token, else each branch's
+        if room <= 0 and (self.trunk or any(self.branches)):  # the trunk's first token, else each branch's
             dropped = tuple(self.trunk[:1]) or tuple(branch[0] for branch in self.branches if branch)
-        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft, dropped)
+        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft, dropped, lookup)
 
 
 @dataclass
@@ -92,21 +98,24 @@ class ServerRequest:
     stats: RequestStats = field(default_factory=RequestStats)
     draft_yield: float = 1.0  # draft tokens accepted per draft token verified (smoothed)
     num_unverified_rounds: int = 0  # rounds since its draft tokens were last verified
+    wants_draft: bool = True  # what the last verdict told the drafter (Verdict.wants_draft)
 
     def plan_round(self, own_lookup: Callable[[list[int]], list[int]] | None = None,
                    max_draft_tokens: int = 1 << 30) -> RoundPlan:
         """The draft that fits now (see take_draft), cut so no token is drafted past the end, past
-        --max-draft-tokens or past the context. With none, `own_lookup` (the verifier's prompt
-        lookup on the committed text) may still give a branch: a round without a draft need not
-        be a one-token round. The scheduler may cut it further (the width that pays)."""
+        --max-draft-tokens or past the context. `own_lookup` (the verifier's prompt lookup on the
+        committed text) adds a branch at the root: a round without a draft need not be a
+        one-token round, and one whose trunk fails at its first token still has a path. The
+        scheduler may cut it further (the width that pays)."""
         draft = self.take_draft()
         trunk, branches, is_predraft = draft or ([], [], False)
-        if draft is None and own_lookup is not None:
-            found = own_lookup(self.session.tokens)
-            branches = [found] if found else []
         budget = draft_budget(self.max_new_tokens, len(self.new_tokens))
         trunk = trunk[: max(budget, 0)]
-        plan = RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None)
+        lookup = own_lookup(self.session.tokens)[: max(budget, 0)] if own_lookup is not None else []
+        if trunk[: len(lookup)] == lookup:
+            lookup = []  # the trunk already holds it
+        plan = RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None,
+                         lookup=tuple(lookup))
         limit = min(max_draft_tokens, self.session.room)
         return plan if plan.num_draft_tokens <= limit else plan.cut(limit)
 

@@ -45,6 +45,7 @@ class Scheduler:
 
     def is_ready(self, request: ServerRequest, now: float, is_drafter_absent: bool) -> bool:
         return (request.has_draft_candidate() or is_drafter_absent or request.needs_no_draft()
+                or not request.wants_draft  # the drafter was told to rest: no draft is coming
                 or not self.is_draft_worth_waiting(request) or now - request.waiting_since > self.config.draft_timeout_s)
 
     def is_draft_worth_waiting(self, request: ServerRequest) -> bool:

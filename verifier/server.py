@@ -213,7 +213,7 @@ class VerifierServer:
         plans = self.scheduler.plan(requests)
         started = time.perf_counter()
         try:
-            results = self.engine.verify_batch([(r.session, p.trunk, p.branches, r.sampling)
+            results = self.engine.verify_batch([(r.session, p.trunk, p.branches, r.sampling, p.lookup)
                                                 for r, p in zip(requests, plans)])
         except Exception as exc:  # the process survives; these requests fail loudly
             log.exception("verification failed for %s", [r.request_id for r in requests])
@@ -250,13 +250,14 @@ class VerifierServer:
                                    prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
                                    metrics=self.metrics_of(request)))
             return
+        request.wants_draft = self.scheduler.wants_draft(request)
         self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
                                 appended=result.appended, num_trunk_verified=len(plan.trunk),
                                 num_trunk_accepted=result.num_trunk_accepted,
                                 is_branch_taken=result.num_branch_accepted > 0,
                                 trunk_predictions=result.trunk_predictions,
                                 branch_predictions=result.branch_predictions,
-                                wants_draft=self.scheduler.wants_draft(request)))
+                                wants_draft=request.wants_draft))
 
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:

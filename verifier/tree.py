@@ -17,6 +17,7 @@ class TokenTree:
     depths: list[int]  # depth 0 = root
     trunk_nodes: list[int]  # node of trunk[i]
     branch_nodes: list[list[int]]  # node of branches[b][j]
+    lookup_nodes: list[int] = ()  # node of lookup[j] (a branch at the root, beside the trunk)
 
     def children(self) -> list[dict[int, int]]:
         table: list[dict[int, int]] = [{} for _ in self.tokens]
@@ -37,9 +38,12 @@ class TokenTree:
         return visible
 
 
-def build_tree(root: int, trunk: Sequence[int], branches: Sequence[Sequence[int]]) -> TokenTree:
-    """Trunk as a chain under the root; branches hang after the trunk's last token, merged
-    into a trie so a shared prefix is verified once. A node at depth d sits at position
+def build_tree(root: int, trunk: Sequence[int], branches: Sequence[Sequence[int]],
+               lookup: Sequence[int] = ()) -> TokenTree:
+    """Trunk as a chain under the root; branches hang after the trunk's last token; `lookup`
+    (the verifier's own prompt-lookup continuation) hangs at the root beside the trunk, so a
+    trunk rejected at its first token still leaves it a path. All merged into a trie so a
+    shared prefix is verified once. A node at depth d sits at position
     base + d, where it would be if its path were accepted."""
     tokens, parents, depths = [int(root)], [-1], [0]
     children: list[dict[int, int]] = [{}]
@@ -67,7 +71,11 @@ def build_tree(root: int, trunk: Sequence[int], branches: Sequence[Sequence[int]
             node = child(node, int(token))
             nodes.append(node)
         branch_nodes.append(nodes)
-    return TokenTree(tokens, parents, depths, trunk_nodes, branch_nodes)
+    lookup_nodes, node = [], 0
+    for token in lookup:
+        node = child(node, int(token))
+        lookup_nodes.append(node)
+    return TokenTree(tokens, parents, depths, trunk_nodes, branch_nodes, lookup_nodes)
 
 
 def accept_greedy(tree: TokenTree, predictions: Sequence[int]) -> tuple[list[int], int]:

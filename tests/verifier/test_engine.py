@@ -42,6 +42,24 @@ def test_accepted_branch_is_compacted_into_place(arch):
     assert_cache_is_a_fresh_prefill(model, session)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_lookup_at_the_root_is_accepted_when_the_trunk_fails_at_once(arch):
+    model = tiny_model(arch)
+    prompt = [5, 17, 33, 2, 40, 41]
+    ref = reference_greedy(model, prompt, 8)
+    engine = TargetEngine(model)
+    session = engine.open(prompt)
+    wrong = (ref[0] + 1) % 96
+    result = engine.verify(session, [wrong, 3], [[4, 5]], lookup=ref[:3])
+    assert result.appended == ref[:4]  # 3 lookup tokens + the bonus token
+    assert (result.num_trunk_accepted, result.num_branch_accepted) == (0, 3)
+    assert result.trunk_predictions[0] == ref[0] and len(result.branch_predictions) == 1  # the draft's own only
+    assert session.cache_length == len(session.tokens) - 1
+    assert_cache_is_a_fresh_prefill(model, session)
+    batched = engine.verify_batch([(session, [], [], None, ref[4:6])])[0]  # the batch form takes it too
+    assert batched.appended == ref[4:7]
+
+
 def test_rejection_crops_the_cache():
     model = tiny_model("llama")
     prompt = [3, 4, 5]

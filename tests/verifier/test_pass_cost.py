@@ -170,6 +170,12 @@ def test_the_verdict_tells_the_drafter_to_rest_while_drafts_do_not_pay():
     request.num_unverified_rounds, request.draft_yield = 0, 1.0
     request.new_tokens = [1] * 63  # one token left: the target's own, no draft can help
     assert not scheduler.wants_draft(request)
+    request.new_tokens = []
+    scheduler.clock = lambda: 1000.0
+    request.waiting_since = 1000.0
+    assert scheduler.pick_ready(is_drafter_absent=False) == []  # worth a wait for its draft...
+    request.wants_draft = False
+    assert scheduler.pick_ready(is_drafter_absent=False) == [request]  # ...unless the drafter was told to rest
 
 
 def test_a_part_batch_waits_briefly_for_a_request_whose_verdict_just_went_out():

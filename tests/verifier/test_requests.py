@@ -53,18 +53,24 @@ def test_a_draft_is_rebased_when_the_text_grew_along_its_trunk():
     assert request.stats.num_stale_drafts == 1
 
 
-def test_a_round_without_a_draft_verifies_the_verifiers_own_prompt_lookup():
+def test_every_round_verifies_the_verifiers_own_prompt_lookup_at_the_root():
     from verifier.config import VerifierConfig
     from verifier.scheduler import Scheduler
 
     scheduler = Scheduler(VerifierConfig(own_lookup_tokens=3))
     request = request_with([1, 2, 3, 4, 9, 1, 2])  # "1 2" came before, followed by 3 4 9
     plan = request.plan_round(scheduler.own_lookup)
-    assert (plan.trunk, plan.branches, plan.has_draft) == ([], [[3, 4, 9]], False)
-    request.offer(draft(7, [1, 2], [5, 6]))  # a draft from the drafter comes first
-    assert request.plan_round(scheduler.own_lookup).trunk == [5, 6]
+    assert (plan.trunk, plan.branches, plan.lookup, plan.has_draft) == ([], [], (3, 4, 9), False)
+    request.offer(draft(7, [1, 2], [5, 6]))  # a draft from the drafter: the lookup goes beside its trunk
+    plan = request.plan_round(scheduler.own_lookup)
+    assert (plan.trunk, plan.lookup, plan.num_draft_tokens) == ([5, 6], (3, 4, 9), 5)
+    assert (plan.cut(4).lookup, plan.cut(4).trunk) == ((3, 4, 9), [5])  # cut: the lookup first
+    assert plan.cut(2).trunk == [] and plan.cut(2).dropped_first_tokens == (5,)  # the draft cut away whole
+    request.offer(draft(7, [1, 2], [3, 4, 9, 8]))
+    plan = request.plan_round(scheduler.own_lookup)
+    assert (plan.trunk, plan.lookup) == ([3, 4, 9, 8], ())  # the trunk already holds the lookup
     none = Scheduler(VerifierConfig(own_lookup_tokens=0))
-    assert request.plan_round(none.own_lookup).branches == []
+    assert request.plan_round(none.own_lookup).lookup == ()
 
 
 def test_a_plan_is_cut_to_max_draft_tokens_and_to_the_context():

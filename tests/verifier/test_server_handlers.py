@@ -4,7 +4,7 @@ import pytest
 import zmq
 
 from protocol.codec import decode, encode
-from protocol.messages import Error, ErrorCode, Hello, HelloAck
+from protocol.messages import PROTOCOL_VERSION, Error, ErrorCode, Hello, HelloAck
 from tests.conftest import tiny_model
 from verifier.config import VerifierConfig
 from verifier.engine import TargetEngine
@@ -52,4 +52,4 @@ def test_a_peer_on_another_protocol_version_is_told_so(link):
                                                                   "model_name": "x"}})
     reply = exchange(server, peer, old_hello)
     assert isinstance(reply, Error) and reply.code == ErrorCode.REFUSED
-    assert "unsupported protocol version 1 (expected 2)" in reply.message
+    assert f"unsupported protocol version 1 (expected {PROTOCOL_VERSION})" in reply.message

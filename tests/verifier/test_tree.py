@@ -34,3 +34,14 @@ def test_rejection_mid_trunk_emits_the_correction():
 def test_empty_draft_is_one_target_token():
     tree = build_tree(9, [], [])
     assert accept_greedy(tree, [42]) == ([], 42)
+
+
+def test_the_lookup_hangs_at_the_root_beside_the_trunk_and_shares_its_prefix():
+    tree = build_tree(9, [1, 2], [[3]], lookup=[1, 7, 8])
+    assert tree.tokens == [9, 1, 2, 3, 7, 8]
+    assert tree.parents == [-1, 0, 1, 2, 1, 4]  # 1 is shared with the trunk; 7 hangs under it
+    assert tree.lookup_nodes == [1, 4, 5] and tree.trunk_nodes == [1, 2]
+    apart = build_tree(9, [1, 2], [], lookup=[5, 6])
+    assert apart.parents == [-1, 0, 1, 0, 3] and apart.depths == [0, 1, 2, 1, 2]
+    path, nxt = accept_greedy(apart, [5, 0, 0, 6, 4])  # the target says 5: the trunk fails, the lookup holds
+    assert [apart.tokens[n] for n in path] == [5, 6] and nxt == 4
