@@ -41,11 +41,14 @@ def test_tcp_identical_to_target(self_draft_pipeline, reference):
 
 def test_builtin_pair_identical_and_drafts_ahead_while_verifying(builtin_pair):
     """The built-in pair with its shipped draft: a target pass takes long enough that the
-    drafter's work on the next block really overlaps it (pre-drafts used)."""
+    drafter's work on the next block really overlaps it (pre-drafts used). Every draft is
+    wanted here (--verify-all-drafts): by default the verifier tells the drafter to rest while
+    this draft's tokens do not pay for their place in the pass, and a resting drafter drafts
+    nothing ahead."""
     prompt = humaneval_prompts(1)[0]
     ids = builtin_pair.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     expected = reference_greedy(builtin_pair.target, ids, 32, stop=[builtin_pair.tokenizer.eos_token_id])
-    args = build_parser().parse_args(["serve", "--port", "0", "--ready-timeout", "300"])
+    args = build_parser().parse_args(["serve", "--port", "0", "--ready-timeout", "300", "--verify-all-drafts"])
     with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=120) as client:
         completion = client.generate(ids, max_new_tokens=32)
     assert completion.token_ids == expected
