@@ -21,14 +21,20 @@ def assert_cache_is_a_fresh_prefill(model, session):
         torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-4)
 
 
+PROMPT = [5, 17, 33, 2, 40, 41]
+
+
+def opened(arch):
+    """A tiny target, its own greedy continuation of PROMPT, and an engine session on PROMPT."""
+    model = tiny_model(arch)
+    engine = TargetEngine(model)
+    return model, reference_greedy(model, PROMPT, 8), engine, engine.open(PROMPT)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_accepted_branch_is_compacted_into_place(arch):
-    model = tiny_model(arch)
-    prompt = [5, 17, 33, 2, 40, 41]
-    ref = reference_greedy(model, prompt, 8)
-    engine = TargetEngine(model)
-    session = engine.open(prompt)
-    assert session.cache_length == len(prompt) - 1
+    model, ref, engine, session = opened(arch)
+    assert session.cache_length == len(PROMPT) - 1
     # trunk right for 2 tokens; the second branch continues it correctly for 3 more
     trunk = ref[:2]
     branches = [[(ref[2] + 1) % 96, 1], ref[2:5], [ref[2], (ref[3] + 1) % 96]]
@@ -44,11 +50,7 @@ def test_accepted_branch_is_compacted_into_place(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_a_lookup_at_the_root_is_accepted_when_the_trunk_fails_at_once(arch):
-    model = tiny_model(arch)
-    prompt = [5, 17, 33, 2, 40, 41]
-    ref = reference_greedy(model, prompt, 8)
-    engine = TargetEngine(model)
-    session = engine.open(prompt)
+    model, ref, engine, session = opened(arch)
     wrong = (ref[0] + 1) % 96
     result = engine.verify(session, [wrong, 3], [[4, 5]], lookup=ref[:3])
     assert result.appended == ref[:4]  # 3 lookup tokens + the bonus token
