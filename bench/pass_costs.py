@@ -24,11 +24,15 @@ PREFILL = 100
 WARMUP, REPEATS = 2, 7
 
 
-def _median_ms(run: Callable[[], None], undo: Callable[[], None]) -> float:
+def _median_ms(run: Callable[[], None], undo: Callable[[], None], device: torch.device | None = None) -> float:
+    """On CUDA each pass is timed to the end of its kernels (synchronize), not to its launch."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     times = []
     for i in range(WARMUP + REPEATS):
+        sync()
         start = time.perf_counter()
         run()
+        sync()
         if i >= WARMUP:
             times.append(time.perf_counter() - start)
         undo()
@@ -46,6 +50,10 @@ class _Passes:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.vocab = int(model.get_input_embeddings().num_embeddings)
+        self.device = next(model.parameters()).device
+
+    def time(self, run: Callable[[], None], undo: Callable[[], None]) -> float:
+        return _median_ms(run, undo, self.device)
 
     def ids(self, count: int, offset: int = 0) -> list[int]:
         return _ids(count, offset, self.vocab)
@@ -75,9 +83,9 @@ class EnginePasses(_Passes):
         from kvcache.ops import keep_cache_entries
 
         cache = self._cache(self.ids(CONTEXT))
-        causal = torch.ones(count, count, dtype=torch.bool).tril()
+        causal = torch.ones(count, count, dtype=torch.bool, device=self.device).tril()
         positions = list(range(CONTEXT, CONTEXT + count))
-        return _median_ms(lambda: forward_one(self.model, self.kinds, cache, self.ids(count, 1), positions, causal),
+        return self.time(lambda: forward_one(self.model, self.kinds, cache, self.ids(count, 1), positions, causal),
                           lambda: keep_cache_entries(cache, list(range(CONTEXT))))
 
     def rows(self, count: int) -> float:
@@ -85,16 +93,16 @@ class EnginePasses(_Passes):
         from kvcache.ops import keep_cache_entries
 
         caches = [self._cache(self.ids(CONTEXT, r)) for r in range(count)]
-        rows = [BatchRow([self.ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool)) for r in range(count)]
+        rows = [BatchRow([self.ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool, device=self.device)) for r in range(count)]
 
         def undo() -> None:
             for cache in caches:
                 keep_cache_entries(cache, list(range(CONTEXT)))
 
-        return _median_ms(lambda: batched_forward(self.model, self.kinds, caches, rows), undo)
+        return self.time(lambda: batched_forward(self.model, self.kinds, caches, rows), undo)
 
     def prefill(self) -> float:
-        return _median_ms(lambda: self._cache(self.ids(PREFILL)), lambda: None)
+        return self.time(lambda: self._cache(self.ids(PREFILL)), lambda: None)
 
 
 class HFPasses(_Passes):
@@ -104,24 +112,24 @@ class HFPasses(_Passes):
     @torch.inference_mode()
     def _cache(self, batch: list[list[int]]) -> DynamicCache:
         cache = DynamicCache()
-        self.model(input_ids=torch.tensor(batch), cache=cache, use_cache=True, logits_to_keep=1)
+        self.model(input_ids=torch.tensor(batch, device=self.device), cache=cache, use_cache=True, logits_to_keep=1)
         return cache
 
     @torch.inference_mode()
     def _step(self, cache: DynamicCache, batch: list[list[int]]) -> None:
-        self.model(input_ids=torch.tensor(batch), cache=cache, use_cache=True)
+        self.model(input_ids=torch.tensor(batch, device=self.device), cache=cache, use_cache=True)
 
     def tokens(self, count: int) -> float:
         cache = self._cache([self.ids(CONTEXT)])
-        return _median_ms(lambda: self._step(cache, [self.ids(count, 1)]), lambda: cache.crop(-count))
+        return self.time(lambda: self._step(cache, [self.ids(count, 1)]), lambda: cache.crop(-count))
 
     def rows(self, count: int) -> float:
         cache = self._cache([self.ids(CONTEXT, r) for r in range(count)])
         batch = [[self.ids(1, r)[0]] for r in range(count)]
-        return _median_ms(lambda: self._step(cache, batch), lambda: cache.crop(-1))
+        return self.time(lambda: self._step(cache, batch), lambda: cache.crop(-1))
 
     def prefill(self) -> float:
-        return _median_ms(lambda: self._cache([self.ids(PREFILL)]), lambda: None)
+        return self.time(lambda: self._cache([self.ids(PREFILL)]), lambda: None)
 
 
 def measure(models: dict[str, torch.nn.Module], packed: bool, progress=None) -> list[dict]:
@@ -160,7 +168,7 @@ def run_pass_costs(args: argparse.Namespace) -> int:
 
     threads = max(1, args.threads // 2)  # what each process of the pipeline gets
     torch.set_num_threads(threads)
-    pair = load_pair(args.target, args.draft, dtype=args.dtype)
+    pair = load_pair(args.target, args.draft, args.device, args.device, dtype=args.dtype)
     device = str(next(pair.target.parameters()).device)
     passes = measure({"target": pair.target, "draft": pair.draft}, not args.no_packed_weights,
                      progress=lambda text: print(f"pass costs: {text}", file=sys.stderr, flush=True))

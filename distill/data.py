@@ -132,6 +132,50 @@ class ChunkStream:
         return [chunks[order[i * self.batch_size:(i + 1) * self.batch_size]] for i in range(num_batches)]
 
 
+def prefetched(stream: ChunkStream, depth: int = 4) -> Iterator[tuple[torch.Tensor, Cursor]]:
+    """(batch, the stream's cursor just after it), tokenized ahead on a background thread so a
+    GPU never waits for the tokenizer (which releases the GIL). The cursor is the one to save:
+    a resumed run reads exactly the batches after the last one trained on."""
+    import queue
+    import threading
+    from dataclasses import replace
+
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in stream:
+                item = (batch, replace(stream.cursor))
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            while not stop.is_set():
+                try:
+                    ready.put(exc, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+    worker = threading.Thread(target=produce, name="chunk-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # the producer ends at its next batch (at most one shard's tokenizing away)
+        stop.set()
+        worker.join()
+
+
 def join_documents(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
     texts = [t for t in texts if t.strip()]
     if not texts:

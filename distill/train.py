@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from distill.draft_model import (
 )
 from launch.models import BUILTIN_TARGET, load_model, load_tokenizer
 from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
-from distill.data import ChunkStream, coverage, eval_continuations, frequent_vocab, training_files
+from distill.data import ChunkStream, coverage, eval_continuations, frequent_vocab, prefetched, training_files
 
 WARMUP_STEPS = 10
+SCHEDULES = ("constant", "cosine")
+FINAL_LR_FRACTION = 0.1  # where the cosine schedule ends, as a share of --lr
 GAMMAS = (4, 8)
 
 
@@ -44,6 +47,7 @@ class TrainConfig:
     device: str = "cpu"
     init: str | None = None  # a draft directory (or the built-in draft's name) to start from
     data_repeat: int = 1  # --data files weigh this many times as much as site-packages files
+    schedule: str = "constant"  # or "cosine": from --lr down to a tenth over this run's budget
 
     def __post_init__(self) -> None:
         checks = {
@@ -60,6 +64,7 @@ class TrainConfig:
             "--eval-prompts must be >= 0": self.eval_prompts >= 0,
             "--data is required with --no-site-packages": self.use_site_packages or bool(self.data),
             "--data-repeat must be >= 1": self.data_repeat >= 1,
+            f"--schedule must be one of {', '.join(SCHEDULES)}": self.schedule in SCHEDULES,
         }
         for message, is_ok in checks.items():
             if not is_ok:
@@ -105,6 +110,8 @@ def add_train_draft_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--init", default=None, metavar="DRAFT", help="start from this draft (a directory, or "
                    "smollm2-135m-draft): its layers and vocabulary; --layers and --vocab-size must match")
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--schedule", default="constant", choices=SCHEDULES,
+                   help="learning rate after warm-up: constant, or cosine down to a tenth over this run's budget")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=8192, help="draft output vocabulary (0 = full)")
@@ -123,7 +130,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume, data=tuple(args.data), use_site_packages=not args.no_site_packages, lr=args.lr,
         seq_len=args.seq_len, batch_size=args.batch_size, vocab_size=args.vocab_size, threads=args.threads,
         checkpoint_every_minutes=args.checkpoint_every_minutes, eval_prompts=args.eval_prompts, seed=args.seed,
-        device=args.device, init=args.init, data_repeat=args.data_repeat,
+        device=args.device, init=args.init, data_repeat=args.data_repeat, schedule=args.schedule,
     )
 
 
@@ -191,20 +198,33 @@ def distill_loss(target: torch.nn.Module, head_rows: torch.Tensor, student: torc
                  batch: torch.Tensor) -> tuple[torch.Tensor, float]:
     """KL(teacher || student) per token, both softmaxes over the draft's vocabulary: the
     teacher's logits are its final hidden states times the same output-embedding rows the
-    draft's head started from. Also returns the top-1 agreement on the batch."""
-    with torch.no_grad():
-        hidden = target.base_model(input_ids=batch, use_cache=False).last_hidden_state
-        teacher = F.linear(hidden, head_rows).float().flatten(0, 1).log_softmax(-1)
-    student_logp = student(input_ids=batch, use_cache=False).logits.float().flatten(0, 1).log_softmax(-1)
+    draft's head started from. Also returns the top-1 agreement on the batch. On CUDA both
+    forwards run under bfloat16 autocast (weights and the loss stay float32)."""
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=batch.device.type == "cuda"):
+        with torch.no_grad():
+            hidden = target.base_model(input_ids=batch, use_cache=False).last_hidden_state
+            teacher = F.linear(hidden, head_rows).float().flatten(0, 1).log_softmax(-1)
+        student_logits = student(input_ids=batch, use_cache=False).logits
+    student_logp = student_logits.float().flatten(0, 1).log_softmax(-1)
     loss = F.kl_div(student_logp, teacher, log_target=True, reduction="batchmean")
     agreement = (student_logp.argmax(-1) == teacher.argmax(-1)).float().mean().item()
     return loss, agreement
 
 
+def learning_rate(config: TrainConfig, step: int, fraction_done: float) -> float:
+    """Linear warm-up over WARMUP_STEPS, then --lr (constant: runs are open-ended), or with
+    --schedule cosine, half a cosine from --lr to FINAL_LR_FRACTION of it at the budget's end."""
+    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
+    if config.schedule == "constant":
+        return config.lr * warmup
+    decay = 0.5 * (1.0 + math.cos(math.pi * min(max(fraction_done, 0.0), 1.0)))
+    return config.lr * warmup * (FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * decay)
+
+
 def train_step(config: TrainConfig, target, head_rows: torch.Tensor, student, optimizer, batch: torch.Tensor,
-               step: int) -> tuple[float, float]:
-    for group in optimizer.param_groups:  # linear warmup, then constant: runs are open-ended
-        group["lr"] = config.lr * min(1.0, (step + 1) / WARMUP_STEPS)
+               step: int, fraction_done: float = 0.0) -> tuple[float, float]:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(config, step, fraction_done)
     loss, agreement = distill_loss(target, head_rows, student, batch.to(config.device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -224,12 +244,14 @@ def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStr
     start = last_save = time.perf_counter()
     num_tokens, loss_avg, agree_avg = 0, None, None
     student.train()
-    for batch in stream:
-        loss, agreement = train_step(config, target, head_rows, student, optimizer, batch, progress.step)
+    for batch, cursor in prefetched(stream):
+        fraction_done = num_tokens / config.tokens if config.tokens else (time.perf_counter() - start) / total
+        loss, agreement = train_step(config, target, head_rows, student, optimizer, batch, progress.step,
+                                     fraction_done)
         now = time.perf_counter()
         progress.step += 1
         progress.tokens_seen += batch.numel()
-        progress.cursor = stream.cursor
+        progress.cursor = cursor
         num_tokens += batch.numel()
         loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
         agree_avg = agreement if agree_avg is None else 0.9 * agree_avg + 0.1 * agreement
@@ -257,7 +279,7 @@ def report(config: TrainConfig, target, student, items, progress: Progress, toke
     meta = {
         "steps": progress.step, "tokens": progress.tokens_seen, "minutes": round(progress.minutes, 2),
         "tokens_per_s_last_run": round(tokens_per_s, 1), "device": config.device, "threads": config.threads,
-        "lr": config.lr, "seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
+        "lr": config.lr, "schedule": config.schedule, "seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
         "vocab_coverage_train_sample": round(progress.vocab_coverage, 4), "eval_prompts": len(items),
         "agreement_start": progress.agreement_start, "agreement": agreement, "expected_tokens_per_round": expected,
         "evaluation": evaluation,  # distill.evaluate: what `ouroboros eval-draft` reports

@@ -199,3 +199,31 @@ def test_data_repeat_weighs_the_extra_files():
     files = train_data.training_files(DATA[:1], use_site_packages=False, data_repeat=3)
     once = train_data.training_files(DATA[:1], use_site_packages=False)
     assert len(files) == 3 * len(once) and set(files) == set(once)
+
+
+def test_prefetched_batches_carry_the_cursor_a_resume_needs(monkeypatch):
+    """The background tokenizer yields the plain stream's batches in order, each with the
+    cursor just after it: a stream resumed from any of those cursors reads the rest."""
+    monkeypatch.setattr(train_data, "FILES_PER_SHARD", 2)
+    files = sorted(extra_sources([str(REPO / "protocol")]))
+    plain = iter(ChunkStream(files, char_tokenizer(), 64, 16, seed=1))
+    ahead = train_data.prefetched(ChunkStream(files, char_tokenizer(), 64, 16, seed=1), depth=2)
+    pairs = [next(ahead) for _ in range(30)]
+    ahead.close()  # stops and joins the producer thread
+    assert all(torch.equal(batch, next(plain)) for batch, _ in pairs)
+    resumed = iter(ChunkStream(files, char_tokenizer(), 64, 16, seed=1, cursor=pairs[9][1]))
+    assert all(torch.equal(batch, next(resumed)) for batch, _ in pairs[10:])
+
+
+def test_cosine_schedule_warms_up_then_falls_to_a_tenth(tmp_path):
+    from distill.train import FINAL_LR_FRACTION, WARMUP_STEPS, TrainConfig, learning_rate
+
+    constant = TrainConfig(target="t", out=tmp_path, lr=1e-3)
+    cosine = TrainConfig(target="t", out=tmp_path, lr=1e-3, schedule="cosine")
+    assert learning_rate(constant, 0, 0.0) == pytest.approx(1e-3 / WARMUP_STEPS)
+    assert learning_rate(constant, 500, 0.9) == learning_rate(constant, 50, 0.1) == 1e-3
+    assert learning_rate(cosine, 500, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(cosine, 500, 0.5) == pytest.approx(1e-3 * (1 + FINAL_LR_FRACTION) / 2)
+    assert learning_rate(cosine, 500, 1.0) == learning_rate(cosine, 500, 3.0) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="--schedule"):
+        TrainConfig(target="t", out=tmp_path, schedule="linear")
