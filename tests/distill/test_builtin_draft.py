@@ -36,10 +36,12 @@ def shipped(builtin_pair):
 @torch.inference_mode()
 def test_shipped_draft_agrees_far_more_than_its_untrained_start(builtin_pair, shipped, continuations):
     trained = teacher_forced_agreement(shipped, continuations)
-    untrained = teacher_forced_agreement(builtin_pair.draft, continuations)  # layers:0,1, as trained from
+    untrained = teacher_forced_agreement(builtin_pair.draft, continuations)  # target layers 0,1, untrained
     assert shipped.draft_token_ids.numel() == 8192  # the reduced output vocabulary
-    # measured when shipped: 0.113 against 0.028 here (0.21 over the 20 prompts train-draft reports)
-    assert trained >= 0.10 and trained > 3 * untrained, (trained, untrained)
+    assert shipped.config.num_hidden_layers == 4
+    # measured when shipped: 0.570 against 0.028 here (0.667 by `eval-draft --limit 20
+    # --max-new-tokens 128`); the draft before it gave 0.113 here
+    assert trained >= 0.5 and trained > 10 * untrained, (trained, untrained)
 
 
 def test_shipped_draft_decodes_losslessly(builtin_pair, shipped, continuations):
