@@ -116,6 +116,10 @@ class DrafterServer:
             self.engine.policy.adapt(session.policy, msg.num_trunk_verified, msg.num_trunk_accepted)
         length = msg.committed_length
         useful = {b: blk for b, blk in request.sent.items() if is_usable_at(b, len(blk.trunk), length)}
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("verdict %s: %d -> %d tokens, kept %s, drafts out %s, still usable %s, next base %d%s",
+                      msg.request_id[:8], base, length, kept, {b: len(x.trunk) for b, x in request.sent.items()},
+                      sorted(useful), request.next_base, ", resting" if request.is_resting else "")
         if kept and useful:
             request.sent = useful
         else:
@@ -138,6 +142,8 @@ class DrafterServer:
         session, base = request.session, request.next_base
         block = self.engine.block_at(session, base, request.budget(base))
         request.sent[base] = block
+        log.debug("draft %s at base %d (committed %d): trunk %d, %d branches", request.request_id[:8], base,
+                  session.num_committed, len(block.trunk), len(block.branches))
         self.send(Draft(
             request_id=request.request_id, base_length=base,
             base_tail=session.tokens[max(0, base - BASE_TAIL) : base], trunk=block.trunk, branches=block.branches,

@@ -188,10 +188,20 @@ class ServerRequest:
         return self.max_new_tokens - len(self.new_tokens) <= 1
 
     def offer(self, draft: Draft) -> bool:
-        """Keep a draft for its base; False (stale) if it cannot cover the committed text."""
+        """Keep a draft for its base; False (stale) if it cannot cover the committed text.
+
+        A drafter drafts ahead at ever larger bases and goes back only when it drops its
+        speculation (drafter.server: next_base returns to the committed end), so a draft
+        supersedes every pending one based beyond it: those were pre-drafts of text that did
+        not come. Over MAX_PENDING_DRAFTS the one drafted farthest ahead goes, never one that
+        fits now (the one a round waits for)."""
         if draft.base_length + len(draft.trunk) < self.committed_length:
             self.stats.num_stale_drafts += 1
             return False
+        for base in [b for b in self.drafts if b > draft.base_length]:
+            del self.drafts[base]
+            self.early_bases.discard(base)
+            self.stats.num_stale_drafts += 1
         if draft.base_length > self.committed_length:
             self.early_bases.add(draft.base_length)
         else:  # drafted after its base was committed (a redraft supersedes an early one)
@@ -200,7 +210,8 @@ class ServerRequest:
             self.stats.num_stale_drafts += 1
         self.drafts[draft.base_length] = draft
         while len(self.drafts) > MAX_PENDING_DRAFTS:
-            self.drafts.pop(min(self.drafts))
+            spare = [b for b, d in self.drafts.items() if not self._fits(d)] or list(self.drafts)
+            self.drafts.pop(max(spare))
             self.stats.num_stale_drafts += 1
         return True
 

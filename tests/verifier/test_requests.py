@@ -42,6 +42,34 @@ def test_a_predraft_on_a_wrong_base_never_starts_a_round_and_is_counted_stale():
     assert request.stats.num_stale_drafts == 1
 
 
+def test_pre_drafts_of_text_that_did_not_come_never_crowd_out_the_draft_a_round_waits_for():
+    """Found with a strong draft: pre-drafts at bases the text never reached piled up, and the
+    pending-draft limit evicted the smallest base, which was the fresh draft on the committed
+    end. The verifier then waited --draft-timeout (2 s) every round."""
+    from verifier.requests import MAX_PENDING_DRAFTS
+
+    request = request_with(PROMPT)
+    for i in range(MAX_PENDING_DRAFTS):  # each assumed text that the target then did not write
+        request.offer(draft(12 + 3 * i, [], [1, 2], ahead=True))
+    request.offer(draft(4, [7, 8], [5, 6]))  # the drafter went back to the committed end
+    assert request.has_draft_candidate()
+    assert list(request.drafts) == [4]  # the pre-drafts beyond it were superseded
+    assert request.take_draft() == ([5, 6], [], False)
+    assert request.stats.num_stale_drafts == MAX_PENDING_DRAFTS
+
+
+def test_over_the_pending_limit_the_draft_farthest_ahead_goes():
+    from verifier.requests import MAX_PENDING_DRAFTS
+
+    request = request_with(PROMPT)
+    request.offer(draft(4, [7, 8], [5, 6]))
+    for i in range(MAX_PENDING_DRAFTS):  # pre-drafts at ever larger bases (the drafter's order)
+        request.offer(draft(7 + 3 * i, [], [1, 2], ahead=True))
+    assert len(request.drafts) == MAX_PENDING_DRAFTS and 4 in request.drafts
+    assert max(request.drafts) == 7 + 3 * (MAX_PENDING_DRAFTS - 2)  # the farthest-ahead speculation went
+    assert request.take_draft() == ([5, 6], [], False)
+
+
 def test_a_draft_is_rebased_when_the_text_grew_along_its_trunk():
     request = request_with(PROMPT)
     request.offer(draft(4, [7, 8], [1, 2, 3]))
