@@ -143,25 +143,23 @@ def prefetched(stream: ChunkStream, depth: int = 4) -> Iterator[tuple[torch.Tens
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def hand_over(item) -> bool:
+        """Queue `item` unless the consumer has stopped (then False)."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in stream:
-                item = (batch, replace(stream.cursor))
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over((batch, replace(stream.cursor))):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
-            while not stop.is_set():
-                try:
-                    ready.put(exc, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
+            hand_over(exc)
 
     worker = threading.Thread(target=produce, name="chunk-prefetch", daemon=True)
     worker.start()
