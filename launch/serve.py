@@ -37,6 +37,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="torch threads for the verifier (default --threads-per-process)")
     parser.add_argument("--drafter-threads", type=int, default=None,
                         help="torch threads for the drafter (default --threads-per-process)")
+    parser.add_argument("--solo-threads", type=int, default=None,
+                        help="torch threads for the verifier while the drafter rests on every request (default: "
+                             "the verifier's and the drafter's together when both run on this machine's CPU)")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for both models")
     parser.add_argument("--pool-file", default=None, help="phrase pool kept across drafter restarts")
     cfg.add_security_flags(parser)
@@ -58,6 +61,17 @@ def _threads(args: argparse.Namespace, role_flag: str) -> int:
     threads = getattr(args, role_flag, None) or args.threads_per_process
     if threads < 1:
         raise ValueError(f"--{role_flag.replace('_', '-')} / --threads-per-process must be >= 1, got {threads}")
+    return threads
+
+
+def solo_threads(args: argparse.Namespace, shares_cpu: bool) -> int:
+    """The verifier's threads while the drafter rests (verifier.solo): --solo-threads, else the
+    cores the two processes hold together when they share this CPU, else the verifier's own."""
+    verifier = _threads(args, "verifier_threads")
+    threads = getattr(args, "solo_threads", None) or (verifier + _threads(args, "drafter_threads") if shares_cpu
+                                                       else verifier)
+    if threads < 1:
+        raise ValueError(f"--solo-threads must be >= 1, got {threads}")
     return threads
 
 
@@ -136,6 +150,7 @@ class LocalPipeline:
         client_endpoint = a.bind or bind_address(a.host, a.port)
         role = ["verifier", "--bind", client_endpoint, "--drafter-bind", self.drafter_endpoint,
                 "--device", a.target_device, "--threads", str(_threads(a, "verifier_threads")),
+                "--solo-threads", str(solo_threads(a, a.target_device == a.draft_device == "cpu")),
                 "--ready-timeout", str(a.ready_timeout), *self._common(), *cfg.verifier_argv(a)]
         self.verifier = self._spawn(role, stdout=subprocess.PIPE)
         self.start_drafter()

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from launch.cli import build_parser
+from launch.serve import solo_threads
 from launch.workers import run_drafter, run_verifier
 from protocol.sockets import is_loopback
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         store.set(ENDPOINT_KEY, endpoint)
         client = serve_args.bind or f"tcp://{serve_args.host}:{serve_args.port or '*'}"
         threads = serve_args.verifier_threads or serve_args.threads_per_process
-        return run_verifier(role(bind=client, drafter_bind=endpoint, threads=threads))
+        shares_cpu = not has_gpu and int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
+        return run_verifier(role(bind=client, drafter_bind=endpoint, threads=threads,
+                                 solo_threads=solo_threads(serve_args, shares_cpu)))
     endpoint = store.get(ENDPOINT_KEY).decode()
     args = role(connect=endpoint, threads=serve_args.drafter_threads or serve_args.threads_per_process)
     return run_drafter(args)

@@ -61,6 +61,11 @@ class TargetEngine:
         self.slots = SlotPool(model.config, max_sessions, self.max_context, next(model.parameters()).dtype,
                               self.device)
 
+    def use_threads(self, num_threads: int) -> None:
+        """Torch threads for the next passes (the verifier takes the drafter's cores while it rests)."""
+        if num_threads != torch.get_num_threads():
+            torch.set_num_threads(num_threads)
+
     def check_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> list[int]:
         """The prompt as ints; ValueError if it is empty, holds ids the target does not have, or
         it and max_new_tokens would run past the target's context."""

@@ -8,6 +8,7 @@ from protocol.prompt_lookup import lookup_continuation
 from verifier.config import VerifierConfig
 from verifier.pass_cost import YIELD_SMOOTHING, PassCostModel, best_width
 from verifier.requests import RoundPlan, ServerRequest
+from verifier.solo import SoloSwitch
 
 UNMEASURED_PASS_S = 0.06  # a one-token pass until one is timed (sets the gathering window)
 
@@ -20,9 +21,17 @@ class Scheduler:
         self.order: list[str] = []  # round-robin: the requests served last go to the back
         self.pass_cost = PassCostModel()  # measured seconds per target pass, by its size
         self.recent_yield = 1.0  # draft yield across requests lately: a new request starts from it
+        self.solo = SoloSwitch(is_enabled=config.is_width_fitted)  # the target alone, while it is faster
+
+    @property
+    def is_drafter_idle(self) -> bool:
+        """No request waits for a draft: the drafter was told to rest on every one (or none is
+        open), so the cores it drafts on are free for the target's passes."""
+        return all(not request.wants_draft for request in self.requests.values())
 
     def add(self, request: ServerRequest) -> None:
         request.draft_yield = self.recent_yield
+        request.wants_draft = not self.solo.is_solo
         self.requests[request.request_id] = request
         self.order.append(request.request_id)
 
@@ -60,8 +69,9 @@ class Scheduler:
         """Told to the drafter with each verdict: will the next round wait for this request's
         draft? Not while its drafts do not pay (is_draft_worth_waiting), so the drafter rests
         on it instead of taking the machine from the target; after EXPLORE_AFTER rounds without
-        verified draft tokens the answer is True again, and a draft comes to be measured."""
-        return not request.needs_no_draft() and self.is_draft_worth_waiting(request)
+        verified draft tokens the answer is True again, and a draft comes to be measured. Never
+        while the target alone is the faster mode (verifier.solo)."""
+        return not self.solo.is_solo and not request.needs_no_draft() and self.is_draft_worth_waiting(request)
 
     def is_gathering(self, ready: list[ServerRequest], is_drafter_absent: bool) -> bool:
         """Hold a part batch while a request whose verdict just went out may still join it.
@@ -88,7 +98,10 @@ class Scheduler:
         width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], self.pass_cost)
         return [plan.cut(width - 1) for plan in plans]
 
-    def record_pass(self, batch: list[ServerRequest], width: int, seconds: float) -> None:
-        self.pass_cost.observe(len(batch), width, seconds)
+    def record_pass(self, batch: list[ServerRequest], width: int, seconds: float, is_timed: bool = True) -> None:
+        """`is_timed` False: the pass ran on other threads than drafting passes do (solo), so its
+        time does not fit the cost model of those."""
+        if is_timed:
+            self.pass_cost.observe(len(batch), width, seconds)
         mean_yield = sum(r.draft_yield for r in batch) / len(batch)
         self.recent_yield += YIELD_SMOOTHING * (mean_yield - self.recent_yield)

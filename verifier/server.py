@@ -33,8 +33,15 @@ log = logging.getLogger("ouroboros.verifier")
 
 class VerifierServer:
     def __init__(self, engine: TargetEngine, tokenizer, config: VerifierConfig, client_endpoint: str,
-                 drafter_endpoint: str, curve_keys: str | None = None, tokenizer_fingerprint: str = "") -> None:
+                 drafter_endpoint: str, curve_keys: str | None = None, tokenizer_fingerprint: str = "",
+                 threads: int | None = None, solo_threads: int | None = None) -> None:
+        """`threads` for passes while the drafter drafts, `solo_threads` while it rests on every
+        request or is absent (the cores it leaves free); None: leave torch's setting alone."""
         self.engine = engine
+        self.threads = threads
+        self.solo_threads = solo_threads or threads
+        self.last_round_end: float | None = None  # None: no request was open since the last round
+        self.prefill_s = 0.0  # prefill time since the last round: not a round's cost
         self.tokenizer = tokenizer
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.config = config
@@ -180,7 +187,10 @@ class VerifierServer:
     def admit(self, identity: bytes, msg: Generate) -> None:
         try:  # a text prompt's length is known only once tokenized: the engine checks it
             prompt_ids = list(msg.prompt_ids) or self.tokenizer(msg.prompt, add_special_tokens=False)["input_ids"]
+            started = time.monotonic()
             session = self.engine.open(prompt_ids, msg.max_new_tokens)
+            if self.last_round_end is not None:  # inside a timed round (time_round): not its cost
+                self.prefill_s += time.monotonic() - started
         except (ProtocolError, ValueError) as exc:
             self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
             return
@@ -211,6 +221,10 @@ class VerifierServer:
     def run_rounds(self, requests: list[ServerRequest]) -> None:
         """One round for each request, all verified in one batched target pass."""
         plans = self.scheduler.plan(requests)
+        is_solo_pass = self.link.is_absent or self.scheduler.is_drafter_idle
+        if self.threads is not None:
+            self.engine.use_threads(self.solo_threads if is_solo_pass else self.threads)
+        round_began = self.last_round_end or min(r.waiting_since for r in requests)
         started = time.perf_counter()
         try:
             results = self.engine.verify_batch([(r.session, p.trunk, p.branches, r.sampling, p.lookup)
@@ -229,8 +243,20 @@ class VerifierServer:
             request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
                 self.after_round(request, plan, result)
-        self.scheduler.record_pass(requests, width, seconds)
+        self.scheduler.record_pass(requests, width, seconds, is_timed=not is_solo_pass or self.threads is None
+                                   or self.solo_threads == self.threads)
         self.stats.record_pass(seconds, self.link.is_absent)
+        self.time_round(round_began, sum(len(result.appended) for result in results))
+
+    def time_round(self, began: float, num_committed: int) -> None:
+        """Tell the solo switch (verifier.solo) what this round committed in its wall time:
+        from the last round's end (or the oldest wait), prefills excluded."""
+        now = time.monotonic()
+        seconds, self.prefill_s = now - began - self.prefill_s, 0.0
+        self.last_round_end = now if self.requests else None
+        rates = self.scheduler.solo.describe()
+        if self.scheduler.solo.record(num_committed, seconds):
+            log.debug("%s (%s)", "solo: the drafter rests" if self.scheduler.solo.is_solo else "speculating", rates)
 
     def after_round(self, request: ServerRequest, plan, result) -> None:
         """Commit a verified round: finish, stream, end, or tell the drafter the verdict."""

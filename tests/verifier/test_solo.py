@@ -1,0 +1,87 @@
+"""The solo switch (verifier.solo): the faster of speculating and the target alone, measured."""
+from types import SimpleNamespace
+
+from verifier.config import VerifierConfig
+from verifier.requests import ServerRequest
+from verifier.scheduler import Scheduler
+from verifier.solo import MAX_RETRY_AFTER, RETRY_SOLO_AFTER, RETRY_SPECULATION_AFTER, TRIAL_ROUNDS, SoloSwitch
+
+
+def make_request(request_id: str = "a") -> ServerRequest:
+    return ServerRequest(request_id, b"c", SimpleNamespace(tokens=[5, 6]), 64, frozenset(), False)
+
+
+def run(switch: SoloSwitch, rounds: int, speculating: float, solo: float) -> list[bool]:
+    """`rounds` rounds at the given tokens/s for each mode; the modes they ran in."""
+    modes = []
+    for _ in range(rounds):
+        modes.append(switch.is_solo)
+        switch.record(1, 1.0 / (solo if switch.is_solo else speculating))
+    return modes
+
+
+def test_solo_is_timed_once_then_the_faster_mode_stays():
+    switch = SoloSwitch()
+    modes = run(switch, 2 * TRIAL_ROUNDS, speculating=30.0, solo=20.0)
+    assert modes == [False] * TRIAL_ROUNDS + [True] * TRIAL_ROUNDS  # one trial of solo
+    assert not switch.is_solo  # it lost: speculation is back
+    assert not any(run(switch, RETRY_SOLO_AFTER - 1, speculating=30.0, solo=20.0))
+    assert run(switch, 2, speculating=30.0, solo=20.0)[-1]  # solo is timed again, its rate may have moved
+
+
+def test_speculation_that_loses_is_retried_less_often():
+    switch = SoloSwitch()
+    run(switch, 2 * TRIAL_ROUNDS, speculating=10.0, solo=20.0)
+    assert switch.is_solo
+    modes = run(switch, RETRY_SPECULATION_AFTER + TRIAL_ROUNDS, speculating=10.0, solo=20.0)
+    assert modes.count(False) == TRIAL_ROUNDS  # one trial of speculation, lost
+    assert switch.is_solo and switch.retry_speculation_after == 2 * RETRY_SPECULATION_AFTER
+    for _ in range(8):
+        run(switch, switch.retry_speculation_after + TRIAL_ROUNDS, speculating=10.0, solo=20.0)
+    assert switch.retry_speculation_after == MAX_RETRY_AFTER  # bounded: it is always tried again
+
+
+def rounds_until_switch(switch: SoloSwitch, speculating: float, solo: float) -> int:
+    for rounds in range(1, 10_000):
+        if switch.record(1, 1.0 / (solo if switch.is_solo else speculating)):
+            return rounds
+    raise AssertionError("the mode never changed")
+
+
+def test_speculation_that_wins_its_retry_stays_and_resets_the_backoff():
+    switch = SoloSwitch()
+    assert rounds_until_switch(switch, 10.0, 20.0) == TRIAL_ROUNDS  # solo's first trial
+    assert rounds_until_switch(switch, 10.0, 20.0) == RETRY_SPECULATION_AFTER  # solo won; speculation retried
+    assert rounds_until_switch(switch, 10.0, 20.0) == TRIAL_ROUNDS and switch.is_solo  # and lost
+    assert rounds_until_switch(switch, 10.0, 20.0) == 2 * RETRY_SPECULATION_AFTER  # retried later
+    assert not any(run(switch, 3 * TRIAL_ROUNDS, speculating=40.0, solo=20.0))  # the draft pays again here
+    assert switch.retry_speculation_after == RETRY_SPECULATION_AFTER
+    assert rounds_until_switch(switch, 5.0, 20.0) <= 2  # and once it loses, solo at once
+
+
+def test_the_first_round_of_a_stint_pays_for_the_switch_and_is_not_counted():
+    switch = SoloSwitch()
+    switch.record(1, 100.0)  # a slow first round (the drafter catching up)
+    for _ in range(TRIAL_ROUNDS - 2):
+        switch.record(3, 0.1)
+    assert abs(switch.rates[False].per_second - 30.0) < 1e-9
+
+
+def test_a_disabled_switch_never_goes_solo():
+    switch = SoloSwitch(is_enabled=False)
+    assert not any(run(switch, 4 * TRIAL_ROUNDS, speculating=1.0, solo=100.0))
+
+
+def test_solo_means_no_request_wants_a_draft():
+    scheduler = Scheduler(VerifierConfig())
+    request = make_request()
+    scheduler.add(request)
+    assert scheduler.wants_draft(request) and request.wants_draft and not scheduler.is_drafter_idle
+    scheduler.solo.is_solo = True
+    assert not scheduler.wants_draft(request)
+    newcomer = make_request("b")
+    scheduler.add(newcomer)
+    assert not newcomer.wants_draft  # admitted solo: no round waits for its first draft
+    request.wants_draft = False
+    assert scheduler.is_drafter_idle  # every request rests: the drafter's cores are free
+    assert scheduler.is_ready(newcomer, now=newcomer.waiting_since, is_drafter_absent=False)
