@@ -19,9 +19,11 @@ class Scheduler:
         self.clock = clock  # injected in tests; the same clock as ServerRequest.waiting_since
         self.requests: dict[str, ServerRequest] = {}
         self.order: list[str] = []  # round-robin: the requests served last go to the back
-        self.pass_cost = PassCostModel()  # measured seconds per target pass, by its size
+        self.pass_cost = PassCostModel()  # measured seconds per target pass, by its size, while drafting
+        self.solo_pass_cost = PassCostModel()  # the same on the threads of solo passes (server.pick_threads)
         self.recent_yield = 1.0  # draft yield across requests lately: a new request starts from it
         self.solo = SoloSwitch(is_enabled=config.is_width_fitted)  # the target alone, while it is faster
+        self.was_plain = False  # the last unfitted solo pass was cut plain (see plan)
 
     @property
     def is_drafter_idle(self) -> bool:
@@ -86,7 +88,7 @@ class Scheduler:
         waiting = [r for r in self.requests.values() if r.request_id not in ready_ids]
         return any(now - request.waiting_since < window for request in waiting)
 
-    def plan(self, batch: list[ServerRequest]) -> list[RoundPlan]:
+    def plan(self, batch: list[ServerRequest], is_solo_pass: bool = False) -> list[RoundPlan]:
         """Each request's round, cut to the pass width that pays (verifier.pass_cost.best_width);
         those served go to the back of the round-robin."""
         for request in batch:
@@ -95,13 +97,15 @@ class Scheduler:
         plans = [request.plan_round(self.own_lookup, self.config.max_draft_tokens) for request in batch]
         if not self.config.is_width_fitted:
             return plans
-        width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], self.pass_cost)
+        cost = self.solo_pass_cost if is_solo_pass else self.pass_cost
+        if is_solo_pass and cost.coefficients is None:  # time plain and wide solo passes, alternately
+            self.was_plain = not self.was_plain
+            return [plan.cut(0) for plan in plans] if self.was_plain else plans
+        width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], cost)
         return [plan.cut(width - 1) for plan in plans]
 
-    def record_pass(self, batch: list[ServerRequest], width: int, seconds: float, is_timed: bool = True) -> None:
-        """`is_timed` False: the pass ran on other threads than drafting passes do (solo), so its
-        time does not fit the cost model of those."""
-        if is_timed:
-            self.pass_cost.observe(len(batch), width, seconds)
+    def record_pass(self, batch: list[ServerRequest], width: int, seconds: float, is_solo_pass: bool = False) -> None:
+        """A solo pass (on the drafter's threads too) is timed apart from passes while drafting."""
+        (self.solo_pass_cost if is_solo_pass else self.pass_cost).observe(len(batch), width, seconds)
         mean_yield = sum(r.draft_yield for r in batch) / len(batch)
         self.recent_yield += YIELD_SMOOTHING * (mean_yield - self.recent_yield)

@@ -188,6 +188,7 @@ class VerifierServer:
         try:  # a text prompt's length is known only once tokenized: the engine checks it
             prompt_ids = list(msg.prompt_ids) or self.tokenizer(msg.prompt, add_special_tokens=False)["input_ids"]
             started = time.monotonic()
+            self.pick_threads()
             session = self.engine.open(prompt_ids, msg.max_new_tokens)
             if self.last_round_end is not None:  # inside a timed round (time_round): not its cost
                 self.prefill_s += time.monotonic() - started
@@ -220,10 +221,8 @@ class VerifierServer:
     # ---- rounds ----
     def run_rounds(self, requests: list[ServerRequest]) -> None:
         """One round for each request, all verified in one batched target pass."""
-        plans = self.scheduler.plan(requests)
-        is_solo_pass = self.link.is_absent or self.scheduler.is_drafter_idle
-        if self.threads is not None:
-            self.engine.use_threads(self.solo_threads if is_solo_pass else self.threads)
+        is_solo_pass = self.pick_threads()
+        plans = self.scheduler.plan(requests, is_solo_pass)
         round_began = self.last_round_end or min(r.waiting_since for r in requests)
         started = time.perf_counter()
         try:
@@ -243,10 +242,17 @@ class VerifierServer:
             request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
                 self.after_round(request, plan, result)
-        self.scheduler.record_pass(requests, width, seconds, is_timed=not is_solo_pass or self.threads is None
-                                   or self.solo_threads == self.threads)
+        self.scheduler.record_pass(requests, width, seconds, is_solo_pass)
         self.stats.record_pass(seconds, self.link.is_absent)
         self.time_round(round_began, sum(len(result.appended) for result in results))
+
+    def pick_threads(self) -> bool:
+        """Threads for the next pass or prefill: the drafter's cores too while it rests on every
+        request or is absent. True when it does."""
+        is_drafter_idle = self.link.is_absent or self.scheduler.is_drafter_idle
+        if self.threads is not None:
+            self.engine.use_threads(self.solo_threads if is_drafter_idle else self.threads)
+        return is_drafter_idle
 
     def time_round(self, began: float, num_committed: int) -> None:
         """Tell the solo switch (verifier.solo) what this round committed in its wall time:
@@ -254,9 +260,11 @@ class VerifierServer:
         now = time.monotonic()
         seconds, self.prefill_s = now - began - self.prefill_s, 0.0
         self.last_round_end = now if self.requests else None
-        rates = self.scheduler.solo.describe()
-        if self.scheduler.solo.record(num_committed, seconds):
-            log.debug("%s (%s)", "solo: the drafter rests" if self.scheduler.solo.is_solo else "speculating", rates)
+        solo = self.scheduler.solo
+        rates = solo.describe()
+        if solo.record(num_committed, seconds):
+            log.debug("%s at load %d (%s)", "solo: the drafter rests" if solo.is_solo else "speculating",
+                      len(self.requests), rates)
 
     def after_round(self, request: ServerRequest, plan, result) -> None:
         """Commit a verified round: finish, stream, end, or tell the drafter the verdict."""

@@ -8,8 +8,9 @@ after every rejection. Solo, the drafter rests on every request (Verdict.wants_d
 verifier takes the cores it leaves free (--solo-threads).
 
 Rule: time both modes on the rounds themselves (tokens committed per second of wall time, the
-waits for drafts included) and keep the faster. A mode is judged after TRIAL_ROUNDS rounds; the
-first round of a stint pays for the switch and is not counted. Solo is timed once early, then
+waits for drafts included) and keep the faster. A mode is judged after TRIAL_ROUNDS rounds, or
+after CLEAR_LOSS_ROUNDS if the other was CLEAR_LOSS times faster; the first round of a stint pays
+for the switch and is not counted. Solo is timed once early, then
 again every RETRY_SOLO_AFTER speculative rounds (its rate drifts with context and load);
 speculation is tried again after RETRY_SPECULATION_AFTER solo rounds, twice as long each time
 it loses again (up to MAX_RETRY_AFTER)."""
@@ -18,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRIAL_ROUNDS = 8
+CLEAR_LOSS_ROUNDS = 4  # a mode this far behind after this many rounds ends its trial early
+CLEAR_LOSS = 1.5
 RETRY_SPECULATION_AFTER = 16
-MAX_RETRY_AFTER = 64
+MAX_RETRY_AFTER = 128
 RETRY_SOLO_AFTER = 256
 RATE_MEMORY = 0.85  # weight of the past, per round, in a stint's rate
 MARGIN = 1.03  # the other mode must be this much faster to switch to it (noise is not a reason)
@@ -57,11 +60,13 @@ class SoloSwitch:
         self.rounds_in_mode += 1
         if self.rounds_in_mode > 1:
             self.rates[self.is_solo].observe(num_committed, seconds)
-        if self.rounds_in_mode < TRIAL_ROUNDS:
-            return False
         here, there = self.rates[self.is_solo].per_second, self.rates[not self.is_solo].per_second
-        is_trial_over = not self.is_solo and self.rounds_in_mode == TRIAL_ROUNDS and there is not None
-        if here is not None and there is not None and there > MARGIN * here:
+        is_behind = here is not None and there is not None and there > MARGIN * here
+        if self.rounds_in_mode < TRIAL_ROUNDS:
+            if not (self.rounds_in_mode >= CLEAR_LOSS_ROUNDS and is_behind and there > CLEAR_LOSS * here):
+                return False
+        is_trial_over = not self.is_solo and self.rounds_in_mode <= TRIAL_ROUNDS and there is not None
+        if is_behind:
             if is_trial_over:  # speculation lost its trial: wait longer before the next
                 self.retry_speculation_after = min(2 * self.retry_speculation_after, MAX_RETRY_AFTER)
             return self._switch()

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.solo import MAX_RETRY_AFTER, RETRY_SOLO_AFTER, RETRY_SPECULATION_AFTER, TRIAL_ROUNDS, SoloSwitch
+from verifier.solo import CLEAR_LOSS_ROUNDS, MAX_RETRY_AFTER, RETRY_SOLO_AFTER, RETRY_SPECULATION_AFTER, TRIAL_ROUNDS, SoloSwitch
 
 
 def make_request(request_id: str = "a") -> ServerRequest:
@@ -22,22 +22,22 @@ def run(switch: SoloSwitch, rounds: int, speculating: float, solo: float) -> lis
 
 def test_solo_is_timed_once_then_the_faster_mode_stays():
     switch = SoloSwitch()
-    modes = run(switch, 2 * TRIAL_ROUNDS, speculating=30.0, solo=20.0)
+    modes = run(switch, 2 * TRIAL_ROUNDS, speculating=25.0, solo=20.0)
     assert modes == [False] * TRIAL_ROUNDS + [True] * TRIAL_ROUNDS  # one trial of solo
     assert not switch.is_solo  # it lost: speculation is back
-    assert not any(run(switch, RETRY_SOLO_AFTER - 1, speculating=30.0, solo=20.0))
-    assert run(switch, 2, speculating=30.0, solo=20.0)[-1]  # solo is timed again, its rate may have moved
+    assert not any(run(switch, RETRY_SOLO_AFTER - 1, speculating=25.0, solo=20.0))
+    assert run(switch, 2, speculating=25.0, solo=20.0)[-1]  # solo is timed again, its rate may have moved
 
 
 def test_speculation_that_loses_is_retried_less_often():
     switch = SoloSwitch()
-    run(switch, 2 * TRIAL_ROUNDS, speculating=10.0, solo=20.0)
+    run(switch, 2 * TRIAL_ROUNDS, speculating=16.0, solo=20.0)
     assert switch.is_solo
-    modes = run(switch, RETRY_SPECULATION_AFTER + TRIAL_ROUNDS, speculating=10.0, solo=20.0)
+    modes = run(switch, RETRY_SPECULATION_AFTER + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
     assert modes.count(False) == TRIAL_ROUNDS  # one trial of speculation, lost
     assert switch.is_solo and switch.retry_speculation_after == 2 * RETRY_SPECULATION_AFTER
     for _ in range(8):
-        run(switch, switch.retry_speculation_after + TRIAL_ROUNDS, speculating=10.0, solo=20.0)
+        run(switch, switch.retry_speculation_after + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
     assert switch.retry_speculation_after == MAX_RETRY_AFTER  # bounded: it is always tried again
 
 
@@ -50,10 +50,10 @@ def rounds_until_switch(switch: SoloSwitch, speculating: float, solo: float) -> 
 
 def test_speculation_that_wins_its_retry_stays_and_resets_the_backoff():
     switch = SoloSwitch()
-    assert rounds_until_switch(switch, 10.0, 20.0) == TRIAL_ROUNDS  # solo's first trial
-    assert rounds_until_switch(switch, 10.0, 20.0) == RETRY_SPECULATION_AFTER  # solo won; speculation retried
-    assert rounds_until_switch(switch, 10.0, 20.0) == TRIAL_ROUNDS and switch.is_solo  # and lost
-    assert rounds_until_switch(switch, 10.0, 20.0) == 2 * RETRY_SPECULATION_AFTER  # retried later
+    assert rounds_until_switch(switch, 16.0, 20.0) == TRIAL_ROUNDS  # solo's first trial
+    assert rounds_until_switch(switch, 16.0, 20.0) == RETRY_SPECULATION_AFTER  # solo won; speculation retried
+    assert rounds_until_switch(switch, 16.0, 20.0) == TRIAL_ROUNDS and switch.is_solo  # and lost
+    assert rounds_until_switch(switch, 16.0, 20.0) == 2 * RETRY_SPECULATION_AFTER  # retried later
     assert not any(run(switch, 3 * TRIAL_ROUNDS, speculating=40.0, solo=20.0))  # the draft pays again here
     assert switch.retry_speculation_after == RETRY_SPECULATION_AFTER
     assert rounds_until_switch(switch, 5.0, 20.0) <= 2  # and once it loses, solo at once
@@ -85,3 +85,10 @@ def test_solo_means_no_request_wants_a_draft():
     request.wants_draft = False
     assert scheduler.is_drafter_idle  # every request rests: the drafter's cores are free
     assert scheduler.is_ready(newcomer, now=newcomer.waiting_since, is_drafter_absent=False)
+
+
+def test_a_clear_loser_ends_its_trial_early():
+    switch = SoloSwitch()
+    assert rounds_until_switch(switch, 40.0, 10.0) == TRIAL_ROUNDS  # solo's first trial: nothing to compare yet
+    assert rounds_until_switch(switch, 40.0, 10.0) == CLEAR_LOSS_ROUNDS  # speculation 4x faster: solo ends early
+    assert not switch.is_solo
