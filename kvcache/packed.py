@@ -1,48 +1,62 @@
-"""Prepacked weights for a model's linear layers on the CPU (oneDNN), chosen at load time.
+"""Prepacked weights for a model's linear layers on the CPU, chosen at load time.
 
 A k-token pass through HF's plain `nn.Linear` costs far more than a 1-token pass on a CPU,
-although the weights are read once either way: the GEMM kernels for small M are poor. oneDNN's
-prepacked layout (weights reordered once into the blocked form its kernels want) makes a
-16-token pass cost about 1.5x a 1-token one. The model's own modules stay: each `nn.Linear` is
-swapped for a `PackedLinear` with the same name, shapes and results (float rounding aside), so
-any architecture keeps working. Inference only: packed layers have no gradient."""
+although the weights are read once either way: the GEMM kernels for small M are poor. Each
+`nn.Linear` is swapped for a `PackedLinear` with the same name, shapes and results (float rounding
+aside), so any architecture keeps working. Its packed copy is, where the machine allows, our own
+float32 kernel's panel layout (kvcache.cpu_gemm: AVX-512, streams each weight once), else
+oneDNN's blocked layout. Inference only: packed layers have no gradient."""
 from __future__ import annotations
 
 import torch
 
+from kvcache import cpu_gemm
+
 
 def can_pack(model: torch.nn.Module) -> bool:
-    """oneDNN packing pays on the CPU, for float32 and bfloat16 weights."""
+    """Packing pays on the CPU, for float32 and bfloat16 weights."""
     parameter = next(model.parameters())
     return (parameter.device.type == "cpu" and parameter.dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available())
 
 
-PLAIN_MAX_ROWS = 2  # up to this many input rows the plain layout is faster (a GEMV reads weights once)
+PLAIN_MAX_ROWS = 2  # oneDNN: up to this many input rows the plain layout is faster (a GEMV reads weights once)
+KERNEL_MAX_ROWS = 64  # ours: past this many rows (a prefill) plain MKL is as fast (measured, 1 and 2 threads)
 
 
 class PackedLinear(torch.nn.Module):
-    """y = x W^T + b, from W in oneDNN's blocked layout when x has more than PLAIN_MAX_ROWS rows,
-    else from the plain W (measured on one AVX-512 core, 90 576x1536 matrices: plain 23 / 25 /
-    43 / 55 / 59 ms at 1 / 2 / 4 / 8 / 16 rows, packed 25 / 26 / 30 / 34 / 44 ms). Both layouts are
-    kept: twice the linear weights' memory (--no-packed-weights saves it)."""
+    """y = x W^T + b. Both layouts are kept, twice the linear weights' memory (--no-packed-weights
+    saves it):
+    - `kernel` (float32 on AVX-512): ours for up to KERNEL_MAX_ROWS input rows, else the plain W;
+    - `onednn`: oneDNN's blocked W for more than PLAIN_MAX_ROWS rows, else the plain W (measured
+      on one AVX-512 core, 90 576x1536 matrices: plain 23 / 25 / 43 / 55 / 59 ms at 1 / 2 / 4 / 8
+      / 16 rows, packed 25 / 26 / 30 / 34 / 44 ms)."""
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(self, linear: torch.nn.Linear, use_kernel: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the same Parameter: a tied weight stays tied
         self.bias = linear.bias
-        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+        library = cpu_gemm.kernel() if use_kernel and linear.weight.dtype == torch.float32 else None
+        self.backend = "kernel" if library is not None else "onednn"
+        if library is not None:
+            packed = cpu_gemm.pack(library, linear.weight)
+        else:
+            packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
         self.register_buffer("packed_weight", packed, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.detach()
+        if self.backend == "kernel":
+            if x.numel() <= KERNEL_MAX_ROWS * self.in_features and x.dtype == torch.float32:
+                return cpu_gemm.linear(cpu_gemm.kernel(), x, self.packed_weight, self.out_features, bias)
+            return torch.nn.functional.linear(x, self.weight, self.bias)
         if x.numel() <= PLAIN_MAX_ROWS * self.in_features:
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias.detach()
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, bias, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.backend}"
 
 
 @torch.inference_mode()
