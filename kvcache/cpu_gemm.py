@@ -2,14 +2,14 @@
 
 oneDNN's and MKL's kernels read the weights more than once or run far below the core's peak for
 the 4-48 rows of a verification pass; ours streams each weight once (measured on this repo's
-2-core Xeon, 1 thread, the built-in target's 210 linear layers: 30 / 34 / 38 / 50 ms at 1 / 4 /
-8 / 16 rows, against oneDNN packed 42 / 46 / 53 / 64 ms and plain 35 / 55 / 72 / 76 ms).
+2-core Xeon, 1 thread, the built-in target's 210 decoder linears: 30 / 34 / 38 / 45 ms at 1 / 4
+/ 8 / 16 rows, against oneDNN packed 42 / 46 / 53 / 64 ms and plain 35 / 55 / 72 / 76 ms).
 
 The C++ source is compiled with the system's C++ compiler ($CXX, else g++) against the running
-torch's headers into a cache folder ($OUROBOROS_KERNEL_DIR, else ~/.cache/ouroboros/kernels),
-named by a hash of the source, flags and torch version, so every process and every later run
-reuses it. Where it cannot be built or run (no AVX-512, no compiler, a non-OpenMP torch), `kernel()`
-says None once in the log and callers keep oneDNN."""
+torch's headers into a cache folder ($OUROBOROS_KERNEL_DIR, else $XDG_CACHE_HOME/ouroboros/kernels,
+by default ~/.cache/ouroboros/kernels), named by a hash of the source, flags and torch version,
+so every process and every later run reuses it. Where it cannot be built or run (no AVX-512, no
+compiler, a non-OpenMP torch), `kernel()` says why once in the log and callers keep oneDNN."""
 from __future__ import annotations
 
 import ctypes
@@ -44,7 +44,9 @@ def _libs() -> list[str]:
 
 def _cache_dir() -> Path:
     configured = os.environ.get("OUROBOROS_KERNEL_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "ouroboros" / "kernels"
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ouroboros" / "kernels"
 
 
 def unusable_reason() -> str | None:

@@ -21,7 +21,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-packed-weights", action="store_true",
                         help="keep HF's plain linear layers (by default, on a CPU, the engines' weights are "
-                             "prepacked for oneDNN, which makes a many-token pass cheaper)")
+                             "prepacked for our AVX-512 float32 GEMM, else oneDNN, which makes a many-token pass cheaper)")
     parser.add_argument("--max-len", type=int, default=None,
                         help="longest request, prompt + new tokens: sizes each process's KV slots (default: the "
                              "smaller of the model's context and 4096)")

@@ -188,8 +188,10 @@ class VerifierServer:
         try:  # a text prompt's length is known only once tokenized: the engine checks it
             prompt_ids = list(msg.prompt_ids) or self.tokenizer(msg.prompt, add_special_tokens=False)["input_ids"]
             started = time.monotonic()
-            self.pick_threads()
+            is_solo = self.pick_threads()
             session = self.engine.open(prompt_ids, msg.max_new_tokens)
+            log.debug("prefill of %d tokens (%s): %.0f ms", len(prompt_ids), "solo threads" if is_solo else "threads",
+                      1000 * (time.monotonic() - started))
             if self.last_round_end is not None:  # inside a timed round (time_round): not its cost
                 self.prefill_s += time.monotonic() - started
         except (ProtocolError, ValueError) as exc:
