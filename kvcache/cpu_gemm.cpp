@@ -102,6 +102,7 @@ void ouro_pack(const float* W, int64_t N, int64_t K, float* packed) {
 
 // x: M x K row-major, y: M x N row-major, bias: N floats or null.
 void ouro_linear(const float* x, int64_t M, int64_t K, const float* packed, int64_t N, const float* bias, float* y) {
+  if (M <= 0 || N <= 0) return;
   thread_local std::vector<float> transposed;
   const float* xt = x;
   if (M > 1) {

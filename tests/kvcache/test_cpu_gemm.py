@@ -44,6 +44,9 @@ def test_a_long_k_sums_every_chunk_and_leading_dimensions_survive():
         torch.testing.assert_close(layer(x), linear(x), atol=1e-4, rtol=1e-4)
         long = torch.randn(1, KERNEL_MAX_ROWS + 1, 1000)  # past the kernel's rows: plain W
         torch.testing.assert_close(layer(long), linear(long), atol=1e-4, rtol=1e-4)
+        assert layer(torch.randn(1, 0, 1000)).shape == (1, 0, 130)  # no rows: an empty answer, no crash
+        strided = torch.randn(20, 2000)[:, ::2]  # not contiguous
+        torch.testing.assert_close(layer(strided), linear(strided), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("use_kernel", [True, False])
@@ -67,3 +70,20 @@ def test_a_build_is_cached_by_its_source(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert cpu_gemm.build() == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no scratch left behind
+
+
+def test_two_processes_building_at_once_both_load_one_whole_library(tmp_path):
+    if cpu_gemm.unusable_reason() is not None:
+        pytest.skip(cpu_gemm.unusable_reason())
+    import os
+    import subprocess
+    import sys
+
+    script = ("from kvcache import cpu_gemm; "
+              "print(cpu_gemm.build()); assert cpu_gemm.kernel() is not None")
+    env = {**os.environ, "OUROBOROS_KERNEL_DIR": str(tmp_path)}
+    builders = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    paths = [builder.communicate(timeout=300)[0].strip() for builder in builders]
+    assert [builder.returncode for builder in builders] == [0, 0]
+    assert paths[0] == paths[1] and [p.name for p in tmp_path.iterdir()] == [os.path.basename(paths[0])]
