@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from protocol.knobs import knob
 
 
+PRE_DRAFT_MODES = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class DrafterConfig:
     """Knobs of Ouroboros drafting (design.md §4). Each error names the CLI flag to change.
@@ -32,6 +35,10 @@ class DrafterConfig:
     min_agreement: float = knob(0.4, "--min-agreement",
                                 "send no draft trunk while the draft's running first-token agreement is below this")
     max_batch: int = knob(8, "--draft-batch", "requests drafted together in one batched draft pass")
+    pre_drafts: str = knob("auto", "--pre-drafts",
+                           "draft the next block while the verifier checks the current one: on; off (the processes "
+                           "take turns: the drafter drafts only while the verifier waits, and each target pass takes "
+                           "the drafter's cores too); auto: off where both processes share one CPU, else on")
 
     def __post_init__(self) -> None:
         _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")
@@ -46,6 +53,8 @@ class DrafterConfig:
         _require(1 <= self.lookup_min_ngram <= self.lookup_ngram,
                  f"need 1 <= --lookup-min-ngram ({self.lookup_min_ngram}) <= --lookup-ngram ({self.lookup_ngram})")
         _require(self.max_batch >= 1, f"--draft-batch must be >= 1, got {self.max_batch}")
+        _require(self.pre_drafts in PRE_DRAFT_MODES,
+                 f"--pre-drafts must be one of {', '.join(PRE_DRAFT_MODES)}, got {self.pre_drafts!r}")
         _require(self.max_trunk >= self.gamma, f"--max-trunk ({self.max_trunk}) must be >= --gamma ({self.gamma})")
 
     @property

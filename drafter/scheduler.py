@@ -54,8 +54,12 @@ class DraftScheduler:
     def has_work(self, request: DrafterRequest) -> bool:
         """A block to draft or send. None while resting: the verifier said it will not wait for
         this request's drafts (Verdict.wants_draft), so no draft pass runs for it and, with
-        nothing else to do, the loop sleeps in poll instead of taking the target's machine."""
-        return not request.is_resting and len(request.sent) < MAX_AHEAD and request.budget(request.next_base) > 0
+        nothing else to do, the loop sleeps in poll instead of taking the target's machine. Nor,
+        with --no-pre-drafts, a step ahead of the committed text."""
+        if request.is_resting or len(request.sent) >= MAX_AHEAD or request.budget(request.next_base) <= 0:
+            return False
+        # --pre-drafts off: nothing to draft while the verifier checks this request's last block
+        return self.engine.config.pre_drafts != "off" or request.is_waited_on or not self.needs_step(request)
 
     def needs_step(self, request: DrafterRequest) -> bool:
         """True while the block on next_base is shorter than wanted (and the model can go on)."""

@@ -75,6 +75,13 @@ def solo_threads(args: argparse.Namespace, shares_cpu: bool) -> int:
     return threads
 
 
+def takes_turns(args: argparse.Namespace, shares_cpu: bool) -> bool:
+    """--pre-drafts off, or auto where both processes share this CPU: the drafter drafts only while
+    the verifier waits, and the verifier's passes take the drafter's cores too."""
+    mode = getattr(args, "pre_drafts", "auto")
+    return mode == "off" or (mode == "auto" and shares_cpu)
+
+
 class StderrRelay:
     """Copies a child's stderr to ours line by line and keeps its last lines, so a child that
     dies can be reported with its own error."""
@@ -148,10 +155,13 @@ class LocalPipeline:
         if warning:
             print(f"ouroboros: warning: {warning}", file=sys.stderr)
         client_endpoint = a.bind or bind_address(a.host, a.port)
+        shares_cpu = a.target_device == a.draft_device == "cpu"
+        a.pre_drafts = "off" if takes_turns(a, shares_cpu) else "on"  # the drafter's argv carries it
         role = ["verifier", "--bind", client_endpoint, "--drafter-bind", self.drafter_endpoint,
                 "--device", a.target_device, "--threads", str(_threads(a, "verifier_threads")),
-                "--solo-threads", str(solo_threads(a, a.target_device == a.draft_device == "cpu")),
-                "--ready-timeout", str(a.ready_timeout), *self._common(), *cfg.verifier_argv(a)]
+                "--solo-threads", str(solo_threads(a, shares_cpu)),
+                "--ready-timeout", str(a.ready_timeout), *self._common(), *cfg.verifier_argv(a),
+                *(["--takes-turns"] if a.pre_drafts == "off" else [])]
         self.verifier = self._spawn(role, stdout=subprocess.PIPE)
         self.start_drafter()
         lines: queue.Queue[str] = queue.Queue()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from launch.cli import build_parser
-from launch.serve import solo_threads
+from launch.serve import solo_threads, takes_turns
 from launch.workers import run_drafter, run_verifier
 from protocol.sockets import is_loopback
 
@@ -58,15 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     def role(**settings) -> argparse.Namespace:  # serve's parsed flags, and this role's own
         return argparse.Namespace(**(vars(serve_args) | {"device": device} | settings))
 
+    shares_cpu = not has_gpu and int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
+    serve_args.pre_drafts = "off" if takes_turns(serve_args, shares_cpu) else "on"
     if rank == 0:
         host = _drafter_host(int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world)
         endpoint = f"tcp://{host}:{_free_port(host)}"
         store.set(ENDPOINT_KEY, endpoint)
         client = serve_args.bind or f"tcp://{serve_args.host}:{serve_args.port or '*'}"
         threads = serve_args.verifier_threads or serve_args.threads_per_process
-        shares_cpu = not has_gpu and int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
         return run_verifier(role(bind=client, drafter_bind=endpoint, threads=threads,
-                                 solo_threads=solo_threads(serve_args, shares_cpu)))
+                                 solo_threads=solo_threads(serve_args, shares_cpu),
+                                 takes_turns=serve_args.pre_drafts == "off"))
     endpoint = store.get(ENDPOINT_KEY).decode()
     args = role(connect=endpoint, threads=serve_args.drafter_threads or serve_args.threads_per_process)
     return run_drafter(args)

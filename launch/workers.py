@@ -24,6 +24,9 @@ def add_worker_parsers(sub) -> None:
     ver.add_argument("--threads", type=int, default=1)
     ver.add_argument("--solo-threads", type=int, default=None,
                      help="torch threads while the drafter rests on every request (default --threads)")
+    ver.add_argument("--takes-turns", action="store_true",
+                     help="the drafter drafts only while this verifier waits (--no-pre-drafts): a pass with every "
+                          "wanted draft in hand runs on --solo-threads")
     ver.add_argument("--ready-timeout", type=float, default=600.0,
                      help="seconds to wait for the drafter's handshake before serving alone")
     cfg.add_model_flags(ver)
@@ -72,7 +75,8 @@ def run_verifier(args: argparse.Namespace) -> int:
     logging.info("KV slots: %d x %d tokens, %.0f MiB at most (--max-sessions, --max-len)", slots.num_slots,
                  slots.max_len, slots.nbytes / 2**20)
     server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
-                            tokenizer_fingerprint(tokenizer), args.threads, args.solo_threads or args.threads)
+                            tokenizer_fingerprint(tokenizer), args.threads, args.solo_threads or args.threads,
+                            takes_turns=args.takes_turns)
     _stop_on_signals(server)
     endpoint = server.clients.getsockopt(zmq.LAST_ENDPOINT).decode()
     logging.info("waiting up to %.0f s for a drafter (--ready-timeout)", args.ready_timeout)

@@ -31,6 +31,12 @@ class Scheduler:
         open), so the cores it drafts on are free for the target's passes."""
         return all(not request.wants_draft for request in self.requests.values())
 
+    @property
+    def holds_every_draft(self) -> bool:
+        """Every request that wants a draft has one that fits: a drafter that drafts only while
+        we wait (--no-pre-drafts) is idle now."""
+        return all(not request.wants_draft or request.has_draft_candidate() for request in self.requests.values())
+
     def add(self, request: ServerRequest) -> None:
         request.draft_yield = self.recent_yield
         request.wants_draft = not self.solo.is_solo

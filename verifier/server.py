@@ -34,12 +34,15 @@ log = logging.getLogger("ouroboros.verifier")
 class VerifierServer:
     def __init__(self, engine: TargetEngine, tokenizer, config: VerifierConfig, client_endpoint: str,
                  drafter_endpoint: str, curve_keys: str | None = None, tokenizer_fingerprint: str = "",
-                 threads: int | None = None, solo_threads: int | None = None) -> None:
+                 threads: int | None = None, solo_threads: int | None = None, takes_turns: bool = False) -> None:
         """`threads` for passes while the drafter drafts, `solo_threads` while it rests on every
-        request or is absent (the cores it leaves free); None: leave torch's setting alone."""
+        request or is absent (the cores it leaves free); None: leave torch's setting alone.
+        `takes_turns`: the drafter drafts only while we wait (--no-pre-drafts), so a pass with every
+        wanted draft in hand has its cores too."""
         self.engine = engine
         self.threads = threads
         self.solo_threads = solo_threads or threads
+        self.takes_turns = takes_turns
         self.last_round_end: float | None = None  # None: no request was open since the last round
         self.prefill_s = 0.0  # prefill time since the last round: not a round's cost
         self.tokenizer = tokenizer
@@ -250,10 +253,11 @@ class VerifierServer:
 
     def pick_threads(self) -> bool:
         """Threads for the next pass or prefill: the drafter's cores too while it rests on every
-        request or is absent. True when it does."""
+        request or is absent (True then), or, taking turns, has nothing to draft."""
         is_drafter_idle = self.link.is_absent or self.scheduler.is_drafter_idle
+        is_drafter_waiting = self.takes_turns and self.scheduler.holds_every_draft
         if self.threads is not None:
-            self.engine.use_threads(self.solo_threads if is_drafter_idle else self.threads)
+            self.engine.use_threads(self.solo_threads if is_drafter_idle or is_drafter_waiting else self.threads)
         return is_drafter_idle
 
     def time_round(self, began: float, num_committed: int) -> None:

@@ -45,3 +45,25 @@ def test_no_work_past_the_budget_or_with_two_drafts_out():
     assert not scheduler.is_busy() and scheduler.plan() == ([], [])
     scheduler.remove("spent")
     assert list(scheduler.requests) == ["full"] and scheduler.order == ["full"]
+
+
+def test_with_pre_drafts_off_only_the_verifiers_waits_are_drafted():
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(min_agreement=0.0, gamma=3, adaptive=False,
+                                                            pre_drafts="off"))
+    scheduler = DraftScheduler(engine)
+    scheduler.add(request(engine, "ahead", [5, 6, 7], ahead=4))
+    assert not scheduler.is_busy() and scheduler.plan() == ([], [])  # its block is being verified: rest
+    scheduler.add(request(engine, "waited", [1, 2, 3]))
+    ready, batch = scheduler.plan()
+    assert ready == [] and [r.request_id for r in batch] == ["waited"]
+    while scheduler.needs_step(scheduler.requests["waited"]):
+        engine.step(scheduler.requests["waited"].session)
+    ready, batch = scheduler.plan()
+    assert [r.request_id for r in ready] == ["waited"] and batch == []
+
+
+def test_pre_drafts_takes_auto_on_or_off_only():
+    import pytest
+
+    with pytest.raises(ValueError, match="--pre-drafts"):
+        DrafterConfig(pre_drafts="sometimes")

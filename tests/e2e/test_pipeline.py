@@ -44,15 +44,30 @@ def test_builtin_pair_identical_and_drafts_ahead_while_verifying(builtin_pair):
     drafter's work on the next block really overlaps it (pre-drafts used). Every draft is
     wanted here (--verify-all-drafts): by default the verifier tells the drafter to rest while
     this draft's tokens do not pay for their place in the pass, and a resting drafter drafts
-    nothing ahead."""
+    nothing ahead. --pre-drafts on: on this shared CPU the default is to take turns."""
     prompt = humaneval_prompts(1)[0]
+    ids = builtin_pair.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    expected = reference_greedy(builtin_pair.target, ids, 32, stop=[builtin_pair.tokenizer.eos_token_id])
+    args = build_parser().parse_args(["serve", "--port", "0", "--ready-timeout", "300", "--verify-all-drafts",
+                                      "--pre-drafts", "on"])
+    with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=120) as client:
+        completion = client.generate(ids, max_new_tokens=32)
+    assert completion.token_ids == expected
+    assert completion.metrics["predrafts_used"] > 0
+
+
+def test_builtin_pair_taking_turns_on_a_shared_cpu_is_identical_and_drafts_nothing_ahead(builtin_pair):
+    """The default where both processes share this CPU (--pre-drafts auto): the drafter drafts
+    only while the verifier waits, so no draft is ever used ahead of its base."""
+    prompt = humaneval_prompts(2)[1]
     ids = builtin_pair.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     expected = reference_greedy(builtin_pair.target, ids, 32, stop=[builtin_pair.tokenizer.eos_token_id])
     args = build_parser().parse_args(["serve", "--port", "0", "--ready-timeout", "300", "--verify-all-drafts"])
     with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=120) as client:
         completion = client.generate(ids, max_new_tokens=32)
+    assert args.pre_drafts == "off"  # auto, resolved for two processes on this CPU
     assert completion.token_ids == expected
-    assert completion.metrics["predrafts_used"] > 0
+    assert completion.metrics["predrafts_used"] == 0 and completion.metrics["drafted_tokens"] > 0
 
 
 def test_stream_delivers_every_token_once_in_order(self_draft_pipeline, reference):

@@ -92,3 +92,21 @@ def test_a_clear_loser_ends_its_trial_early():
     assert rounds_until_switch(switch, 40.0, 10.0) == TRIAL_ROUNDS  # solo's first trial: nothing to compare yet
     assert rounds_until_switch(switch, 40.0, 10.0) == CLEAR_LOSS_ROUNDS  # speculation 4x faster: solo ends early
     assert not switch.is_solo
+
+
+def test_taking_turns_the_drafter_is_idle_once_every_wanted_draft_is_in_hand():
+    from protocol.messages import Draft
+    from verifier.engine import TargetSession
+
+    scheduler = Scheduler(VerifierConfig())
+    request = ServerRequest("a", b"c", TargetSession([5, 6, 7], 3, cache=None, max_context=100), 64, frozenset(),
+                            False)
+    scheduler.add(request)
+    assert not scheduler.holds_every_draft  # the drafter is drafting its first block
+    request.offer(Draft(request_id="a", base_length=3, base_tail=[6, 7], trunk=[1, 2], branches=[],
+                        drafted_ahead=False))
+    assert scheduler.holds_every_draft  # nothing left to draft: a pass may take its cores
+    resting = make_request("b")
+    scheduler.add(resting)
+    resting.wants_draft = False
+    assert scheduler.holds_every_draft  # a request that rests waits for no draft
