@@ -88,7 +88,7 @@ class DrafterServer:
         """A new request, or a re-sync: the verifier's committed tokens are the truth."""
         session = self.engine.open(msg.token_ids)
         self.scheduler.add(DrafterRequest(msg.request_id, session, len(msg.token_ids), msg.max_new_tokens,
-                                          next_base=len(msg.token_ids)))
+                                          next_base=len(msg.token_ids), is_resting=not msg.wants_draft))
 
     def handle_close(self, msg: Close) -> None:
         self.scheduler.remove(msg.request_id)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 3  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
-# 3: Verdict.wants_draft
+PROTOCOL_VERSION = 4  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
+# 3: Verdict.wants_draft; 4: Open.wants_draft
 
 # Limits the codec enforces on every decoded message.
 MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
@@ -149,6 +149,9 @@ class Open:
     request_id: str
     token_ids: list[int]
     max_new_tokens: int
+    # as in Verdict: False when no round will wait for this request's drafts (the verifier runs
+    # the target alone, verifier.solo), so the drafter rests on it from the start
+    wants_draft: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

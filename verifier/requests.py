@@ -99,6 +99,7 @@ class ServerRequest:
     draft_yield: float = 1.0  # draft tokens accepted per draft token verified (smoothed)
     num_unverified_rounds: int = 0  # rounds since its draft tokens were last verified
     wants_draft: bool = True  # what the last verdict told the drafter (Verdict.wants_draft)
+    is_on_drafter: bool = False  # the drafter was told of it (Open): admitted in a burst, not yet
 
     def plan_round(self, own_lookup: Callable[[list[int]], list[int]] | None = None,
                    max_draft_tokens: int = 1 << 30) -> RoundPlan:

@@ -27,21 +27,25 @@ class Scheduler:
 
     @property
     def is_drafter_idle(self) -> bool:
-        """No request waits for a draft: the drafter was told to rest on every one (or none is
-        open), so the cores it drafts on are free for the target's passes."""
-        return all(not request.wants_draft for request in self.requests.values())
+        """No request waits for a draft: the drafter was told to rest on every one, or was not yet
+        told of it (or none is open), so the cores it drafts on are free for the target's work."""
+        return all(not request.wants_draft or not request.is_on_drafter for request in self.requests.values())
 
     @property
     def holds_every_draft(self) -> bool:
         """Every request that wants a draft has one that fits: a drafter that drafts only while
         we wait (--no-pre-drafts) is idle now."""
-        return all(not request.wants_draft or request.has_draft_candidate() for request in self.requests.values())
+        return all(not request.wants_draft or not request.is_on_drafter or request.has_draft_candidate()
+                   for request in self.requests.values())
 
-    def add(self, request: ServerRequest) -> None:
+    def add(self, request: ServerRequest) -> bool:
+        """True when its coming changed the mode (verifier.solo: the rates are kept by load)."""
+        is_switched = self.solo.see_load(len(self.requests) + 1)
         request.draft_yield = self.recent_yield
         request.wants_draft = not self.solo.is_solo
         self.requests[request.request_id] = request
         self.order.append(request.request_id)
+        return is_switched
 
     def remove(self, request_id: str) -> None:
         self.requests.pop(request_id, None)

@@ -84,6 +84,7 @@ class VerifierServer:
             events = dict(self.poller.poll(1 if is_gathering else 0 if ready else 20))
             if self.clients in events:
                 self.drain_clients()
+                self.open_admitted()
             if self.link.socket in events:
                 self.drain_drafter()
             self.link.check_silence(r.waiting_since for r in self.requests.values())
@@ -205,8 +206,9 @@ class VerifierServer:
         sampling = None if msg.temperature == 0 else SamplingParams(msg.temperature, msg.top_k, msg.top_p, seed)
         request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream,
                                 sampling=sampling, stop_strings=tuple(msg.stop))
-        self.scheduler.add(request)
-        self.open_on_drafter(request)
+        if self.scheduler.add(request):  # the drafter hears of it in open_admitted
+            log.debug("%s at load %d (admitted)", "solo: the drafter rests" if self.scheduler.solo.is_solo
+                      else "speculating", len(self.requests))
 
     def handle_disconnect(self, identity: bytes) -> None:
         """A client went away (its stream became unroutable): free its sessions and caches."""
@@ -227,6 +229,7 @@ class VerifierServer:
     def run_rounds(self, requests: list[ServerRequest]) -> None:
         """One round for each request, all verified in one batched target pass."""
         is_solo_pass = self.pick_threads()
+        load = len(self.requests)  # before any of them ends
         plans = self.scheduler.plan(requests, is_solo_pass)
         round_began = self.last_round_end or min(r.waiting_since for r in requests)
         started = time.perf_counter()
@@ -249,7 +252,8 @@ class VerifierServer:
                 self.after_round(request, plan, result)
         self.scheduler.record_pass(requests, width, seconds, is_solo_pass)
         self.stats.record_pass(seconds, self.link.is_absent)
-        self.time_round(round_began, sum(len(result.appended) for result in results))
+        self.time_round(round_began, sum(len(result.appended) for result in results), load)
+        self.open_admitted()  # those admitted from the queue as others ended
 
     def pick_threads(self) -> bool:
         """Threads for the next pass or prefill: the drafter's cores too while it rests on every
@@ -260,15 +264,15 @@ class VerifierServer:
             self.engine.use_threads(self.solo_threads if is_drafter_idle or is_drafter_waiting else self.threads)
         return is_drafter_idle
 
-    def time_round(self, began: float, num_committed: int) -> None:
-        """Tell the solo switch (verifier.solo) what this round committed in its wall time:
-        from the last round's end (or the oldest wait), prefills excluded."""
+    def time_round(self, began: float, num_committed: int, load: int) -> None:
+        """Tell the solo switch (verifier.solo) what this round committed in its wall time, from
+        the last round's end (or the oldest wait), prefills excluded, with `load` requests open."""
         now = time.monotonic()
         seconds, self.prefill_s = now - began - self.prefill_s, 0.0
         self.last_round_end = now if self.requests else None
         solo = self.scheduler.solo
         rates = solo.describe()
-        if solo.record(num_committed, seconds):
+        if solo.record(num_committed, seconds, load):
             log.debug("%s at load %d (%s)", "solo: the drafter rests" if solo.is_solo else "speculating",
                       len(self.requests), rates)
 
@@ -333,10 +337,21 @@ class VerifierServer:
         """The request's speculative metrics, and how long the drafter has been up (-1: none)."""
         return request.stats.as_metrics(len(request.new_tokens)) | {"drafter_uptime_s": self.link.uptime_s()}
 
+    def open_admitted(self) -> None:
+        """Tell the drafter of the requests admitted since: only once a burst of arrivals is all
+        prefilled, so each prefill runs while the drafter is idle, on its cores too (pick_threads)."""
+        for request in list(self.requests.values()):
+            if not request.is_on_drafter:
+                self.open_on_drafter(request)
+
     def open_on_drafter(self, request: ServerRequest) -> None:
         self.link.gave_work()
+        request.is_on_drafter = True
+        request.wants_draft = self.scheduler.wants_draft(request)  # the mode may have changed since admission
+        request.waiting_since = time.monotonic()  # its first draft is due from now
         self.link.send(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
-                             max_new_tokens=request.max_new_tokens - len(request.new_tokens)))
+                             max_new_tokens=request.max_new_tokens - len(request.new_tokens),
+                             wants_draft=request.wants_draft))
 
     def reply(self, identity: bytes, msg) -> bool:
         return self.client_link.send(identity, msg)

@@ -8,12 +8,18 @@ after every rejection. Solo, the drafter rests on every request (Verdict.wants_d
 verifier takes the cores it leaves free (--solo-threads).
 
 Rule: time both modes on the rounds themselves (tokens committed per second of wall time, the
-waits for drafts included) and keep the faster. A mode is judged after TRIAL_ROUNDS rounds, or
-after CLEAR_LOSS_ROUNDS if the other was CLEAR_LOSS times faster; the first round of a stint pays
-for the switch and is not counted. Solo is timed once early, then
-again every RETRY_SOLO_AFTER speculative rounds (its rate drifts with context and load);
-speculation is tried again after RETRY_SPECULATION_AFTER solo rounds, twice as long each time
-it loses again (up to MAX_RETRY_AFTER)."""
+waits for drafts included) and keep the faster. Rates are kept apart by load (open requests,
+in powers of two: load_bucket), since a batch of eight may favour solo where one request favours
+speculation; a mode is only ever compared with the other at the same load, and when the load
+moves to one where both are known, the faster is taken at once. A load above one never timed is
+timed solo first: its rounds cost the target's own rate at most, where a first speculative
+stint waits for the drafter to draft every request's first block. A mode is judged after
+TRIAL_ROUNDS rounds at its load, or after CLEAR_LOSS_ROUNDS if the other was CLEAR_LOSS times
+faster; the first round of a stint pays for the switch and is not counted. Solo is timed once
+early at each load, then again every RETRY_SOLO_AFTER speculative rounds (its rate drifts with
+context and load). A speculation trial that loses costs time, so the next one waits until that
+cost is at most EXPLORATION_BUDGET of the time spent solo (retry_gap), and at least twice as
+long as the last wait while it keeps losing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,11 +27,28 @@ from dataclasses import dataclass
 TRIAL_ROUNDS = 8
 CLEAR_LOSS_ROUNDS = 4  # a mode this far behind after this many rounds ends its trial early
 CLEAR_LOSS = 1.5
-RETRY_SPECULATION_AFTER = 16
+RETRY_SPECULATION_AFTER = 16  # the shortest wait before speculation is tried again
 MAX_RETRY_AFTER = 128
 RETRY_SOLO_AFTER = 256
+EXPLORATION_BUDGET = 0.03  # of solo's time, the most that lost speculation trials may cost
 RATE_MEMORY = 0.85  # weight of the past, per round, in a stint's rate
 MARGIN = 1.03  # the other mode must be this much faster to switch to it (noise is not a reason)
+
+
+def load_bucket(num_requests: int) -> int:
+    """Loads whose rates are shared: 1, 2, 3-4, 5-8, 9-16, ..."""
+    return 1 << max(num_requests - 1, 0).bit_length()
+
+
+def retry_gap(trial_rounds: int, speculating: float, solo: float, last_gap: int) -> int:
+    """Solo rounds to wait before speculation's next trial, after it lost one.
+    Rule: a trial of n rounds at rate s, against solo's rate r, cost n*(1 - s/r) rounds of solo's
+    time; waiting G rounds keeps that within EXPLORATION_BUDGET when G = n*(1 - s/r)/budget.
+    A loss in a row at least doubles the wait; it stays within [RETRY_SPECULATION_AFTER,
+    MAX_RETRY_AFTER], so speculation is always tried again."""
+    lost_rounds = trial_rounds * max(1.0 - speculating / solo, 0.0)
+    gap = max(round(lost_rounds / EXPLORATION_BUDGET), 2 * last_gap)
+    return min(max(gap, RETRY_SPECULATION_AFTER), MAX_RETRY_AFTER)
 
 
 @dataclass
@@ -48,27 +71,55 @@ class SoloSwitch:
     def __init__(self, is_enabled: bool = True) -> None:
         self.is_enabled = is_enabled
         self.is_solo = False
-        self.rates = {False: StintRate(), True: StintRate()}  # by is_solo: the latest stint of each
-        self.rounds_in_mode = 0
+        self.rates: dict[tuple[bool, int], StintRate] = {}  # by (is_solo, load bucket): each mode's latest stint there
+        self.load = 0  # the load bucket of the last round (0: none yet)
+        self.stint_loads: set[int] = set()  # load buckets this stint has timed (their old rates are gone)
+        self.rounds_in_mode = 0  # rounds since the last switch
+        self.rounds_judged = 0  # rounds of this stint at the current load
         self.retry_speculation_after = RETRY_SPECULATION_AFTER
 
-    def record(self, num_committed: int, seconds: float) -> bool:
+    def rate(self, is_solo: bool, load: int | None = None) -> float | None:
+        rate = self.rates.get((is_solo, self.load if load is None else load_bucket(load)))
+        return None if rate is None else rate.per_second
+
+    def record(self, num_committed: int, seconds: float, load: int = 1) -> bool:
         """One round (all rows of one pass): tokens committed and the wall time since the round
-        before. True when the mode changed."""
+        before, with `load` requests open. True when the mode changed."""
         if not self.is_enabled:
             return False
+        if self.see_load(load):
+            return True
+        bucket = self.load
         self.rounds_in_mode += 1
+        self.rounds_judged += 1
         if self.rounds_in_mode > 1:
-            self.rates[self.is_solo].observe(num_committed, seconds)
-        here, there = self.rates[self.is_solo].per_second, self.rates[not self.is_solo].per_second
+            if bucket not in self.stint_loads:
+                self.stint_loads.add(bucket)
+                self.rates[(self.is_solo, bucket)] = StintRate()
+            self.rates[(self.is_solo, bucket)].observe(num_committed, seconds)
+        return self._judge()
+
+    def see_load(self, load: int) -> bool:
+        """`load` requests are open now (one came or went): at a new load bucket the mode is
+        judged afresh, by what is known there. True when the mode changed."""
+        bucket = load_bucket(load)
+        if not self.is_enabled or bucket == self.load:
+            return False
+        self.load, self.rounds_judged = bucket, 0
+        here, there = self.rate(self.is_solo), self.rate(not self.is_solo)
+        is_untimed = here is None and there is None and not self.is_solo and bucket > 1
+        return (is_untimed or (here is not None and there is not None and there > MARGIN * here)) and self._switch()
+
+    def _judge(self) -> bool:
+        here, there = self.rate(self.is_solo), self.rate(not self.is_solo)
         is_behind = here is not None and there is not None and there > MARGIN * here
-        if self.rounds_in_mode < TRIAL_ROUNDS:
-            if not (self.rounds_in_mode >= CLEAR_LOSS_ROUNDS and is_behind and there > CLEAR_LOSS * here):
+        if self.rounds_judged < TRIAL_ROUNDS:
+            if not (self.rounds_judged >= CLEAR_LOSS_ROUNDS and is_behind and there > CLEAR_LOSS * here):
                 return False
-        is_trial_over = not self.is_solo and self.rounds_in_mode <= TRIAL_ROUNDS and there is not None
+        is_trial_over = not self.is_solo and self.rounds_judged <= TRIAL_ROUNDS and there is not None
         if is_behind:
             if is_trial_over:  # speculation lost its trial: wait longer before the next
-                self.retry_speculation_after = min(2 * self.retry_speculation_after, MAX_RETRY_AFTER)
+                self.retry_speculation_after = retry_gap(self.rounds_judged, here, there, self.retry_speculation_after)
             return self._switch()
         if is_trial_over:  # speculation won its trial
             self.retry_speculation_after = RETRY_SPECULATION_AFTER
@@ -78,10 +129,10 @@ class SoloSwitch:
 
     def _switch(self) -> bool:
         self.is_solo = not self.is_solo
-        self.rates[self.is_solo] = StintRate()
-        self.rounds_in_mode = 0
+        self.stint_loads = set()
+        self.rounds_in_mode = self.rounds_judged = 0
         return True
 
     def describe(self) -> str:
-        rates = {("solo" if solo else "speculating"): rate.per_second for solo, rate in self.rates.items()}
+        rates = {("solo" if solo else "speculating"): self.rate(solo) for solo in (False, True)}
         return ", ".join(f"{name} {value:.1f} tok/s" for name, value in rates.items() if value is not None)

@@ -60,7 +60,7 @@ def test_hello_ack_limits_the_vocabulary_and_a_refusal_stops_the_drafter(link):
 
 def test_an_open_request_is_drafted_at_its_committed_end(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
     draft = next_draft(server, verifier)
     assert (draft.request_id, draft.base_length, draft.base_tail) == ("r", len(PROMPT), PROMPT[-BASE_TAIL:])
     assert 4 <= len(draft.trunk) <= 32 - 1  # at least gamma, within the budget (max_new_tokens - 1)
@@ -68,7 +68,7 @@ def test_an_open_request_is_drafted_at_its_committed_end(link):
 
 def test_a_verdict_moves_the_drafts_on_and_close_forgets_the_request(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
     draft = next_draft(server, verifier)
     appended = draft.trunk[:1] + [3]  # the first trunk token accepted, then the target's own
     deliver(server, verifier, identity, Verdict(
@@ -84,7 +84,7 @@ def test_a_verdict_moves_the_drafts_on_and_close_forgets_the_request(link):
 
 def test_a_verdict_that_wants_no_draft_rests_the_request_until_one_does(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
     draft = next_draft(server, verifier)
     while verifier.poll(200):  # the pre-draft on its way too
         receive(verifier)
@@ -106,7 +106,7 @@ def test_a_verdict_that_wants_no_draft_rests_the_request_until_one_does(link):
 
 def test_a_verdict_it_cannot_place_asks_for_a_resync(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
     next_draft(server, verifier)
     deliver(server, verifier, identity, Verdict(
         request_id="r", committed_length=len(PROMPT) + 5, appended=[1, 2], num_trunk_verified=0,
@@ -121,5 +121,18 @@ def test_a_verdict_it_cannot_place_asks_for_a_resync(link):
 def test_a_malformed_frame_is_dropped_and_the_loop_goes_on(link):
     server, verifier, identity = link
     deliver(server, verifier, identity, b"\x93not msgpack we know")
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=8))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=8, wants_draft=True))
     assert "r" in server.requests
+
+
+def test_an_open_that_wants_no_draft_rests_from_the_start(link):
+    server, verifier, identity = link  # the verifier runs the target alone: no draft pass may take its cores
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=False))
+    for _ in range(20):
+        server.advance()
+    assert not server.scheduler.is_busy() and not verifier.poll(200)
+    assert server.requests["r"].session.cache_length == 0  # not even its prompt was run through the draft
+    deliver(server, verifier, identity, Verdict(
+        request_id="r", committed_length=len(PROMPT) + 1, appended=[3], num_trunk_verified=0, num_trunk_accepted=0,
+        is_branch_taken=False, trunk_predictions=[3], branch_predictions=[], wants_draft=True))
+    assert next_draft(server, verifier).base_length == len(PROMPT) + 1  # drafting once a verdict asks

@@ -28,7 +28,7 @@ SAMPLES = [
     Draft(request_id="r1", base_length=10, base_tail=[7, 8, 9], trunk=[1, 2, 3],
           branches=[[4, 5], [], [6]]),
     HelloAck(vocab_size=49152),
-    Open(request_id="r1", token_ids=[1, 2, 3], max_new_tokens=64),
+    Open(request_id="r1", token_ids=[1, 2, 3], max_new_tokens=64, wants_draft=False),
     Verdict(request_id="r1", committed_length=13, appended=[1, 2, 9], num_trunk_verified=3, num_trunk_accepted=2,
             is_branch_taken=False, trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]], wants_draft=True),
     Resync(request_id="r1"),

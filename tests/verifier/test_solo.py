@@ -1,22 +1,27 @@
 """The solo switch (verifier.solo): the faster of speculating and the target alone, measured."""
 from types import SimpleNamespace
 
+import pytest
+
 from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.solo import CLEAR_LOSS_ROUNDS, MAX_RETRY_AFTER, RETRY_SOLO_AFTER, RETRY_SPECULATION_AFTER, TRIAL_ROUNDS, SoloSwitch
+from verifier.solo import (
+    CLEAR_LOSS_ROUNDS, EXPLORATION_BUDGET, MAX_RETRY_AFTER, RETRY_SOLO_AFTER, RETRY_SPECULATION_AFTER, TRIAL_ROUNDS,
+    SoloSwitch, load_bucket, retry_gap,
+)
 
 
 def make_request(request_id: str = "a") -> ServerRequest:
-    return ServerRequest(request_id, b"c", SimpleNamespace(tokens=[5, 6]), 64, frozenset(), False)
+    return ServerRequest(request_id, b"c", SimpleNamespace(tokens=[5, 6]), 64, frozenset(), False, is_on_drafter=True)
 
 
-def run(switch: SoloSwitch, rounds: int, speculating: float, solo: float) -> list[bool]:
+def run(switch: SoloSwitch, rounds: int, speculating: float, solo: float, load: int = 1) -> list[bool]:
     """`rounds` rounds at the given tokens/s for each mode; the modes they ran in."""
     modes = []
     for _ in range(rounds):
         modes.append(switch.is_solo)
-        switch.record(1, 1.0 / (solo if switch.is_solo else speculating))
+        switch.record(1, 1.0 / (solo if switch.is_solo else speculating), load)
     return modes
 
 
@@ -35,25 +40,28 @@ def test_speculation_that_loses_is_retried_less_often():
     assert switch.is_solo
     modes = run(switch, RETRY_SPECULATION_AFTER + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
     assert modes.count(False) == TRIAL_ROUNDS  # one trial of speculation, lost
-    assert switch.is_solo and switch.retry_speculation_after == 2 * RETRY_SPECULATION_AFTER
+    first_gap = retry_gap(TRIAL_ROUNDS, 16.0, 20.0, RETRY_SPECULATION_AFTER)  # in proportion to its cost
+    assert switch.is_solo and switch.retry_speculation_after == first_gap >= 2 * RETRY_SPECULATION_AFTER
+    run(switch, first_gap + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
+    assert switch.is_solo and switch.retry_speculation_after == 2 * first_gap  # lost again: twice the wait
     for _ in range(8):
         run(switch, switch.retry_speculation_after + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
     assert switch.retry_speculation_after == MAX_RETRY_AFTER  # bounded: it is always tried again
 
 
-def rounds_until_switch(switch: SoloSwitch, speculating: float, solo: float) -> int:
+def rounds_until_switch(switch: SoloSwitch, speculating: float, solo: float, load: int = 1) -> int:
     for rounds in range(1, 10_000):
-        if switch.record(1, 1.0 / (solo if switch.is_solo else speculating)):
+        if switch.record(1, 1.0 / (solo if switch.is_solo else speculating), load):
             return rounds
     raise AssertionError("the mode never changed")
 
 
 def test_speculation_that_wins_its_retry_stays_and_resets_the_backoff():
     switch = SoloSwitch()
-    assert rounds_until_switch(switch, 16.0, 20.0) == TRIAL_ROUNDS  # solo's first trial
+    assert rounds_until_switch(switch, 16.0, 20.0) == TRIAL_ROUNDS  # solo's first timing
     assert rounds_until_switch(switch, 16.0, 20.0) == RETRY_SPECULATION_AFTER  # solo won; speculation retried
     assert rounds_until_switch(switch, 16.0, 20.0) == TRIAL_ROUNDS and switch.is_solo  # and lost
-    assert rounds_until_switch(switch, 16.0, 20.0) == 2 * RETRY_SPECULATION_AFTER  # retried later
+    assert rounds_until_switch(switch, 16.0, 20.0) == retry_gap(TRIAL_ROUNDS, 16.0, 20.0, RETRY_SPECULATION_AFTER)
     assert not any(run(switch, 3 * TRIAL_ROUNDS, speculating=40.0, solo=20.0))  # the draft pays again here
     assert switch.retry_speculation_after == RETRY_SPECULATION_AFTER
     assert rounds_until_switch(switch, 5.0, 20.0) <= 2  # and once it loses, solo at once
@@ -64,7 +72,7 @@ def test_the_first_round_of_a_stint_pays_for_the_switch_and_is_not_counted():
     switch.record(1, 100.0)  # a slow first round (the drafter catching up)
     for _ in range(TRIAL_ROUNDS - 2):
         switch.record(3, 0.1)
-    assert abs(switch.rates[False].per_second - 30.0) < 1e-9
+    assert abs(switch.rate(False) - 30.0) < 1e-9
 
 
 def test_a_disabled_switch_never_goes_solo():
@@ -100,13 +108,59 @@ def test_taking_turns_the_drafter_is_idle_once_every_wanted_draft_is_in_hand():
 
     scheduler = Scheduler(VerifierConfig())
     request = ServerRequest("a", b"c", TargetSession([5, 6, 7], 3, cache=None, max_context=100), 64, frozenset(),
-                            False)
+                            False, is_on_drafter=True)
     scheduler.add(request)
     assert not scheduler.holds_every_draft  # the drafter is drafting its first block
     request.offer(Draft(request_id="a", base_length=3, base_tail=[6, 7], trunk=[1, 2], branches=[],
                         drafted_ahead=False))
     assert scheduler.holds_every_draft  # nothing left to draft: a pass may take its cores
     resting = make_request("b")
+    scheduler.solo.is_enabled = False  # load 2, never timed: it would go solo (test_a_load_above_one_...)
     scheduler.add(resting)
     resting.wants_draft = False
     assert scheduler.holds_every_draft  # a request that rests waits for no draft
+
+
+def test_a_request_the_drafter_was_not_told_of_keeps_it_idle():
+    scheduler = Scheduler(VerifierConfig())
+    request = make_request()
+    request.is_on_drafter = False  # admitted in a burst: prefilled before the drafter hears of it
+    scheduler.add(request)
+    assert request.wants_draft and scheduler.is_drafter_idle and scheduler.holds_every_draft
+    request.is_on_drafter = True
+    assert not scheduler.is_drafter_idle and not scheduler.holds_every_draft
+
+
+def test_a_load_above_one_never_timed_is_admitted_solo():
+    scheduler = Scheduler(VerifierConfig())
+    first, second = make_request("a"), make_request("b")
+    assert not scheduler.add(first) and first.wants_draft  # alone: speculation first, as ever
+    assert scheduler.add(second) and scheduler.solo.is_solo  # two at once: the mode changed on admission
+    assert not second.wants_draft and not scheduler.wants_draft(first)
+    assert not scheduler.add(make_request("c"))  # load 3, solo too: no change
+
+
+def test_load_buckets():
+    assert [load_bucket(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 16, 17)] == [1, 1, 2, 4, 4, 8, 8, 16, 16, 32]
+
+
+def test_a_lost_trial_waits_in_proportion_to_what_it_cost():
+    # 8 rounds at 3/4 of solo's rate cost 2 rounds of solo's time: the budget spreads them out
+    assert retry_gap(8, 15.0, 20.0, RETRY_SPECULATION_AFTER) == round(2 / EXPLORATION_BUDGET)
+    assert retry_gap(8, 19.9, 20.0, RETRY_SPECULATION_AFTER) == 2 * RETRY_SPECULATION_AFTER  # losses in a row
+    assert retry_gap(8, 19.9, 20.0, 0) == RETRY_SPECULATION_AFTER  # never sooner
+    assert retry_gap(8, 1.0, 20.0, MAX_RETRY_AFTER) == MAX_RETRY_AFTER  # never later
+
+
+def test_rates_are_kept_apart_by_load():
+    switch = SoloSwitch()
+    run(switch, 2 * TRIAL_ROUNDS, speculating=30.0, solo=20.0, load=1)  # alone, speculation wins
+    assert not switch.is_solo
+    assert switch.rate(False, load=1) == pytest.approx(30.0) and switch.rate(True, load=1) == pytest.approx(20.0)
+    assert rounds_until_switch(switch, 60.0, 160.0, load=8) == 1  # eight at once, a load never timed: solo first
+    assert rounds_until_switch(switch, 60.0, 160.0, load=8) == RETRY_SPECULATION_AFTER  # then speculation
+    assert rounds_until_switch(switch, 60.0, 160.0, load=8) == CLEAR_LOSS_ROUNDS  # which loses clearly here
+    assert switch.is_solo and switch.rate(True, load=8) == pytest.approx(160.0)
+    assert switch.rate(True, load=1) == pytest.approx(20.0) and switch.rate(False, load=1) == pytest.approx(30.0)
+    assert switch.record(1, 1 / 20.0, load=1) and not switch.is_solo  # back to one: speculation was faster there
+    assert switch.record(1, 1 / 30.0, load=7) and switch.is_solo  # and at eight solo was: no trial needed
