@@ -19,7 +19,8 @@ faster; the first round of a stint pays for the switch and is not counted. Solo 
 early at each load, then again every RETRY_SOLO_AFTER speculative rounds (its rate drifts with
 context and load). A speculation trial that loses costs time, so the next one waits until that
 cost is at most EXPLORATION_BUDGET of the time spent solo (retry_gap), and at least twice as
-long as the last wait while it keeps losing."""
+long as the last wait while it keeps losing; at a load of B requests the wait is B times as
+long (speculation_wait), since the trial first waits for the drafter to catch up on each."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -99,6 +100,12 @@ class SoloSwitch:
             self.rates[(self.is_solo, bucket)].observe(num_committed, seconds)
         return self._judge()
 
+    def speculation_wait(self) -> int:
+        """Solo rounds before speculation is tried again at this load. Its trial first waits for
+        the drafter to catch up on every open request (it rested on them all), so the trial's
+        cost grows with the load, and by the same budget (retry_gap) so does the wait."""
+        return min(self.retry_speculation_after * self.load, MAX_RETRY_AFTER)
+
     def see_load(self, load: int) -> bool:
         """`load` requests are open now (one came or went): at a new load bucket the mode is
         judged afresh, by what is known there. True when the mode changed."""
@@ -124,7 +131,7 @@ class SoloSwitch:
         if is_trial_over:  # speculation won its trial
             self.retry_speculation_after = RETRY_SPECULATION_AFTER
         if self.is_solo:
-            return self.rounds_in_mode >= self.retry_speculation_after and self._switch()
+            return self.rounds_in_mode >= self.speculation_wait() and self._switch()
         return (there is None or self.rounds_in_mode >= RETRY_SOLO_AFTER) and self._switch()
 
     def _switch(self) -> bool:
