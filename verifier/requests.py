@@ -60,7 +60,6 @@ class RoundPlan:
     has_draft: bool
     dropped_first_tokens: tuple[int, ...] = ()  # a draft cut away whole: its candidate next tokens
     lookup: tuple[int, ...] = ()
-    solo_lookup: tuple[int, ...] = ()  # the lookup a solo round would verify here (Scheduler.solo_estimate)
 
     @property
     def num_draft_tokens(self) -> int:
@@ -75,7 +74,7 @@ class RoundPlan:
         dropped = ()
         if room <= 0 and (self.trunk or any(self.branches)):  # the trunk's first token, else each branch's
             dropped = tuple(self.trunk[:1]) or tuple(branch[0] for branch in self.branches if branch)
-        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft, dropped, lookup, self.solo_lookup)
+        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft, dropped, lookup)
 
 
 @dataclass
@@ -113,11 +112,12 @@ class ServerRequest:
         trunk, branches, is_predraft = draft or ([], [], False)
         budget = draft_budget(self.max_new_tokens, len(self.new_tokens))
         trunk = trunk[: max(budget, 0)]
-        limit = min(max_draft_tokens, self.session.room)
-        solo_lookup = own_lookup(self.session.tokens)[: max(min(budget, limit), 0)] if own_lookup is not None else []
-        lookup = [] if trunk[: len(solo_lookup)] == solo_lookup else solo_lookup  # [] where the trunk holds it
+        lookup = own_lookup(self.session.tokens)[: max(budget, 0)] if own_lookup is not None else []
+        if trunk[: len(lookup)] == lookup:
+            lookup = []  # the trunk already holds it
         plan = RoundPlan(trunk, branches if budget > len(trunk) else [], is_predraft, draft is not None,
-                         lookup=tuple(lookup), solo_lookup=tuple(solo_lookup))
+                         lookup=tuple(lookup))
+        limit = min(max_draft_tokens, self.session.room)
         return plan if plan.num_draft_tokens <= limit else plan.cut(limit)
 
     def planning_yield(self) -> float:

@@ -20,8 +20,7 @@ class Scheduler:
         self.requests: dict[str, ServerRequest] = {}
         self.order: list[str] = []  # round-robin: the requests served last go to the back
         self.pass_cost = PassCostModel()  # measured seconds per target pass, by its size, while drafting
-        self.solo_pass_cost = PassCostModel()  # the same with no draft pass beside it, on the solo threads
-        # (server.pick_threads): solo passes, and, taking turns, passes with every wanted draft in hand
+        self.solo_pass_cost = PassCostModel()  # the same on the threads of solo passes (server.pick_threads)
         self.recent_yield = 1.0  # draft yield across requests lately: a new request starts from it
         self.solo = SoloSwitch(is_enabled=config.is_width_fitted)  # the target alone, while it is faster
         self.was_plain = False  # the last unfitted solo pass was cut plain (see plan)
@@ -109,34 +108,11 @@ class Scheduler:
         if not self.config.is_width_fitted:
             return plans
         cost = self.solo_pass_cost if is_solo_pass else self.pass_cost
-        if is_solo_pass and cost.coefficients is None and self.solo.is_solo:  # time plain and wide, alternately
+        if is_solo_pass and cost.coefficients is None:  # time plain and wide solo passes, alternately
             self.was_plain = not self.was_plain
             return [plan.cut(0) for plan in plans] if self.was_plain else plans
         width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], cost)
         return [plan.cut(width - 1) for plan in plans]
-
-    def solo_estimate(self, batch: list[ServerRequest], plans: list[RoundPlan], appended: list[list[int]]
-                      ) -> tuple[int, float] | None:
-        """What one solo pass would have committed where this round began, and what it would
-        have cost: the same target on the same text, so each row's own lookup (cut to the width
-        the solo cost model picks, as plan would) is accepted as far as it matches the tokens the
-        round committed, plus the target's own token; the cost is the solo model's c(B, w). So
-        speculation is judged against solo on the very text it decoded (verifier.solo), not on
-        a solo stint's older text. None until solo passes were timed at two sizes."""
-        cost = self.solo_pass_cost
-        if cost.coefficients is None:
-            return None
-        lookups = [plan.solo_lookup for plan in plans]
-        width = best_width([len(lookup) for lookup in lookups], [r.draft_yield for r in batch], cost)
-        committed = 0
-        for lookup, tokens in zip(lookups, appended):
-            matched = 0
-            for guess, token in zip(lookup[: width - 1], tokens[:-1]):
-                if guess != token:
-                    break
-                matched += 1
-            committed += 1 + matched
-        return committed, cost.estimate(len(batch), width)
 
     def record_pass(self, batch: list[ServerRequest], width: int, seconds: float, is_solo_pass: bool = False) -> None:
         """A solo pass (on the drafter's threads too) is timed apart from passes while drafting."""

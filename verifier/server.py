@@ -252,32 +252,27 @@ class VerifierServer:
                 self.after_round(request, plan, result)
         self.scheduler.record_pass(requests, width, seconds, is_solo_pass)
         self.stats.record_pass(seconds, self.link.is_absent)
-        solo_estimate = None if self.scheduler.solo.is_solo else self.scheduler.solo_estimate(
-            requests, plans, [result.appended for result in results])
-        self.time_round(round_began, sum(len(result.appended) for result in results), load, solo_estimate)
+        self.time_round(round_began, sum(len(result.appended) for result in results), load)
         self.open_admitted()  # those admitted from the queue as others ended
 
     def pick_threads(self) -> bool:
         """Threads for the next pass or prefill: the drafter's cores too while it rests on every
-        request or is absent, or, taking turns, has nothing to draft. True then: the pass runs as
-        a solo pass does, with no draft pass beside it, and is timed with them."""
+        request or is absent (True then), or, taking turns, has nothing to draft."""
         is_drafter_idle = self.link.is_absent or self.scheduler.is_drafter_idle
         is_drafter_waiting = self.takes_turns and self.scheduler.holds_every_draft
         if self.threads is not None:
             self.engine.use_threads(self.solo_threads if is_drafter_idle or is_drafter_waiting else self.threads)
-        return is_drafter_idle or is_drafter_waiting
+        return is_drafter_idle
 
-    def time_round(self, began: float, num_committed: int, load: int,
-                   solo_estimate: tuple[int, float] | None = None) -> None:
+    def time_round(self, began: float, num_committed: int, load: int) -> None:
         """Tell the solo switch (verifier.solo) what this round committed in its wall time, from
-        the last round's end (or the oldest wait), prefills excluded, with `load` requests open,
-        and what a solo pass would have done instead (Scheduler.solo_estimate)."""
+        the last round's end (or the oldest wait), prefills excluded, with `load` requests open."""
         now = time.monotonic()
         seconds, self.prefill_s = now - began - self.prefill_s, 0.0
         self.last_round_end = now if self.requests else None
         solo = self.scheduler.solo
         rates = solo.describe()
-        if solo.record(num_committed, seconds, load, solo_estimate):
+        if solo.record(num_committed, seconds, load):
             log.debug("%s at load %d (%s)", "solo: the drafter rests" if solo.is_solo else "speculating",
                       len(self.requests), rates)
 

@@ -15,15 +15,9 @@ moves to one where both are known, the faster is taken at once. A load above one
 timed solo first: its rounds cost the target's own rate at most, where a first speculative
 stint waits for the drafter to draft every request's first block. A mode is judged after
 TRIAL_ROUNDS rounds at its load, or after CLEAR_LOSS_ROUNDS if the other was CLEAR_LOSS times
-faster; the first round of a stint pays for the switch and is not counted.
-
-Rates measured in different stints come from different text (a stretch that repeats itself
-makes solo's own lookup fly), so speculation is judged against solo on its own text where it
-can be: each speculative round also says what one solo pass would have committed there and
-what it would have cost (verifier.scheduler.Scheduler.solo_estimate, from the cost of passes
-with no draft pass beside them); those estimates make the other rate while speculating. Solo is
-timed for real once early at each load (its cost model needs it), then again every
-RETRY_SOLO_AFTER speculative rounds (its rate drifts with context and load). A speculation trial that loses costs time, so the next one waits until that
+faster; the first round of a stint pays for the switch and is not counted. Solo is timed once
+early at each load, then again every RETRY_SOLO_AFTER speculative rounds (its rate drifts with
+context and load). A speculation trial that loses costs time, so the next one waits until that
 cost is at most EXPLORATION_BUDGET of the time spent solo (retry_gap), and at least twice as
 long as the last wait while it keeps losing; at a load of B requests the wait is B times as
 long (speculation_wait), since the trial first waits for the drafter to catch up on each."""
@@ -79,24 +73,19 @@ class SoloSwitch:
         self.is_enabled = is_enabled
         self.is_solo = False
         self.rates: dict[tuple[bool, int], StintRate] = {}  # by (is_solo, load bucket): each mode's latest stint there
-        self.paired: dict[int, StintRate] = {}  # by load bucket: solo's estimated rate on this speculative stint's text
         self.load = 0  # the load bucket of the last round (0: none yet)
         self.stint_loads: set[int] = set()  # load buckets this stint has timed (their old rates are gone)
         self.rounds_in_mode = 0  # rounds since the last switch
         self.rounds_judged = 0  # rounds of this stint at the current load
         self.retry_speculation_after = RETRY_SPECULATION_AFTER
-        self.has_been_solo = False
 
     def rate(self, is_solo: bool, load: int | None = None) -> float | None:
         rate = self.rates.get((is_solo, self.load if load is None else load_bucket(load)))
         return None if rate is None else rate.per_second
 
-    def record(self, num_committed: int, seconds: float, load: int = 1,
-               solo_estimate: tuple[int, float] | None = None) -> bool:
+    def record(self, num_committed: int, seconds: float, load: int = 1) -> bool:
         """One round (all rows of one pass): tokens committed and the wall time since the round
-        before, with `load` requests open, and, speculating, what one solo pass would have
-        committed instead and its cost (verifier.scheduler.Scheduler.solo_estimate). True when
-        the mode changed."""
+        before, with `load` requests open. True when the mode changed."""
         if not self.is_enabled:
             return False
         if self.see_load(load):
@@ -108,10 +97,7 @@ class SoloSwitch:
             if bucket not in self.stint_loads:
                 self.stint_loads.add(bucket)
                 self.rates[(self.is_solo, bucket)] = StintRate()
-                self.paired[bucket] = StintRate()
             self.rates[(self.is_solo, bucket)].observe(num_committed, seconds)
-            if solo_estimate is not None and not self.is_solo:
-                self.paired[bucket].observe(*solo_estimate)
         return self._judge()
 
     def speculation_wait(self) -> int:
@@ -131,23 +117,13 @@ class SoloSwitch:
         is_untimed = here is None and there is None and not self.is_solo and bucket > 1
         return (is_untimed or (here is not None and there is not None and there > MARGIN * here)) and self._switch()
 
-    def other_rate(self) -> float | None:
-        """The other mode's rate at this load: speculating, solo's as estimated on this stint's
-        own text where there is an estimate (the same text for both: a fair comparison, with no
-        trial of solo needed), else solo's latest stint; solo, speculation's latest stint."""
-        paired = self.paired.get(self.load) if not self.is_solo and self.load in self.stint_loads else None
-        estimate = paired.per_second if paired is not None else None
-        return estimate if estimate is not None else self.rate(not self.is_solo)
-
     def _judge(self) -> bool:
-        here, there = self.rate(self.is_solo), self.other_rate()
+        here, there = self.rate(self.is_solo), self.rate(not self.is_solo)
         is_behind = here is not None and there is not None and there > MARGIN * here
         if self.rounds_judged < TRIAL_ROUNDS:
             if not (self.rounds_judged >= CLEAR_LOSS_ROUNDS and is_behind and there > CLEAR_LOSS * here):
                 return False
-        # speculation's first stint is no trial: the drafter starts cold, and nothing ran before it
-        is_trial_over = (not self.is_solo and self.has_been_solo and self.rounds_judged <= TRIAL_ROUNDS
-                         and there is not None)
+        is_trial_over = not self.is_solo and self.rounds_judged <= TRIAL_ROUNDS and there is not None
         if is_behind:
             if is_trial_over:  # speculation lost its trial: wait longer before the next
                 self.retry_speculation_after = retry_gap(self.rounds_judged, here, there, self.retry_speculation_after)
@@ -160,13 +136,10 @@ class SoloSwitch:
 
     def _switch(self) -> bool:
         self.is_solo = not self.is_solo
-        self.has_been_solo |= self.is_solo
         self.stint_loads = set()
         self.rounds_in_mode = self.rounds_judged = 0
         return True
 
     def describe(self) -> str:
         rates = {("solo" if solo else "speculating"): self.rate(solo) for solo in (False, True)}
-        paired = self.paired.get(self.load)
-        rates["solo estimated"] = paired.per_second if paired is not None and not self.is_solo else None
         return ", ".join(f"{name} {value:.1f} tok/s" for name, value in rates.items() if value is not None)

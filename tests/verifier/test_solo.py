@@ -166,31 +166,3 @@ def test_rates_are_kept_apart_by_load():
     assert switch.record(1, 1 / 20.0, load=1) and not switch.is_solo  # back to one: speculation was faster there
     assert switch.record(1, 1 / 30.0, load=7) and switch.is_solo  # and at eight solo was: no trial needed
 
-
-
-def test_speculation_is_judged_against_solo_on_its_own_text():
-    switch = SoloSwitch()
-    for _ in range(TRIAL_ROUNDS):  # speculating at 20 tok/s where a solo pass would have made 30
-        switch.record(2, 0.1, solo_estimate=(3, 0.1))
-    assert switch.is_solo  # no stint of solo was needed to see it
-    assert switch.retry_speculation_after == RETRY_SPECULATION_AFTER  # the first stint (a cold drafter) is no trial
-    switch = SoloSwitch()
-    run(switch, 2 * TRIAL_ROUNDS, speculating=20.0, solo=40.0)  # solo measured fast, on some earlier text
-    assert switch.is_solo
-    for _ in range(RETRY_SPECULATION_AFTER + TRIAL_ROUNDS):
-        switch.record(1, 1 / (40.0 if switch.is_solo else 30.0), solo_estimate=(1, 1 / 25.0))
-    assert not switch.is_solo  # on this text solo would make 25: speculation's 30 wins, the stale 40 does not count
-
-
-def test_the_solo_estimate_replays_the_lookup_on_the_committed_tokens():
-    from verifier.requests import RoundPlan
-    scheduler = Scheduler(VerifierConfig())
-    request = make_request()
-    plan = RoundPlan([1, 2], [], is_predraft=False, has_draft=True, solo_lookup=(7, 8, 9))
-    assert scheduler.solo_estimate([request], [plan], [[7, 8, 3]]) is None  # no solo pass timed yet
-    for width, seconds in ((1, 0.040), (4, 0.046), (6, 0.050)):
-        scheduler.solo_pass_cost.observe(1, width, seconds)
-    tokens, seconds = scheduler.solo_estimate([request], [plan], [[7, 8, 3]])
-    assert tokens == 3 and seconds == pytest.approx(scheduler.solo_pass_cost.estimate(1, 4))  # 7, 8, then its own
-    assert scheduler.solo_estimate([request], [plan], [[7, 5, 6, 2]])[0] == 2  # the lookup failed at 8
-    assert scheduler.solo_estimate([request], [plan], [[7]])[0] == 1  # never more than the round committed
