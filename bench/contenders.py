@@ -151,7 +151,8 @@ class Shared:
         from verifier.engine import TargetEngine
 
         if self._target_engine is None:
-            self._target_engine = TargetEngine(self._engine_copy(self.target))
+            self._target_engine = TargetEngine(self._engine_copy(self.target),
+                                               cuda_graphs=not self.args.no_cuda_graphs)
         return self._target_engine
 
     def draft_engine(self):

@@ -2,8 +2,8 @@
 
 This curve decides how wide a tree pays: a drafted token must be accepted often enough to pay
 for its place in the pass. Both models, through our engine (packed weights, our caches and
-masks) and through HF's plain forward, on the same thread count; each figure the median of
-several timed passes after a warm-up."""
+masks), on CUDA also through its CUDA graphs (kvcache.graphs), and through HF's plain forward,
+on the same thread count; each figure the median of several timed passes after a warm-up."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,42 @@ class EnginePasses(_Passes):
         return self.time(lambda: self._cache(self.ids(PREFILL)), lambda: None)
 
 
+class GraphPasses(EnginePasses):
+    """The target engine's verification pass on CUDA: bucketed static shapes replayed as CUDA
+    graphs (kvcache.graphs), each captured in the warm-up."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from kvcache.graphs import GraphedPasses
+
+        super().__init__(model)
+        self.graphs = GraphedPasses(model, self.kinds, self.slots)
+
+    def _graphed(self, caches: list, rows: list) -> Callable[[], None]:
+        bucket = self.graphs.bucket(caches, rows)
+        return lambda: self.graphs.forward(caches, rows, bucket)
+
+    def tokens(self, count: int) -> float:
+        from kvcache.batch import BatchRow
+        from kvcache.ops import keep_cache_entries
+
+        cache = self._cache(self.ids(CONTEXT))
+        row = BatchRow(self.ids(count, 1), list(range(CONTEXT, CONTEXT + count)), torch.ones(count, count).bool().tril())
+        return self.time(self._graphed([cache], [row]), lambda: keep_cache_entries(cache, list(range(CONTEXT))))
+
+    def rows(self, count: int) -> float:
+        from kvcache.batch import BatchRow
+        from kvcache.ops import keep_cache_entries
+
+        caches = [self._cache(self.ids(CONTEXT, r)) for r in range(count)]
+        rows = [BatchRow([self.ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool)) for r in range(count)]
+
+        def undo() -> None:
+            for cache in caches:
+                keep_cache_entries(cache, list(range(CONTEXT)))
+
+        return self.time(self._graphed(caches, rows), undo)
+
+
 class HFPasses(_Passes):
     """HF's plain forward with its own DynamicCache and masks (full-length layers, so a sliding
     window's pass can be undone with crop; HF's mask still applies the window)."""
@@ -138,15 +174,20 @@ def measure(models: dict[str, torch.nn.Module], packed: bool, progress=None) -> 
 
     passes = []
     for name, model in models.items():
-        for via, runner in (("engine", EnginePasses(for_engine(copy.deepcopy(model), packed))),
-                            ("hf", HFPasses(model))):
+        runners = [("engine", lambda: EnginePasses(for_engine(copy.deepcopy(model), packed))),
+                   ("hf", lambda: HFPasses(model))]
+        if next(model.parameters()).device.type == "cuda":  # the verification pass as CUDA graphs
+            runners.insert(1, ("graphs", lambda: GraphPasses(model)))
+        for via, make_runner in runners:
+            runner = make_runner()
             shapes = [(1, t, CONTEXT) for t in TOKENS] + [(r, 1, CONTEXT) for r in ROWS if r > 1]
             for rows, tokens, context in shapes:
                 ms = runner.tokens(tokens) if rows == 1 else runner.rows(rows)
                 passes.append({"model": name, "via": via, "rows": rows, "tokens": tokens, "context": context,
                                "ms": ms})
-            passes.append({"model": name, "via": via, "rows": 1, "tokens": PREFILL, "context": 0,
-                           "ms": runner.prefill()})
+            if via != "graphs":  # a prefill is never graphed: it runs as via engine
+                passes.append({"model": name, "via": via, "rows": 1, "tokens": PREFILL, "context": 0,
+                               "ms": runner.prefill()})
             if progress is not None:
                 progress(f"{name} via {via} done")
     return passes
@@ -154,12 +195,13 @@ def measure(models: dict[str, torch.nn.Module], packed: bool, progress=None) -> 
 
 def format_table(passes: list[dict]) -> str:
     """Rows: model/via; columns: every shape, with the ratio to the 1-token pass."""
-    lines = [f"{'model':8}{'via':8}{'shape':>18}{'ms':>9}{'x 1-token':>11}"]
+    width = max([8] + [len(p["model"]) + 2 for p in passes])
+    lines = [f"{'model':{width}}{'via':8}{'shape':>18}{'ms':>9}{'x 1-token':>11}"]
     one = {(p["model"], p["via"]): p["ms"] for p in passes if p["rows"] == 1 and p["tokens"] == 1 and p["context"]}
     for p in passes:
         shape = f"prefill {p['tokens']}" if not p["context"] else f"{p['rows']} row x {p['tokens']} tok"
         ratio = p["ms"] / one[(p["model"], p["via"])]
-        lines.append(f"{p['model']:8}{p['via']:8}{shape:>18}{p['ms']:>9.1f}{ratio:>11.2f}")
+        lines.append(f"{p['model']:{width}}{p['via']:8}{shape:>18}{p['ms']:>9.1f}{ratio:>11.2f}")
     return "\n".join(lines)
 
 

@@ -188,28 +188,40 @@ class SlotPool:
         """Plan a pass that feeds widths[i] new tokens after each slot's entries (the batch is as
         wide as the widest; the rest of a row is padding, written to the scratch column). Returns
         the Cache to give the model; the lengths grow by the widths."""
-        if any(slot.is_free for slot in slots):
-            raise RuntimeError("a pass on a freed KV slot: its session was already closed")
+        bases = self._check_pass(slots, widths)
         width = max(widths)
-        bases = [slot.get_seq_length() for slot in slots]
-        for base, n in zip(bases, widths):
-            if base + n > self.max_len:
-                raise ValueError(f"a pass of {n} tokens after {base} cached ones exceeds the KV slot length "
-                                 f"{self.max_len} (--max-len)")
         indices = [slot.index for slot in slots]
         columns = torch.full((len(slots), width), self.max_len, dtype=torch.long)
         for i, (base, n) in enumerate(zip(bases, widths)):
             columns[i, :n] = torch.arange(base, base + n)
         is_consecutive = indices == list(range(indices[0], indices[0] + len(indices)))
-        self.plan = PassPlan(rows=torch.tensor(indices, device=self.device),
-                             row_slice=slice(indices[0], indices[-1] + 1) if is_consecutive else None,
-                             write_columns=columns.to(self.device),
-                             length=max(base + n for base, n in zip(bases, widths)),
-                             single=(indices[0], bases[0], bases[0] + width) if len(slots) == 1 else None)
+        plan = PassPlan(rows=torch.tensor(indices, device=self.device),
+                        row_slice=slice(indices[0], indices[-1] + 1) if is_consecutive else None,
+                        write_columns=columns.to(self.device),
+                        length=max(base + n for base, n in zip(bases, widths)),
+                        single=(indices[0], bases[0], bases[0] + width) if len(slots) == 1 else None)
+        return self.begin_planned_pass(slots, widths, plan)
+
+    def begin_planned_pass(self, slots: list[Slot], widths: list[int], plan: PassPlan) -> Cache:
+        """begin_pass with a plan made by the caller (kvcache.graphs: static tensors, a bucketed
+        length); the plan must write row i's new entries at columns base_i.. of slot i."""
+        bases = self._check_pass(slots, widths)
+        self.plan = plan
         for slot, base, n in zip(slots, bases, widths):
             self.lengths[slot.index] = base + n
-            self._make_finite(slot.index, self.plan.length)
+            self._make_finite(slot.index, plan.length)
         return self.cache
+
+    def _check_pass(self, slots: list[Slot], widths: list[int]) -> list[int]:
+        """Each slot's length before the pass; errors for a freed slot or a pass past --max-len."""
+        if any(slot.is_free for slot in slots):
+            raise RuntimeError("a pass on a freed KV slot: its session was already closed")
+        bases = [slot.get_seq_length() for slot in slots]
+        for base, n in zip(bases, widths):
+            if base + n > self.max_len:
+                raise ValueError(f"a pass of {n} tokens after {base} cached ones exceeds the KV slot length "
+                                 f"{self.max_len} (--max-len)")
+        return bases
 
     def _make_finite(self, index: int, length: int) -> None:
         """Attention reads columns 0..length-1 of every row in a pass, masked or not; masked

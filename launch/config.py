@@ -22,6 +22,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-packed-weights", action="store_true",
                         help="keep HF's plain linear layers (by default, on a CPU, the engines' weights are "
                              "prepacked for our AVX-512 float32 GEMM, else oneDNN, which makes a many-token pass cheaper)")
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="on CUDA, run the target's verification passes eagerly (by default they replay CUDA "
+                             "graphs captured at bucketed shapes on first use)")
     parser.add_argument("--max-len", type=int, default=None,
                         help="longest request, prompt + new tokens: sizes each process's KV slots (default: the "
                              "smaller of the model's context and 4096)")
@@ -31,6 +34,7 @@ def model_argv(args: argparse.Namespace) -> list[str]:
     """The model flags again, to hand them to a child process."""
     argv = ["--target", args.target, "--draft", args.draft, "--dtype", args.dtype]
     argv += ["--no-packed-weights"] if args.no_packed_weights else []
+    argv += ["--no-cuda-graphs"] if getattr(args, "no_cuda_graphs", False) else []
     return argv + (["--max-len", str(args.max_len)] if args.max_len is not None else [])
 
 

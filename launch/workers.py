@@ -70,7 +70,7 @@ def run_verifier(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.target)
     config = cfg.verifier_config(args, tokenizer.eos_token_id)
     model = for_engine(load_model(args.target, args.device, args.dtype), packed=not args.no_packed_weights)
-    engine = TargetEngine(model, config.max_sessions, args.max_len)
+    engine = TargetEngine(model, config.max_sessions, args.max_len, cuda_graphs=not args.no_cuda_graphs)
     slots = engine.slots
     logging.info("KV slots: %d x %d tokens, %.0f MiB at most (--max-sessions, --max-len)", slots.num_slots,
                  slots.max_len, slots.nbytes / 2**20)

@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from kvcache.attention import attention_kinds, forward_one, free_cache, new_cache, prefill
 from kvcache.batch import BatchRow, batched_forward
+from kvcache.graphs import GraphedPasses
 from kvcache.ops import keep_cache_entries
 from kvcache.slots import Slot, SlotPool, resolve_max_len
 from verifier.sampling import SamplingParams, next_tokens
@@ -50,9 +51,11 @@ class VerifyResult:
 
 
 class TargetEngine:
-    def __init__(self, model: torch.nn.Module, max_sessions: int = 16, max_len: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, max_sessions: int = 16, max_len: int | None = None,
+                 cuda_graphs: bool = True) -> None:
         """KV slots for `max_sessions` requests of up to `max_len` tokens (kvcache.slots); a
-        session past those gets a plain cache."""
+        session past those gets a plain cache. On CUDA, verification passes over slots replay
+        CUDA graphs (kvcache.graphs) unless `cuda_graphs` is False."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.kinds = attention_kinds(model.config)  # refuses models whose cache cannot be cropped
@@ -60,6 +63,8 @@ class TargetEngine:
         self.max_context = resolve_max_len(model.config, max_len)  # the longest a request may grow
         self.slots = SlotPool(model.config, max_sessions, self.max_context, next(model.parameters()).dtype,
                               self.device)
+        self.graphs = GraphedPasses(model, self.kinds, self.slots) if cuda_graphs and self.device.type == "cuda" \
+            else None
 
     def use_threads(self, num_threads: int) -> None:
         """Torch threads for the next passes (the verifier takes the drafter's cores while it rests)."""
@@ -113,12 +118,16 @@ class TargetEngine:
         trees = [self._tree(session, trunk, branches, lookup[0] if lookup else ())
                  for session, trunk, branches, _, *lookup in work]
         bases = [session.cache_length for session, *_ in work]
-        if len(work) == 1:
+        rows = [BatchRow(tree.tokens, [base + d for d in tree.depths], tree.visibility())
+                for tree, base in zip(trees, bases)]
+        caches = [session.cache for session, *_ in work]
+        bucket = self.graphs.bucket(caches, rows) if self.graphs is not None else None
+        if bucket is not None:
+            all_logits = self.graphs.forward(caches, rows, bucket)
+        elif len(work) == 1:
             all_logits = [self._logits(work[0][0].cache, trees[0], bases[0])]
         else:
-            rows = [BatchRow(tree.tokens, [base + d for d in tree.depths], tree.visibility())
-                    for tree, base in zip(trees, bases)]
-            all_logits = batched_forward(self.model, self.kinds, [s.cache for s, *_ in work], rows)
+            all_logits = batched_forward(self.model, self.kinds, caches, rows)
         return [self._commit(session, tree, base, logits, sampling)
                 for (session, _, _, sampling, *_), tree, base, logits in zip(work, trees, bases, all_logits)]
 

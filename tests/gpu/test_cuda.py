@@ -5,6 +5,7 @@ import torch
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
 from tests.conftest import TINY_VOCAB, tiny_model
+from tests.families import family_pair
 from verifier.engine import TargetEngine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -37,6 +38,30 @@ def test_batched_verification_on_cuda_is_the_targets_greedy_output(arch):
     for session, want in zip(sessions, expected):
         assert session.tokens[session.num_prompt : session.num_prompt + 24] == want
         assert session.cache_length == len(session.tokens) - 1
+    assert engine.graphs is not None and engine.graphs.capture and engine.graphs.num_captured >= 1  # replayed
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2", "qwen2-padded"])
+def test_cuda_graph_replays_equal_eager_passes(family):
+    """The same rounds through captured graphs and through eager passes (float32): same logits,
+    same caches, across buckets of one row and of three rows (padded to four), and sliding windows."""
+    target, _ = family_pair(family, 320)
+    target = target.to("cuda")
+    graphed, eager = TargetEngine(target, max_sessions=4), TargetEngine(target, max_sessions=4, cuda_graphs=False)
+    assert graphed.graphs is not None and eager.graphs is None
+    prompts = [[5, 9, 13, 2, 7, 30, 11, 5, 9], [3, 4, 5], [8, 1, 2, 9, 9, 4, 17, 12, 6, 50, 3]]
+    pairs = [(graphed.open(p), eager.open(p)) for p in prompts]
+    for step in range(12):
+        chosen = pairs if step % 3 else pairs[:1]
+        trunk = [(7 * step + i) % 300 for i in range(1 + step % 4)]
+        got = graphed.verify_batch([(g, trunk, [[trunk[0], 2]], None) for g, _ in chosen])
+        want = eager.verify_batch([(e, trunk, [[trunk[0], 2]], None) for _, e in chosen])
+        assert [r.appended for r in got] == [r.appended for r in want]
+    for g, e in pairs:
+        assert g.tokens == e.tokens and g.cache_length == e.cache_length == len(g.tokens) - 1
+        for ours, theirs in zip(g.cache.layers, e.cache.layers):
+            torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-3)
+    assert graphed.graphs.capture and graphed.graphs.num_captured >= 2
 
 
 def test_batched_draft_passes_on_cuda_equal_one_by_one():

@@ -1,0 +1,95 @@
+"""The bucketed static pass that CUDA graphs capture (kvcache.graphs), run eagerly on the CPU: it
+computes what plain caches compute, for every attention kind, with padding rows and padding
+tokens; and an engine verifying through it decodes the target's own greedy text. The same
+passes captured and replayed on CUDA are checked in tests/gpu."""
+import pytest
+import torch
+
+from kvcache.attention import attention_kinds, new_cache, prefill
+from kvcache.batch import batched_forward
+from kvcache.graphs import MAX_TOKENS, MAX_WIDTH, MIN_LENGTH, Bucket, GraphedPasses, bucket_for
+from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
+from tests.families import family_pair
+from tests.kvcache.test_slots import PROMPTS, pool_for, rows_for
+from verifier.engine import TargetEngine
+
+
+def test_buckets_round_up_to_powers_of_two_within_bounds():
+    assert bucket_for(3, 5, 40, max_rows=16, max_len=4096) == Bucket(4, 8, MIN_LENGTH)
+    assert bucket_for(1, 1, 300, max_rows=16, max_len=4096) == Bucket(1, 1, 512)
+    assert bucket_for(1, 1, 4000, max_rows=16, max_len=4096) == Bucket(1, 1, 4096)
+    assert bucket_for(1, 1, 100, max_rows=16, max_len=120) == Bucket(1, 1, 120)  # never past the slots
+    assert bucket_for(1, MAX_WIDTH + 1, 100, max_rows=16, max_len=4096) is None  # a prefill: eagerly
+    assert bucket_for(16, 32, 100, max_rows=16, max_len=4096) is None  # 512 tokens > MAX_TOKENS
+    assert bucket_for(8, MAX_TOKENS // 8, 100, max_rows=8, max_len=4096) is not None
+    assert bucket_for(5, 1, 100, max_rows=4, max_len=4096) is None  # more rows than slots
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2", "qwen2-padded", "phi3"])
+def test_static_pass_equals_plain_caches_with_padding_rows_and_tokens(family):
+    target, _ = family_pair(family, 320)
+    kinds = attention_kinds(target.config)
+    pool = pool_for(target, num_slots=5, max_len=300)  # poisoned with NaN: nothing may leak from it
+    held = [pool.allocate() for _ in range(5)]
+    slots = [held[3], held[0], held[2]]  # scattered, out of order
+    plain = [new_cache() for _ in slots]
+    prompts = PROMPTS[2], PROMPTS[0], PROMPTS[3]
+    for caches in (slots, plain):
+        for cache, prompt in zip(caches, prompts):
+            prefill(target, kinds, cache, prompt)
+    # 3 ragged rows -> a bucket of 4 rows x 8 tokens over MIN_LENGTH columns: a padding row, padding tokens
+    work = [(prompts[0], [6, 7, 8, 9, 10]), (prompts[1], [11]), (prompts[2], [12, 13, 14])]
+    graphs = GraphedPasses(target, kinds, pool, capture=False)
+    bucket = graphs.bucket(slots, rows_for(work))
+    assert bucket == Bucket(4, 8, 256)
+    got = graphs.forward(slots, rows_for(work), bucket)
+    want = batched_forward(target, kinds, plain, rows_for(work))
+    for g, w, (_, new) in zip(got, want, work):
+        assert g.shape[0] == len(new)
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    for slot, cache in zip(slots, plain):
+        assert slot.get_seq_length() == cache.get_seq_length()
+        for ours, theirs in zip(slot.layers, cache.layers):
+            torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ours.values, theirs.values, atol=1e-4, rtol=1e-4)
+    assert pool.lengths[held[1].index] == pool.lengths[held[4].index] == 0  # untouched rows stay empty
+
+
+def test_a_failed_static_pass_leaves_the_slot_lengths_as_they_were():
+    target, _ = family_pair("llama", 320)
+    kinds = attention_kinds(target.config)
+    pool = pool_for(target, num_slots=2, max_len=300)
+    slot = pool.allocate()
+    prefill(target, kinds, slot, PROMPTS[0])
+    graphs = GraphedPasses(target, kinds, pool, capture=False)
+    rows = rows_for([(PROMPTS[0], [1000])])  # an id past the vocabulary: the embedding fails
+    with pytest.raises(IndexError):
+        graphs.forward([slot], rows, graphs.bucket([slot], rows))
+    assert slot.get_seq_length() == len(PROMPTS[0])
+    assert pool.plan is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_engine_through_static_passes_decodes_the_targets_greedy_text(arch):
+    """Ragged requests with drafts right for two tokens then wrong, and a wrong branch, verified
+    in bucketed static passes, give exactly HF's greedy text, and the caches stay in step."""
+    model = tiny_model(arch)
+    prompts = [[5, 17, 33, 2, 40, 41, 5, 17], [9], [3, 4, 5, 6, 3, 4, 70, 71, 72]]
+    expected = [reference_greedy(model, prompt, 24) for prompt in prompts]
+    engine = TargetEngine(model, max_sessions=4, max_len=200)
+    engine.graphs = GraphedPasses(model, engine.kinds, engine.slots, capture=False)
+    sessions = [engine.open(prompt) for prompt in prompts]
+    rounds = 0
+    while any(len(s.tokens) - s.num_prompt < 24 for s in sessions):
+        work = []
+        for session, want in zip(sessions, expected):
+            done = len(session.tokens) - session.num_prompt
+            right = want[done : done + 2]
+            wrong = (want[min(done + 2, 23)] + 1) % TINY_VOCAB
+            work.append((session, right + [wrong], [[wrong, 1]], None))
+        engine.verify_batch(work if rounds % 2 else work[:1])  # one row, then all three
+        rounds += 1
+    for session, want in zip(sessions, expected):
+        assert session.tokens[session.num_prompt : session.num_prompt + 24] == want
+        assert session.cache_length == len(session.tokens) - 1
+    assert {b.rows for b in engine.graphs.passes} == {1, 4}
