@@ -160,7 +160,8 @@ class Shared:
         from drafter.engine import DraftEngine
 
         if self._draft_engine is None:
-            self._draft_engine = DraftEngine(self._engine_copy(self.pair.draft), cfg.drafter_config(self.args))
+            self._draft_engine = DraftEngine(self._engine_copy(self.pair.draft), cfg.drafter_config(self.args),
+                                             cuda_graphs=not self.args.no_cuda_graphs)
         return self._draft_engine
 
     def hf_draft(self) -> torch.nn.Module:

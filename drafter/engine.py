@@ -13,6 +13,7 @@ from drafter.policy import DraftPolicy, DraftState
 from kvcache.attention import attention_kinds, forward_one, free_cache, new_cache
 from kvcache.slots import Slot, SlotPool, resolve_max_len
 from kvcache.batch import BatchRow, batched_forward
+from kvcache.graphs import GraphedPasses
 from kvcache.ops import keep_cache_entries
 from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match
 from protocol.prompt_lookup import lookup_continuation
@@ -59,9 +60,10 @@ class DraftEngine:
     """Phrase-by-phrase drafting (Ouroboros, design.md §4) in the draft model."""
 
     def __init__(self, model: torch.nn.Module, config: DrafterConfig, pool: PhrasePool | None = None,
-                 max_sessions: int = 16, max_len: int | None = None) -> None:
+                 max_sessions: int = 16, max_len: int | None = None, cuda_graphs: bool = True) -> None:
         """KV slots for `max_sessions` sessions of up to `max_len` tokens (kvcache.slots), plus room
-        for one lookahead pass past the end; a session past those gets a plain cache."""
+        for one lookahead pass past the end; a session past those gets a plain cache. On CUDA,
+        draft passes over slots replay CUDA graphs (kvcache.graphs) unless `cuda_graphs` is False."""
         self.model = model.eval()
         self.config = config
         self.pool = pool or PhrasePool(config.phrase_length, config.pool_size)
@@ -76,6 +78,8 @@ class DraftEngine:
         self.max_context = resolve_max_len(model.config, max_len, clamp=True)
         self.slots = SlotPool(model.config, max_sessions, self.max_context + pass_margin(config),
                               next(model.parameters()).dtype, self.device)
+        self.graphs = GraphedPasses(model, self.kinds, self.slots) if cuda_graphs and self.device.type == "cuda" \
+            else None
         self.token_ids: torch.Tensor | None = getattr(model, "draft_token_ids", None)
         # a pair may differ by padding rows past the shared tokenizer (design.md §7): the draft
         # embeds only its own rows and proposes only ids the target has (see limit_vocab)
@@ -144,7 +148,12 @@ class DraftEngine:
             return [self.step(sessions[0])]
         prepared = [self._layout(session) for session in sessions]
         rows = [BatchRow(layout.tokens, layout.positions, layout.visible) for _, layout in prepared]
-        all_logits = batched_forward(self.model, self.kinds, [session.cache for session in sessions], rows)
+        caches = [session.cache for session in sessions]
+        bucket = self.graphs.bucket(caches, rows) if self.graphs is not None else None
+        if bucket is not None:
+            all_logits = self.graphs.forward(caches, rows, bucket)
+        else:
+            all_logits = batched_forward(self.model, self.kinds, caches, rows)
         return [self._advance(session, phrases, layout, logits[layout.logit_indices])
                 for session, (phrases, layout), logits in zip(sessions, prepared, all_logits)]
 
@@ -255,5 +264,11 @@ class DraftEngine:
         session.window = window[1:] + [new_level]
 
     def _forward(self, cache: DynamicCache | Slot, layout) -> torch.Tensor:
+        """The logits of the layout's `logit_indices` after one pass (a CUDA graph where one fits)."""
+        if self.graphs is not None:
+            row = BatchRow(layout.tokens, layout.positions, layout.visible)
+            bucket = self.graphs.bucket([cache], [row])
+            if bucket is not None:
+                return self.graphs.forward([cache], [row], bucket)[0][layout.logit_indices]
         return forward_one(self.model, self.kinds, cache, layout.tokens, layout.positions, layout.visible,
                            logits_to_keep=layout.logit_indices)

@@ -23,8 +23,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="keep HF's plain linear layers (by default, on a CPU, the engines' weights are "
                              "prepacked for our AVX-512 float32 GEMM, else oneDNN, which makes a many-token pass cheaper)")
     parser.add_argument("--no-cuda-graphs", action="store_true",
-                        help="on CUDA, run the target's verification passes eagerly (by default they replay CUDA "
-                             "graphs captured at bucketed shapes on first use)")
+                        help="on CUDA, run both engines' passes eagerly (by default the target's verification "
+                             "passes and the draft's passes replay CUDA graphs captured at bucketed shapes on first use)")
     parser.add_argument("--max-len", type=int, default=None,
                         help="longest request, prompt + new tokens: sizes each process's KV slots (default: the "
                              "smaller of the model's context and 4096)")

@@ -104,7 +104,8 @@ def run_drafter(args: argparse.Namespace) -> int:
     pool = PhrasePool.load(args.pool_file) if args.pool_file and os.path.exists(args.pool_file) else None
     if args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
-    engine = DraftEngine(draft, drafter_config, pool, args.max_sessions, args.max_len)
+    engine = DraftEngine(draft, drafter_config, pool, args.max_sessions, args.max_len,
+                         cuda_graphs=not args.no_cuda_graphs)
     fingerprint = tokenizer_fingerprint(draft_tokenizer(args.draft, args.target))
     server = DrafterServer(engine, args.connect, fingerprint, int(draft.config.vocab_size), args.curve_keys)
     _stop_on_signals(server)

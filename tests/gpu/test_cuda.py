@@ -77,3 +77,12 @@ def test_batched_draft_passes_on_cuda_equal_one_by_one():
         assert a.tokens == b.tokens and a.cache_length == b.cache_length == len(a.tokens) - 1
         for la, lb in zip(a.cache.layers, b.cache.layers):
             torch.testing.assert_close(la.keys, lb.keys, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_draft_passes_replayed_as_cuda_graphs_equal_eager_passes(family):
+    from tests.kvcache.test_graphs import compare_draft_engines
+
+    static = compare_draft_engines(family, "cuda", capture=True)
+    assert static.graphs.capture and static.graphs.num_captured >= 2
+    assert DraftEngine(static.model, static.config).graphs is not None  # on by default on CUDA

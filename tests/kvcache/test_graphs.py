@@ -5,6 +5,8 @@ passes captured and replayed on CUDA are checked in tests/gpu."""
 import pytest
 import torch
 
+from drafter.config import DrafterConfig
+from drafter.engine import DraftEngine
 from kvcache.attention import attention_kinds, new_cache, prefill
 from kvcache.batch import batched_forward
 from kvcache.graphs import MAX_TOKENS, MAX_WIDTH, MIN_LENGTH, Bucket, GraphedPasses, bucket_for
@@ -93,3 +95,35 @@ def test_engine_through_static_passes_decodes_the_targets_greedy_text(arch):
         assert session.tokens[session.num_prompt : session.num_prompt + 24] == want
         assert session.cache_length == len(session.tokens) - 1
     assert {b.rows for b in engine.graphs.passes} == {1, 4}
+
+
+def compare_draft_engines(family: str, device: str, capture: bool) -> DraftEngine:
+    """The same lookahead drafting (window, pool phrases, one by one then batched) through static
+    passes and through eager ones: same tokens, same cache lengths and entries, same pool."""
+    _, draft = family_pair(family, 320)
+    draft = draft.to(device)
+    config = DrafterConfig(window=3, ngram=3, phrases_checked=2)
+    eager, static = DraftEngine(draft, config, cuda_graphs=False), DraftEngine(draft, config)
+    static.graphs = GraphedPasses(draft, static.kinds, static.slots, capture=capture)
+    prompts = [[5, 9, 13, 2, 7, 30, 11, 5, 9, 13], [3, 4, 5], [8, 1, 2, 9, 9, 4, 17, 12, 6, 50, 3]]
+    pairs = [(eager.open(p), static.open(p)) for p in prompts]
+    for step in range(6):
+        if step % 2:
+            eager.step_batch([e for e, _ in pairs])
+            static.step_batch([s for _, s in pairs])
+        else:
+            for e, s in pairs:
+                eager.step(e)
+                static.step(s)
+    for e, s in pairs:
+        assert e.tokens == s.tokens and e.cache_length == s.cache_length == len(e.tokens) - 1
+        for ours, theirs in zip(s.cache.layers, e.cache.layers):
+            torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-3)
+    assert eager.pool.most_recent(prompts[0][-1], 4) == static.pool.most_recent(prompts[0][-1], 4)
+    return static
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_draft_engine_through_static_passes_equals_eager_passes(family):
+    static = compare_draft_engines(family, "cpu", capture=False)
+    assert {b.rows for b in static.graphs.passes} == {1, 4}
