@@ -125,7 +125,8 @@ class TargetEngine:
         if bucket is not None:
             all_logits = self.graphs.forward(caches, rows, bucket)
         elif len(work) == 1:
-            all_logits = [self._logits(work[0][0].cache, trees[0], bases[0])]
+            row = rows[0]
+            all_logits = [forward_one(self.model, self.kinds, caches[0], row.tokens, row.positions, row.visible)]
         else:
             all_logits = batched_forward(self.model, self.kinds, caches, rows)
         return [self._commit(session, tree, base, logits, sampling)
@@ -162,7 +163,3 @@ class TargetEngine:
             branch_predictions=[[predictions[n] for n in nodes] for nodes in tree.branch_nodes],
             num_nodes=len(tree.tokens),
         )
-
-    def _logits(self, cache: DynamicCache | Slot, tree, base: int) -> torch.Tensor:
-        return forward_one(self.model, self.kinds, cache, tree.tokens, [base + d for d in tree.depths],
-                           tree.visibility())

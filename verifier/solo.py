@@ -17,7 +17,8 @@ stint waits for the drafter to draft every request's first block. A mode is judg
 TRIAL_ROUNDS rounds at its load, or after CLEAR_LOSS_ROUNDS if the other was CLEAR_LOSS times
 faster; the first round of a stint pays for the switch and is not counted. Solo is timed once
 early at each load, then again every RETRY_SOLO_AFTER speculative rounds (its rate drifts with
-context and load). A speculation trial that loses costs time, so the next one waits until that
+context and load). A speculation trial that loses costs time (a first stint, which ends only to
+time solo, is judged once solo is timed), so the next one waits until that
 cost is at most EXPLORATION_BUDGET of the time spent solo (retry_gap), and at least twice as
 long as the last wait while it keeps losing; at a load of B requests the wait is B times as
 long (speculation_wait), since the trial first waits for the drafter to catch up on each."""
@@ -78,6 +79,7 @@ class SoloSwitch:
         self.rounds_in_mode = 0  # rounds since the last switch
         self.rounds_judged = 0  # rounds of this stint at the current load
         self.retry_speculation_after = RETRY_SPECULATION_AFTER
+        self.untimed_trial: tuple[int, int] | None = None  # (load bucket, rounds): a stint ended to time solo
 
     def rate(self, is_solo: bool, load: int | None = None) -> float | None:
         rate = self.rates.get((is_solo, self.load if load is None else load_bucket(load)))
@@ -120,6 +122,8 @@ class SoloSwitch:
     def _judge(self) -> bool:
         here, there = self.rate(self.is_solo), self.rate(not self.is_solo)
         is_behind = here is not None and there is not None and there > MARGIN * here
+        if self.is_solo:
+            self._judge_untimed_trial(speculating=there, solo=here)
         if self.rounds_judged < TRIAL_ROUNDS:
             if not (self.rounds_judged >= CLEAR_LOSS_ROUNDS and is_behind and there > CLEAR_LOSS * here):
                 return False
@@ -132,7 +136,20 @@ class SoloSwitch:
             self.retry_speculation_after = RETRY_SPECULATION_AFTER
         if self.is_solo:
             return self.rounds_in_mode >= self.speculation_wait() and self._switch()
+        if there is None:  # solo is timed now; this stint is judged once it is (_judge_untimed_trial)
+            self.untimed_trial = (self.load, self.rounds_judged)
         return (there is None or self.rounds_in_mode >= RETRY_SOLO_AFTER) and self._switch()
+
+    def _judge_untimed_trial(self, speculating: float | None, solo: float | None) -> None:
+        """Speculation's first stint at a load ended only to time solo; once solo is timed and
+        faster, that stint was a lost trial and the wait before the next follows from its cost
+        (retry_gap), as for any other."""
+        if self.untimed_trial is None or speculating is None or solo is None:
+            return
+        load, rounds = self.untimed_trial
+        self.untimed_trial = None
+        if load == self.load and solo > MARGIN * speculating:
+            self.retry_speculation_after = retry_gap(rounds, speculating, solo, self.retry_speculation_after)
 
     def _switch(self) -> bool:
         self.is_solo = not self.is_solo

@@ -36,14 +36,15 @@ def test_solo_is_timed_once_then_the_faster_mode_stays():
 
 def test_speculation_that_loses_is_retried_less_often():
     switch = SoloSwitch()
-    run(switch, 2 * TRIAL_ROUNDS, speculating=16.0, solo=20.0)
-    assert switch.is_solo
-    modes = run(switch, RETRY_SPECULATION_AFTER + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
-    assert modes.count(False) == TRIAL_ROUNDS  # one trial of speculation, lost
+    modes = run(switch, TRIAL_ROUNDS + 2, speculating=16.0, solo=20.0)
+    assert modes == [False] * TRIAL_ROUNDS + [True] * 2 and switch.is_solo
+    # the first stint ended only to time solo; solo timed and faster, it was a lost trial
     first_gap = retry_gap(TRIAL_ROUNDS, 16.0, 20.0, RETRY_SPECULATION_AFTER)  # in proportion to its cost
-    assert switch.is_solo and switch.retry_speculation_after == first_gap >= 2 * RETRY_SPECULATION_AFTER
-    run(switch, first_gap + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
-    assert switch.is_solo and switch.retry_speculation_after == 2 * first_gap  # lost again: twice the wait
+    assert switch.retry_speculation_after == first_gap >= 2 * RETRY_SPECULATION_AFTER
+    modes = run(switch, first_gap - 2 + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
+    assert modes == [True] * (first_gap - 2) + [False] * TRIAL_ROUNDS  # one trial of speculation, lost
+    second_gap = retry_gap(TRIAL_ROUNDS, 16.0, 20.0, first_gap)
+    assert switch.is_solo and switch.retry_speculation_after == second_gap == 2 * first_gap  # twice the wait
     for _ in range(8):
         run(switch, switch.retry_speculation_after + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
     assert switch.retry_speculation_after == MAX_RETRY_AFTER  # bounded: it is always tried again
@@ -59,9 +60,10 @@ def rounds_until_switch(switch: SoloSwitch, speculating: float, solo: float, loa
 def test_speculation_that_wins_its_retry_stays_and_resets_the_backoff():
     switch = SoloSwitch()
     assert rounds_until_switch(switch, 16.0, 20.0) == TRIAL_ROUNDS  # solo's first timing
-    assert rounds_until_switch(switch, 16.0, 20.0) == RETRY_SPECULATION_AFTER  # solo won; speculation retried
+    first_gap = retry_gap(TRIAL_ROUNDS, 16.0, 20.0, RETRY_SPECULATION_AFTER)
+    assert rounds_until_switch(switch, 16.0, 20.0) == first_gap  # solo won; speculation retried
     assert rounds_until_switch(switch, 16.0, 20.0) == TRIAL_ROUNDS and switch.is_solo  # and lost
-    assert rounds_until_switch(switch, 16.0, 20.0) == retry_gap(TRIAL_ROUNDS, 16.0, 20.0, RETRY_SPECULATION_AFTER)
+    assert rounds_until_switch(switch, 16.0, 20.0) == retry_gap(TRIAL_ROUNDS, 16.0, 20.0, first_gap)
     assert not any(run(switch, 3 * TRIAL_ROUNDS, speculating=40.0, solo=20.0))  # the draft pays again here
     assert switch.retry_speculation_after == RETRY_SPECULATION_AFTER
     assert rounds_until_switch(switch, 5.0, 20.0) <= 2  # and once it loses, solo at once
