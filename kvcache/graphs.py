@@ -84,8 +84,7 @@ class _StaticPass:
         for i, (slot, row) in enumerate(zip(slots, rows)):
             base, n = slot.get_seq_length(), len(row.tokens)
             ids[i, :n] = torch.tensor(row.tokens)
-            positions[i, :n] = torch.tensor(row.positions)
-            positions[i, n:] = row.positions[0]
+            positions[i, :n] = torch.tensor(row.positions)  # padding tokens at 0, as in kvcache.batch
             row_index[i] = slot.index
             columns[i, :n] = torch.arange(base, base + n)
             visible[i, :n, 0] = False
@@ -123,6 +122,8 @@ class GraphedPasses:
         if not slots or any(not isinstance(slot, Slot) or slot.pool is not self.pool for slot in slots):
             return None
         length = max(slot.get_seq_length() + len(row.tokens) for slot, row in zip(slots, rows))
+        if length > self.pool.max_len:
+            return None  # the eager pass refuses it with the --max-len error
         return bucket_for(len(rows), max(len(row.tokens) for row in rows), length, self.pool.num_slots,
                           self.pool.max_len)
 
@@ -133,8 +134,8 @@ class GraphedPasses:
         static.fill(self.kinds, self.pool, slots, rows, self.dtype)
         widths = [len(row.tokens) for row in rows]
         bases = [slot.get_seq_length() for slot in slots]
-        self.pool.begin_planned_pass(list(slots), widths, static.plan)
         try:
+            self.pool.begin_planned_pass(list(slots), widths, static.plan)
             if not self.capture:
                 self._run(static)
             elif static.graph is not None:
@@ -180,10 +181,14 @@ class GraphedPasses:
                 self._run(static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph, pool=self.memory_pool):
                 self._run(static)
         except RuntimeError as error:
+            # a failed capture can leave its side stream current (torch.cuda.graph's exit raises
+            # before it restores the stream): every later pass must run where the others did
+            torch.cuda.set_stream(stream)
             logging.warning("this model's pass cannot be captured as a CUDA graph (%s): passes run eagerly",
                             str(error).splitlines()[0])
             self.capture = False

@@ -69,6 +69,11 @@ def test_a_failed_static_pass_leaves_the_slot_lengths_as_they_were():
         graphs.forward([slot], rows, graphs.bucket([slot], rows))
     assert slot.get_seq_length() == len(PROMPTS[0])
     assert pool.plan is None
+    long_prompt = [t % 300 for t in range(296)]
+    full = pool.allocate()
+    prefill(target, kinds, full, long_prompt)
+    too_long = rows_for([(long_prompt, [1, 2, 3, 4, 5])])  # 301 > the slots' 300
+    assert graphs.bucket([full], too_long) is None  # the eager pass refuses it, naming --max-len
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
