@@ -86,3 +86,25 @@ def test_draft_passes_replayed_as_cuda_graphs_equal_eager_passes(family):
     static = compare_draft_engines(family, "cuda", capture=True)
     assert static.graphs.capture and static.graphs.num_captured >= 2
     assert DraftEngine(static.model, static.config).graphs is not None  # on by default on CUDA
+
+
+def test_a_model_that_cannot_be_captured_runs_eagerly_with_the_same_output():
+    """A forward with a host sync inside (here a hook reading a value back, as a data-dependent
+    rope or MoE routing would) cannot be captured: the engine warns once, runs every pass
+    eagerly from then on, on the stream it used before, and still decodes the greedy text."""
+    model = tiny_model("llama").to("cuda")
+    expected = cuda_greedy(model, PROMPTS[0], 12)
+
+    def read_back(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        float(hidden.sum())  # a host sync: not allowed while a CUDA graph is being captured
+
+    model.model.layers[0].register_forward_pre_hook(read_back, with_kwargs=True)
+    engine = TargetEngine(model)
+    stream = torch.cuda.current_stream()
+    session = engine.open(PROMPTS[0])
+    while len(session.tokens) - session.num_prompt < 12:
+        engine.verify(session, [])
+    assert session.tokens[session.num_prompt : session.num_prompt + 12] == expected
+    assert not engine.graphs.capture and engine.graphs.num_captured == 0
+    assert torch.cuda.current_stream() == stream

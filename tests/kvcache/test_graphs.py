@@ -132,3 +132,25 @@ def compare_draft_engines(family: str, device: str, capture: bool) -> DraftEngin
 def test_draft_engine_through_static_passes_equals_eager_passes(family):
     static = compare_draft_engines(family, "cpu", capture=False)
     assert {b.rows for b in static.graphs.passes} == {1, 4}
+
+
+def test_graphs_past_the_cap_are_dropped_least_recently_used_and_made_again(monkeypatch):
+    monkeypatch.setattr("kvcache.graphs.MAX_GRAPHS", 2)
+    model = tiny_model("llama")
+    prompt = [5, 17, 33, 2, 40, 41, 5, 17]
+    expected = reference_greedy(model, prompt, 16)
+    engine = TargetEngine(model, max_sessions=2, max_len=200)
+    engine.graphs = GraphedPasses(model, engine.kinds, engine.slots, capture=False)
+    session = engine.open(prompt)
+    seen = set()
+    for step in range(16):  # widths 1, 2, 4, 8 in turn: four buckets through a cache of two
+        done = len(session.tokens) - session.num_prompt
+        if done >= 16:
+            break
+        draft = expected[done : done + (0, 1, 3, 7)[step % 4]]
+        engine.verify(session, draft)
+        seen |= set(engine.graphs.passes)
+        assert len(engine.graphs.passes) <= 2
+    assert len(seen) >= 3
+    assert session.tokens[session.num_prompt : session.num_prompt + 16] == expected
+    assert session.cache_length == len(session.tokens) - 1
