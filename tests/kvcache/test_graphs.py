@@ -12,7 +12,7 @@ from kvcache.batch import batched_forward
 from kvcache.graphs import MAX_TOKENS, MAX_WIDTH, MIN_LENGTH, Bucket, GraphedPasses, bucket_for
 from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
 from tests.families import family_pair
-from tests.kvcache.test_slots import PROMPTS, pool_for, rows_for
+from tests.kvcache.test_slots import PROMPTS, assert_same_entries, pool_for, rows_for
 from verifier.engine import TargetEngine
 
 
@@ -49,11 +49,7 @@ def test_static_pass_equals_plain_caches_with_padding_rows_and_tokens(family):
     for g, w, (_, new) in zip(got, want, work):
         assert g.shape[0] == len(new)
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-    for slot, cache in zip(slots, plain):
-        assert slot.get_seq_length() == cache.get_seq_length()
-        for ours, theirs in zip(slot.layers, cache.layers):
-            torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(ours.values, theirs.values, atol=1e-4, rtol=1e-4)
+    assert_same_entries(slots, plain)
     assert pool.lengths[held[1].index] == pool.lengths[held[4].index] == 0  # untouched rows stay empty
 
 

@@ -53,9 +53,14 @@ def test_batched_passes_over_slots_equal_plain_caches(family, order):
     want = batched_forward(target, kinds, plain, rows_for(work))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-    for slot, cache in zip(slots, plain):
-        assert slot.get_seq_length() == cache.get_seq_length()
-        for ours, theirs in zip(slot.layers, cache.layers):
+    assert_same_entries(slots, plain)
+
+
+def assert_same_entries(caches, others) -> None:
+    """Pairwise the same length and the same keys and values in every layer."""
+    for cache, other in zip(caches, others):
+        assert cache.get_seq_length() == other.get_seq_length()
+        for ours, theirs in zip(cache.layers, other.layers):
             torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(ours.values, theirs.values, atol=1e-4, rtol=1e-4)
 
