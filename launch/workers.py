@@ -60,6 +60,14 @@ def _log_to_stderr(role: str) -> None:
                         format=f"[{role}] %(relativeCreated)d %(message)s" if detailed else f"[{role}] %(message)s")
 
 
+def _log_graphs(engine) -> None:
+    from kvcache.graphs import MAX_TOKENS, MAX_WIDTH
+
+    if engine.graphs is not None:
+        logging.info("CUDA graphs on: passes of up to %d tokens a row and %d in all are captured at bucketed "
+                     "shapes on first use (--no-cuda-graphs runs them eagerly)", MAX_WIDTH, MAX_TOKENS)
+
+
 def run_verifier(args: argparse.Namespace) -> int:
     from launch.models import for_engine, load_model, load_tokenizer, tokenizer_fingerprint
     from verifier.engine import TargetEngine
@@ -74,6 +82,7 @@ def run_verifier(args: argparse.Namespace) -> int:
     slots = engine.slots
     logging.info("KV slots: %d x %d tokens, %.0f MiB at most (--max-sessions, --max-len)", slots.num_slots,
                  slots.max_len, slots.nbytes / 2**20)
+    _log_graphs(engine)
     server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
                             tokenizer_fingerprint(tokenizer), args.threads, args.solo_threads or args.threads,
                             takes_turns=args.takes_turns)
@@ -106,6 +115,7 @@ def run_drafter(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
     engine = DraftEngine(draft, drafter_config, pool, args.max_sessions, args.max_len,
                          cuda_graphs=not args.no_cuda_graphs)
+    _log_graphs(engine)
     fingerprint = tokenizer_fingerprint(draft_tokenizer(args.draft, args.target))
     server = DrafterServer(engine, args.connect, fingerprint, int(draft.config.vocab_size), args.curve_keys)
     _stop_on_signals(server)
