@@ -16,25 +16,34 @@ timed solo first: its rounds cost the target's own rate at most, where a first s
 stint waits for the drafter to draft every request's first block. A mode is judged after
 TRIAL_ROUNDS rounds at its load, or after CLEAR_LOSS_ROUNDS if the other was CLEAR_LOSS times
 faster; the first round of a stint pays for the switch and is not counted. Solo is timed once
-early at each load, then again every RETRY_SOLO_AFTER speculative rounds (its rate drifts with
-context and load). A speculation trial that loses costs time (a first stint, which ends only to
-time solo, is judged once solo is timed), so the next one waits until that
-cost is at most EXPLORATION_BUDGET of the time spent solo (retry_gap), and at least twice as
-long as the last wait while it keeps losing; at a load of B requests the wait is B times as
-long (speculation_wait), since the trial first waits for the drafter to catch up on each."""
+early at each load, then again after solo_gap speculative rounds (its rate drifts with context
+and load): soon where the race was close, since a stale solo rate could keep a request
+speculating when speculation has become the slower, and seldom where speculation wins clearly.
+A solo round far slower than its stint's usual is the machine's hiccup (StintRate). A
+speculation trial that loses costs time (a first stint, which ends only to time solo, is judged
+once solo is timed), so the next one waits until that cost is at most EXPLORATION_BUDGET of
+the time spent solo (retry_gap), and at least twice as long as the last wait while it keeps
+losing; at a load of B requests the wait is B times as long (speculation_wait), since the trial
+first waits for the drafter to catch up on each."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import median
 
 TRIAL_ROUNDS = 8
 CLEAR_LOSS_ROUNDS = 4  # a mode this far behind after this many rounds ends its trial early
 CLEAR_LOSS = 1.5
 RETRY_SPECULATION_AFTER = 16  # the shortest wait before speculation is tried again
 MAX_RETRY_AFTER = 128
-RETRY_SOLO_AFTER = 256
+RETRY_SOLO_AFTER = 256  # the longest wait before solo is timed again
+RETIME_SOLO_AFTER = 32  # the shortest
+SOLO_TIMING_BUDGET = 0.015  # of speculation's time, the most that timing solo again may cost
 EXPLORATION_BUDGET = 0.03  # of solo's time, the most that lost speculation trials may cost
 RATE_MEMORY = 0.85  # weight of the past, per round, in a stint's rate
 MARGIN = 1.03  # the other mode must be this much faster to switch to it (noise is not a reason)
+HICCUP = 3.0  # a solo round this many times its stint's median round is the machine's hiccup, not solo's cost
+HICCUP_WINDOW = 9  # recent rounds whose median that is
 
 
 def load_bucket(num_requests: int) -> int:
@@ -53,16 +62,40 @@ def retry_gap(trial_rounds: int, speculating: float, solo: float, last_gap: int)
     return min(max(gap, RETRY_SPECULATION_AFTER), MAX_RETRY_AFTER)
 
 
+def solo_gap(speculating: float | None, solo: float | None) -> int:
+    """Speculative rounds to wait before solo is timed again.
+    Rule: timing solo takes TRIAL_ROUNDS rounds at solo's rate r instead of speculation's s, a
+    cost of TRIAL_ROUNDS*(1 - r/s) rounds; waiting G rounds keeps it within SOLO_TIMING_BUDGET
+    when G = TRIAL_ROUNDS*(1 - r/s)/budget, within [RETIME_SOLO_AFTER, RETRY_SOLO_AFTER]."""
+    if not speculating or not solo:
+        return RETRY_SOLO_AFTER
+    lost_rounds = TRIAL_ROUNDS * max(1.0 - solo / speculating, 0.0)
+    return min(max(round(lost_rounds / SOLO_TIMING_BUDGET), RETIME_SOLO_AFTER), RETRY_SOLO_AFTER)
+
+
 @dataclass
 class StintRate:
-    """Tokens per second over one stint of a mode, recent rounds weighing most."""
+    """Tokens per second over one stint of a mode, recent rounds weighing most.
+    Rule (caps_hiccups, solo's stints): a solo round waits on nothing but the target's own pass,
+    so one that took more than HICCUP times the median of the stint's recent rounds was the
+    machine's (a preemption, a collection) and counts as HICCUP medians; one such round once
+    kept a whole request speculating at 0.7x solo's rate. A lasting slowdown moves the median
+    within a few rounds. Speculation's rounds are never capped: a long wait for a draft is its
+    real cost."""
 
+    caps_hiccups: bool = False
     tokens: float = 0.0
     seconds: float = 0.0
+    recent: deque = field(default_factory=lambda: deque(maxlen=HICCUP_WINDOW))
 
     def observe(self, tokens: int, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        counted = seconds
+        if self.caps_hiccups and len(self.recent) >= 3:
+            counted = min(seconds, HICCUP * median(self.recent))
+        self.recent.append(seconds)
         self.tokens = RATE_MEMORY * self.tokens + tokens
-        self.seconds = RATE_MEMORY * self.seconds + max(seconds, 0.0)
+        self.seconds = RATE_MEMORY * self.seconds + counted
 
     @property
     def per_second(self) -> float | None:
@@ -98,7 +131,7 @@ class SoloSwitch:
         if self.rounds_in_mode > 1:
             if bucket not in self.stint_loads:
                 self.stint_loads.add(bucket)
-                self.rates[(self.is_solo, bucket)] = StintRate()
+                self.rates[(self.is_solo, bucket)] = StintRate(caps_hiccups=self.is_solo)
             self.rates[(self.is_solo, bucket)].observe(num_committed, seconds)
         return self._judge()
 
@@ -138,7 +171,7 @@ class SoloSwitch:
             return self.rounds_in_mode >= self.speculation_wait() and self._switch()
         if there is None:  # solo is timed now; this stint is judged once it is (_judge_untimed_trial)
             self.untimed_trial = (self.load, self.rounds_judged)
-        return (there is None or self.rounds_in_mode >= RETRY_SOLO_AFTER) and self._switch()
+        return (there is None or self.rounds_in_mode >= solo_gap(here, there)) and self._switch()
 
     def _judge_untimed_trial(self, speculating: float | None, solo: float | None) -> None:
         """Speculation's first stint at a load ended only to time solo; once solo is timed and

@@ -7,8 +7,9 @@ from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
 from verifier.solo import (
-    CLEAR_LOSS_ROUNDS, EXPLORATION_BUDGET, MAX_RETRY_AFTER, RETRY_SOLO_AFTER, RETRY_SPECULATION_AFTER, TRIAL_ROUNDS,
-    SoloSwitch, load_bucket, retry_gap,
+    CLEAR_LOSS_ROUNDS, EXPLORATION_BUDGET, MARGIN, MAX_RETRY_AFTER, RETIME_SOLO_AFTER, RETRY_SOLO_AFTER, RETRY_SPECULATION_AFTER,
+    SOLO_TIMING_BUDGET, TRIAL_ROUNDS,
+    SoloSwitch, StintRate, load_bucket, retry_gap, solo_gap,
 )
 
 
@@ -30,7 +31,9 @@ def test_solo_is_timed_once_then_the_faster_mode_stays():
     modes = run(switch, 2 * TRIAL_ROUNDS, speculating=25.0, solo=20.0)
     assert modes == [False] * TRIAL_ROUNDS + [True] * TRIAL_ROUNDS  # one trial of solo
     assert not switch.is_solo  # it lost: speculation is back
-    assert not any(run(switch, RETRY_SOLO_AFTER - 1, speculating=25.0, solo=20.0))
+    gap = solo_gap(25.0, 20.0)
+    assert RETIME_SOLO_AFTER < gap < RETRY_SOLO_AFTER
+    assert not any(run(switch, gap - 1, speculating=25.0, solo=20.0))
     assert run(switch, 2, speculating=25.0, solo=20.0)[-1]  # solo is timed again, its rate may have moved
 
 
@@ -168,3 +171,58 @@ def test_rates_are_kept_apart_by_load():
     assert switch.record(1, 1 / 20.0, load=1) and not switch.is_solo  # back to one: speculation was faster there
     assert switch.record(1, 1 / 30.0, load=7) and switch.is_solo  # and at eight solo was: no trial needed
 
+
+
+def test_one_hiccup_in_a_solo_stint_does_not_hand_the_request_to_a_slower_speculation():
+    """The demo's log: solo at 37 ms a token, then one 137 ms pass (the machine's), and the
+    request went back to speculating at 0.7x solo's rate for all its remaining rounds."""
+    switch = SoloSwitch()
+    run(switch, TRIAL_ROUNDS + 10, speculating=19.3, solo=27.0)  # speculation timed, then solo
+    assert switch.is_solo
+    rounds = [1 / 27.0] * 3 + [0.137] + [1 / 27.0] * 3
+    assert not any(switch.record(1, seconds) for seconds in rounds) and switch.is_solo
+    assert switch.rate(True) > MARGIN * switch.rate(False)
+    uncapped = StintRate()  # the same solo rounds counted in full: that hiccup alone would have switched
+    for seconds in [1 / 27.0] * 9 + rounds[:4]:  # up to the hiccup, where it would have been judged
+        uncapped.observe(1, seconds)
+    assert 19.3 > MARGIN * uncapped.per_second
+
+
+def test_a_lasting_solo_slowdown_still_counts_and_speculation_takes_over():
+    switch = SoloSwitch()
+    run(switch, TRIAL_ROUNDS + 10, speculating=19.3, solo=27.0)
+    assert switch.is_solo
+    rounds = 0
+    while switch.is_solo:  # another job takes the cores: solo's rounds take 4x as long from now on
+        switch.record(1, 4 / 27.0)
+        rounds += 1
+    assert rounds <= 8
+
+
+def test_a_long_wait_for_a_draft_counts_in_full_against_speculation():
+    rate = StintRate(caps_hiccups=False)
+    for seconds in [0.05] * 8 + [2.0]:  # a draft timeout is speculation's real cost
+        rate.observe(3, seconds)
+    capped = StintRate(caps_hiccups=True)
+    for seconds in [0.05] * 8 + [2.0]:
+        capped.observe(3, seconds)
+    assert capped.per_second > 2 * rate.per_second  # what a cap would have hidden
+    switch = SoloSwitch()
+    for seconds in [0.05] * 5 + [2.0]:  # within speculation's first trial, its rounds as they were
+        switch.record(3, seconds)
+    expected = StintRate()
+    for seconds in [0.05] * 4 + [2.0]:  # the first round of a stint is not counted
+        expected.observe(3, seconds)
+    assert not switch.is_solo and switch.rate(False) == pytest.approx(expected.per_second)
+
+
+def test_solo_is_timed_again_sooner_the_closer_the_race():
+    # timing solo for a trial costs TRIAL_ROUNDS * (1 - r/s) rounds: the wait keeps it within budget
+    assert solo_gap(25.0, 20.0) == round(TRIAL_ROUNDS * 0.2 / SOLO_TIMING_BUDGET)
+    assert solo_gap(21.0, 20.0) == RETIME_SOLO_AFTER  # a close race: a stale solo rate is soon replaced
+    assert solo_gap(60.0, 20.0) == RETRY_SOLO_AFTER  # speculation far ahead: solo seldom
+    assert solo_gap(None, 20.0) == solo_gap(25.0, None) == RETRY_SOLO_AFTER
+    switch = SoloSwitch()
+    run(switch, 2 * TRIAL_ROUNDS, speculating=21.0, solo=20.0)  # speculation won, narrowly
+    assert not switch.is_solo
+    assert rounds_until_switch(switch, 21.0, 20.0) == RETIME_SOLO_AFTER
