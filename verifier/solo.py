@@ -21,7 +21,7 @@ and load): soon where the race was close, since a stale solo rate could keep a r
 speculating when speculation has become the slower, and seldom where speculation wins clearly.
 A solo round far slower than its stint's usual is the machine's hiccup (StintRate). A
 speculation trial that loses costs time (a first stint, which ends only to time solo, is judged
-once solo is timed), so the next one waits until that cost is at most EXPLORATION_BUDGET of
+once solo's own trial is over), so the next one waits until that cost is at most EXPLORATION_BUDGET of
 the time spent solo (retry_gap), and at least twice as long as the last wait while it keeps
 losing; at a load of B requests the wait is B times as long (speculation_wait), since the trial
 first waits for the drafter to catch up on each."""
@@ -155,11 +155,11 @@ class SoloSwitch:
     def _judge(self) -> bool:
         here, there = self.rate(self.is_solo), self.rate(not self.is_solo)
         is_behind = here is not None and there is not None and there > MARGIN * here
-        if self.is_solo:
-            self._judge_untimed_trial(speculating=there, solo=here)
         if self.rounds_judged < TRIAL_ROUNDS:
             if not (self.rounds_judged >= CLEAR_LOSS_ROUNDS and is_behind and there > CLEAR_LOSS * here):
                 return False
+        if self.is_solo:  # solo's own trial is over: its rate is worth judging the first stint by
+            self._judge_untimed_trial(speculating=there, solo=here)
         is_trial_over = not self.is_solo and self.rounds_judged <= TRIAL_ROUNDS and there is not None
         if is_behind:
             if is_trial_over:  # speculation lost its trial: wait longer before the next
@@ -174,9 +174,9 @@ class SoloSwitch:
         return (there is None or self.rounds_in_mode >= solo_gap(here, there)) and self._switch()
 
     def _judge_untimed_trial(self, speculating: float | None, solo: float | None) -> None:
-        """Speculation's first stint at a load ended only to time solo; once solo is timed and
-        faster, that stint was a lost trial and the wait before the next follows from its cost
-        (retry_gap), as for any other."""
+        """Speculation's first stint at a load ended only to time solo; once solo's own trial is
+        over (TRIAL_ROUNDS, not its first round) and solo was faster, that stint was a lost trial
+        and the wait before the next follows from its cost (retry_gap), as for any other."""
         if self.untimed_trial is None or speculating is None or solo is None:
             return
         load, rounds = self.untimed_trial

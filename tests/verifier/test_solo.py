@@ -39,13 +39,15 @@ def test_solo_is_timed_once_then_the_faster_mode_stays():
 
 def test_speculation_that_loses_is_retried_less_often():
     switch = SoloSwitch()
-    modes = run(switch, TRIAL_ROUNDS + 2, speculating=16.0, solo=20.0)
-    assert modes == [False] * TRIAL_ROUNDS + [True] * 2 and switch.is_solo
-    # the first stint ended only to time solo; solo timed and faster, it was a lost trial
+    modes = run(switch, TRIAL_ROUNDS + TRIAL_ROUNDS - 1, speculating=16.0, solo=20.0)
+    assert modes == [False] * TRIAL_ROUNDS + [True] * (TRIAL_ROUNDS - 1) and switch.is_solo
+    assert switch.retry_speculation_after == RETRY_SPECULATION_AFTER  # solo's own trial is not over yet
+    run(switch, 1, speculating=16.0, solo=20.0)
+    # the first stint ended only to time solo; solo timed over its trial and faster, it was a lost trial
     first_gap = retry_gap(TRIAL_ROUNDS, 16.0, 20.0, RETRY_SPECULATION_AFTER)  # in proportion to its cost
     assert switch.retry_speculation_after == first_gap >= 2 * RETRY_SPECULATION_AFTER
-    modes = run(switch, first_gap - 2 + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
-    assert modes == [True] * (first_gap - 2) + [False] * TRIAL_ROUNDS  # one trial of speculation, lost
+    modes = run(switch, first_gap - TRIAL_ROUNDS + TRIAL_ROUNDS, speculating=16.0, solo=20.0)
+    assert modes == [True] * (first_gap - TRIAL_ROUNDS) + [False] * TRIAL_ROUNDS  # a trial of speculation, lost
     second_gap = retry_gap(TRIAL_ROUNDS, 16.0, 20.0, first_gap)
     assert switch.is_solo and switch.retry_speculation_after == second_gap == 2 * first_gap  # twice the wait
     for _ in range(8):
@@ -226,3 +228,17 @@ def test_solo_is_timed_again_sooner_the_closer_the_race():
     run(switch, 2 * TRIAL_ROUNDS, speculating=21.0, solo=20.0)  # speculation won, narrowly
     assert not switch.is_solo
     assert rounds_until_switch(switch, 21.0, 20.0) == RETIME_SOLO_AFTER
+
+
+def test_the_first_stint_is_judged_on_solo_s_whole_trial_not_its_first_round():
+    """The demo's log: solo's first counted round (21.9 tok/s, a slow one) was below the first
+    stint's 22.7, so that stint was never judged lost, and speculation came back after 16 rounds
+    against a solo that settled at 29 tok/s."""
+    switch = SoloSwitch()
+    run(switch, TRIAL_ROUNDS, speculating=22.7, solo=29.0)
+    assert switch.is_solo
+    switch.record(1, 1.0)  # the stint's first round: not counted
+    switch.record(1, 1 / 21.9)
+    run(switch, TRIAL_ROUNDS - 2, speculating=22.7, solo=29.0)
+    assert switch.retry_speculation_after > RETRY_SPECULATION_AFTER
+    assert rounds_until_switch(switch, 22.7, 29.0) == switch.retry_speculation_after - TRIAL_ROUNDS
