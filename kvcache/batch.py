@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from kvcache.attention import AttentionKind, layer_masks, model_dtype, new_cache
+from kvcache.packed import has_packed_layers, only_tokens
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,10 @@ def _slots_forward(model: torch.nn.Module, kinds: list[AttentionKind], slots: Se
     mask = layer_masks(kinds, visible.to(device), query_positions.to(device), key_positions.to(device),
                        model_dtype(model))
     input_ids = torch.tensor([r.tokens + [r.tokens[0]] * (width - len(r.tokens)) for r in rows], device=device)
-    with model_cache(None, widths, slots=list(slots)) as cache:
+    real = None  # packed layers skip the padding (kvcache.packed.only_tokens)
+    if sum(widths) < len(rows) * width and has_packed_layers(model):
+        real = torch.tensor([i * width + j for i, n in enumerate(widths) for j in range(n)], device=device)
+    with model_cache(None, widths, slots=list(slots)) as cache, only_tokens(real, len(rows) * width):
         out = model(input_ids=input_ids, position_ids=query_positions.to(device), attention_mask=mask, cache=cache,
                     use_cache=True)
     return [out.logits[i, :n] for i, n in enumerate(widths)]

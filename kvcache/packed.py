@@ -5,8 +5,14 @@ although the weights are read once either way: the GEMM kernels for small M are 
 `nn.Linear` is swapped for a `PackedLinear` with the same name, shapes and results (float rounding
 aside), so any architecture keeps working. Its packed copy is, where the machine allows, our own
 float32 kernel's panel layout (kvcache.cpu_gemm: AVX-512, streams each weight once), else
-oneDNN's blocked layout. Inference only: packed layers have no gradient."""
+oneDNN's blocked layout. Inference only: packed layers have no gradient.
+
+Padding costs nothing here (only_tokens): a batched pass pads every row to the widest, and
+inside it the packed layers compute the real tokens only; a padding token's outputs are zeros,
+which keep it finite through every later layer, and no real token ever attends to it."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -22,6 +28,25 @@ def can_pack(model: torch.nn.Module) -> bool:
 
 PLAIN_MAX_ROWS = 2  # oneDNN: up to this many input rows the plain layout is faster (a GEMV reads weights once)
 KERNEL_MAX_ROWS = 64  # ours: past this many rows (a prefill) plain MKL is as fast (measured, 1 and 2 threads)
+
+
+_real_tokens: tuple[torch.Tensor, int] | None = None  # a padded pass's real tokens, of how many (only_tokens)
+
+
+@contextlib.contextmanager
+def only_tokens(real: torch.Tensor | None, total: int = 0):
+    """Within: packed layers fed exactly this pass's `total` (B*W) tokens compute only the flat
+    positions `real`; the others' outputs are zeros. None: every token, as outside."""
+    global _real_tokens
+    previous, _real_tokens = _real_tokens, (None if real is None else (real, total))
+    try:
+        yield
+    finally:
+        _real_tokens = previous
+
+
+def has_packed_layers(model: torch.nn.Module) -> bool:
+    return getattr(model, "num_packed_linears", 0) > 0
 
 
 class PackedLinear(torch.nn.Module):
@@ -46,6 +71,15 @@ class PackedLinear(torch.nn.Module):
         self.register_buffer("packed_weight", packed, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _real_tokens is not None and x.dim() == 3 and x.shape[0] * x.shape[1] == _real_tokens[1]:
+            real = _real_tokens[0]
+            flat = x.reshape(-1, self.in_features)
+            out = flat.new_zeros(flat.shape[0], self.out_features)
+            out.index_copy_(0, real, self._linear(flat.index_select(0, real)))
+            return out.view(*x.shape[:-1], self.out_features)
+        return self._linear(x)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.detach()
         if self.backend == "kernel":
             if x.numel() <= KERNEL_MAX_ROWS * self.in_features and x.dtype == torch.float32:
@@ -69,4 +103,5 @@ def pack_linears(model: torch.nn.Module) -> int:
              if type(child) is torch.nn.Linear]
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear(child))
+    model.num_packed_linears = getattr(model, "num_packed_linears", 0) + len(swaps)
     return len(swaps)

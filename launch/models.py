@@ -126,11 +126,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 
 def for_engine(model: torch.nn.Module, packed: bool = True) -> torch.nn.Module:
     """A loaded model made ready for an engine: its linear layers prepacked where that pays on
-    this device (kvcache.packed), unless --no-packed-weights. In place; no training after it."""
+    this device (kvcache.packed), unless --no-packed-weights, and on a CPU its grouped-query
+    attention computed without copying keys and values (kvcache.cpu_attention). In place; no
+    training after it."""
+    from kvcache.cpu_attention import use_cpu_attention
     from kvcache.packed import pack_linears
 
     if packed:
         pack_linears(model)
+    use_cpu_attention(model)
     return model
 
 

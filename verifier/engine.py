@@ -11,6 +11,7 @@ from kvcache.attention import attention_kinds, forward_one, free_cache, new_cach
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.graphs import GraphedPasses
 from kvcache.ops import keep_cache_entries
+from kvcache.packed import has_packed_layers
 from kvcache.slots import Slot, SlotPool, resolve_max_len
 from verifier.sampling import SamplingParams, next_tokens
 from verifier.tree import accept_greedy, build_tree
@@ -65,6 +66,8 @@ class TargetEngine:
                               self.device)
         self.graphs = GraphedPasses(model, self.kinds, self.slots) if cuda_graphs and self.device.type == "cuda" \
             else None
+        # a batched pass over slots computes only its real tokens in packed layers (kvcache.packed)
+        self.skips_padding = self.graphs is None and has_packed_layers(model)
 
     def use_threads(self, num_threads: int) -> None:
         """Torch threads for the next passes (the verifier takes the drafter's cores while it rests)."""

@@ -24,15 +24,16 @@ class PassCostModel:
     cannot mislead for long, and every pass informs the estimate of every size."""
 
     def __init__(self) -> None:
-        self.samples: deque[tuple[int, int, float]] = deque(maxlen=COST_WINDOW)
+        self.samples: deque[tuple[int, float, float]] = deque(maxlen=COST_WINDOW)
         self.coefficients: tuple[float, float, float] | None = None
 
-    def observe(self, num_rows: int, width: int, seconds: float) -> None:
+    def observe(self, num_rows: int, width: float, seconds: float) -> None:
         self.samples.append((num_rows, width, seconds))
         self.coefficients = _fit(self.samples)
 
-    def estimate(self, num_rows: int, width: int) -> float | None:
-        """c(B, w), never below a microsecond; None until passes of two sizes were timed."""
+    def estimate(self, num_rows: int, width: float) -> float | None:
+        """c(B, w), never below a microsecond; None until passes of two sizes were timed. w is
+        the width the pass computes: its widest row, or its mean where padding is skipped."""
         if self.coefficients is None:
             return None
         a, b, d = self.coefficients
@@ -46,7 +47,7 @@ class PassCostModel:
         return None if plain is None else max(self.coefficients[1], 0.0) * num_rows / plain
 
 
-def _fit(samples: Sequence[tuple[int, int, float]]) -> tuple[float, float, float] | None:
+def _fit(samples: Sequence[tuple[int, float, float]]) -> tuple[float, float, float] | None:
     """Least squares for seconds ~ a + b*(rows*width) + d*rows (normal equations, ridge on b, d)."""
     if len({rows * width for rows, width, _ in samples}) < 2:
         return None  # no spread in size: no slope to speak of
@@ -73,24 +74,36 @@ def _solve3(m: list[list[float]], v: list[float]) -> tuple[float, float, float] 
 
 
 def best_width(draft_sizes: Sequence[int], yields: Sequence[float], cost: PassCostModel) -> int:
-    """The pass width (root + draft tokens per row) that commits the most tokens per second.
+    """The common pass width of a padded batch (best_widths without skipped padding)."""
+    return max(best_widths(draft_sizes, yields, cost), default=1)
 
-    Rule: B rows cut to width w commit sum_i 1 + y_i * min(k_i, w - 1) tokens in expectation,
-    where k_i is row i's draft size and y_i its request's measured yield (draft tokens
-    accepted per draft token verified); the pass costs c(B, w), padding included. Choose
-    the w maximising committed / c(B, w). While c is unknown, verify everything (and so
-    measure it)."""
-    widest = 1 + max(draft_sizes, default=0)
-    candidates = sorted({1, widest} | {1 + k for k in draft_sizes})
+
+def best_widths(draft_sizes: Sequence[int], yields: Sequence[float], cost: PassCostModel,
+                skips_padding: bool = False) -> list[int]:
+    """Each row's pass width (root + draft tokens) so the pass commits the most tokens per second.
+
+    Rule: rows cut to widths w_i commit sum_i 1 + y_i * (w_i - 1) tokens in expectation, where
+    y_i is row i's measured yield (draft tokens accepted per draft token verified), and cost
+    c(B, w) for the w the pass computes: the widest, every row padded to it, or where the
+    engine skips padding (kvcache.packed.only_tokens) the rows' mean width. Candidates: a common
+    cap w, each row cut to min(1 + k_i, w) (k_i: its draft size); where padding is skipped, also
+    rows whose yield is below a threshold cut to their root alone, so a seldom-right draft
+    costs no other row. While c is unknown, verify everything (and so measure it)."""
     rows = len(draft_sizes)
-    best, best_rate = widest, -1.0
-    for width in candidates:
-        seconds = cost.estimate(rows, width)
-        if seconds is None:
-            return widest
-        committed = sum(1 + y * min(k, width - 1) for k, y in zip(draft_sizes, yields))
-        if committed / seconds > best_rate:
-            best, best_rate = width, committed / seconds
+    full = [1 + k for k in draft_sizes]
+    caps = sorted({1, max(full, default=1)} | set(full))
+    thresholds = sorted(set(yields)) if skips_padding else [float("-inf")]
+    best, best_rate = full, -1.0
+    for cap in caps:
+        for threshold in thresholds:
+            widths = [min(n, cap) if y >= threshold else 1 for n, y in zip(full, yields)]
+            computed = sum(widths) / rows if skips_padding and rows else max(widths, default=1)
+            seconds = cost.estimate(rows, computed)
+            if seconds is None:
+                return full
+            committed = sum(1 + y * (w - 1) for w, y in zip(widths, yields))
+            if committed / seconds > best_rate:
+                best, best_rate = widths, committed / seconds
     return best
 
 

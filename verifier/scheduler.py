@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from protocol.prompt_lookup import lookup_continuation
 from verifier.config import VerifierConfig
-from verifier.pass_cost import YIELD_SMOOTHING, PassCostModel, best_width
+from verifier.pass_cost import YIELD_SMOOTHING, PassCostModel, best_widths
 from verifier.requests import RoundPlan, ServerRequest
 from verifier.solo import SoloSwitch
 
@@ -24,6 +24,7 @@ class Scheduler:
         self.recent_yield = 1.0  # draft yield across requests lately: a new request starts from it
         self.solo = SoloSwitch(is_enabled=config.is_width_fitted)  # the target alone, while it is faster
         self.was_plain = False  # the last unfitted solo pass was cut plain (see plan)
+        self.skips_padding = False  # the engine's batched passes skip padding (the server sets it from the engine)
 
     @property
     def is_drafter_idle(self) -> bool:
@@ -111,11 +112,15 @@ class Scheduler:
         if is_solo_pass and cost.coefficients is None:  # time plain and wide solo passes, alternately
             self.was_plain = not self.was_plain
             return [plan.cut(0) for plan in plans] if self.was_plain else plans
-        width = best_width([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], cost)
-        return [plan.cut(width - 1) for plan in plans]
+        widths = best_widths([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], cost,
+                             self.skips_padding)
+        return [plan.cut(width - 1) for plan, width in zip(plans, widths)]
 
-    def record_pass(self, batch: list[ServerRequest], width: int, seconds: float, is_solo_pass: bool = False) -> None:
-        """A solo pass (on the drafter's threads too) is timed apart from passes while drafting."""
-        (self.solo_pass_cost if is_solo_pass else self.pass_cost).observe(len(batch), width, seconds)
+    def record_pass(self, batch: list[ServerRequest], widths: list[int], seconds: float,
+                    is_solo_pass: bool = False) -> None:
+        """A solo pass (on the drafter's threads too) is timed apart from passes while drafting;
+        its size is the width it computed (verifier.pass_cost.best_widths)."""
+        computed = sum(widths) / len(widths) if self.skips_padding else max(widths)
+        (self.solo_pass_cost if is_solo_pass else self.pass_cost).observe(len(batch), computed, seconds)
         mean_yield = sum(r.draft_yield for r in batch) / len(batch)
         self.recent_yield += YIELD_SMOOTHING * (mean_yield - self.recent_yield)

@@ -49,6 +49,7 @@ class VerifierServer:
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.config = config
         self.scheduler = Scheduler(config)
+        self.scheduler.skips_padding = engine.skips_padding
         self.agreement = AgreementWatch()
         self.stats = ServerStats()
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
@@ -241,8 +242,9 @@ class VerifierServer:
             for request in requests:
                 self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
-        width, seconds = max(r.num_nodes for r in results), time.perf_counter() - started
-        log.debug("pass of %d rows x %d tokens: %.0f ms", len(requests), width, 1000 * seconds)
+        widths, seconds = [r.num_nodes for r in results], time.perf_counter() - started
+        log.debug("pass of %d rows x %d tokens (%d real): %.0f ms", len(requests), max(widths), sum(widths),
+                  1000 * seconds)
         for request, plan, result in zip(requests, plans, results):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
             self.agreement.record(len(plan.trunk), result.num_trunk_accepted)
@@ -250,7 +252,7 @@ class VerifierServer:
             request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
                 self.after_round(request, plan, result)
-        self.scheduler.record_pass(requests, width, seconds, is_solo_pass)
+        self.scheduler.record_pass(requests, widths, seconds, is_solo_pass)
         self.stats.record_pass(seconds, self.link.is_absent)
         self.time_round(round_began, sum(len(result.appended) for result in results), load)
         self.open_admitted()  # those admitted from the queue as others ended

@@ -5,7 +5,9 @@ import pytest
 
 from verifier.config import VerifierConfig
 from verifier.engine import VerifyResult
-from verifier.pass_cost import COST_WINDOW, EXPLORE_AFTER, YIELD_SMOOTHING, PassCostModel, best_width, cut_draft
+from verifier.pass_cost import (
+    COST_WINDOW, EXPLORE_AFTER, YIELD_SMOOTHING, PassCostModel, best_width, best_widths, cut_draft,
+)
 from verifier.requests import RoundPlan, ServerRequest
 from verifier.scheduler import UNMEASURED_PASS_S, Scheduler
 
@@ -87,6 +89,30 @@ def test_intermediate_width_when_one_row_has_a_long_draft():
 
 def test_unknown_costs_verify_everything():
     assert best_width([4, 2], [0.0, 0.0], PassCostModel()) == 5
+    assert best_widths([4, 2], [0.0, 0.0], PassCostModel(), skips_padding=True) == [5, 3]
+
+
+def test_where_padding_is_skipped_each_row_pays_for_its_own_draft_alone():
+    """Row A drafts 5 tokens at yield 0.9, row B 5 at yield 0.05; 60 ms + 10 ms a computed token.
+    Padded, both rows compute the common width: 6 commits 2 + 4.5 + 0.25 = 6.75 in 180 ms
+    (37.5/s), 1 commits 2 in 80 ms (25/s). Skipping padding, B cut to its root: A computes 6
+    and B 1, a mean width of 3.5: 2 + 4.5 = 6.5 in 130 ms (50/s)."""
+    cost = line(0.06, 0.01, 0.0)
+    assert best_widths([5, 5], [0.9, 0.05], cost) == [6, 6]
+    assert best_widths([5, 5], [0.9, 0.05], cost, skips_padding=True) == [6, 1]
+    assert best_widths([5, 5], [0.9, 0.9], cost, skips_padding=True) == [6, 6]
+    assert best_widths([5, 5], [0.05, 0.05], cost, skips_padding=True) == [1, 1]
+    assert best_widths([2, 8], [1.0, 0.05], line(0.09, 0.005, 0.0), skips_padding=True) == [3, 1]
+
+
+def test_a_pass_that_skips_padding_is_timed_at_its_mean_width():
+    scheduler = scheduler_with(2)
+    batch = list(scheduler.requests.values())
+    scheduler.record_pass(batch, [6, 1], 0.1)
+    assert scheduler.pass_cost.samples[-1] == (2, 6, 0.1)  # padded: both rows computed 6
+    scheduler.skips_padding = True
+    scheduler.record_pass(batch, [6, 1], 0.1)
+    assert scheduler.pass_cost.samples[-1] == (2, 3.5, 0.1)
 
 
 def test_cut_draft_trunk_first_then_branch_prefixes():
