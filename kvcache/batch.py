@@ -123,7 +123,7 @@ def _slots_forward(model: torch.nn.Module, kinds: list[AttentionKind], slots: Se
     real = None  # packed layers skip the padding (kvcache.packed.only_tokens)
     if sum(widths) < len(rows) * width and has_packed_layers(model):
         real = torch.tensor([i * width + j for i, n in enumerate(widths) for j in range(n)], device=device)
-    with model_cache(None, widths, slots=list(slots)) as cache, only_tokens(real, len(rows) * width):
+    with model_cache(None, widths, slots=list(slots)) as cache, only_tokens(real, len(rows), width):
         out = model(input_ids=input_ids, position_ids=query_positions.to(device), attention_mask=mask, cache=cache,
                     use_cache=True)
     return [out.logits[i, :n] for i, n in enumerate(widths)]

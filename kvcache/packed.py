@@ -30,15 +30,16 @@ PLAIN_MAX_ROWS = 2  # oneDNN: up to this many input rows the plain layout is fas
 KERNEL_MAX_ROWS = 64  # ours: past this many rows (a prefill) plain MKL is as fast (measured, 1 and 2 threads)
 
 
-_real_tokens: tuple[torch.Tensor, int] | None = None  # a padded pass's real tokens, of how many (only_tokens)
+_real_tokens: tuple[torch.Tensor, int, int] | None = None  # a padded pass's real tokens, its (B, W) (only_tokens)
 
 
 @contextlib.contextmanager
-def only_tokens(real: torch.Tensor | None, total: int = 0):
-    """Within: packed layers fed exactly this pass's `total` (B*W) tokens compute only the flat
-    positions `real`; the others' outputs are zeros. None: every token, as outside."""
+def only_tokens(real: torch.Tensor | None, rows: int = 0, width: int = 0):
+    """Within: packed layers fed this pass's (rows, width, features) activations compute only
+    the flat positions `real` (row * width + column); the others' outputs are zeros. None:
+    every token, as outside. Any other input shape is computed whole."""
     global _real_tokens
-    previous, _real_tokens = _real_tokens, (None if real is None else (real, total))
+    previous, _real_tokens = _real_tokens, (None if real is None else (real, rows, width))
     try:
         yield
     finally:
@@ -71,7 +72,7 @@ class PackedLinear(torch.nn.Module):
         self.register_buffer("packed_weight", packed, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _real_tokens is not None and x.dim() == 3 and x.shape[0] * x.shape[1] == _real_tokens[1]:
+        if _real_tokens is not None and x.dim() == 3 and tuple(x.shape[:2]) == _real_tokens[1:]:
             real = _real_tokens[0]
             flat = x.reshape(-1, self.in_features)
             out = flat.new_zeros(flat.shape[0], self.out_features)
