@@ -37,7 +37,9 @@ def use_cpu_attention(model: torch.nn.Module) -> bool:
     parameter = next(model.parameters())
     if parameter.device.type != "cpu" or getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
+    if not any(getattr(module, "num_key_value_groups", 1) > 1 for module in model.modules()):
+        return False  # no grouped-query attention: HF's sdpa copies nothing
     AttentionInterface.register(NAME, sdpa_without_copies)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
-    return True
+    return model.config._attn_implementation == NAME  # a model may refuse it (with a warning)

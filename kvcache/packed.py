@@ -13,6 +13,7 @@ which keep it finite through every later layer, and no real token ever attends t
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -30,20 +31,21 @@ PLAIN_MAX_ROWS = 2  # oneDNN: up to this many input rows the plain layout is fas
 KERNEL_MAX_ROWS = 64  # ours: past this many rows (a prefill) plain MKL is as fast (measured, 1 and 2 threads)
 
 
-_real_tokens: tuple[torch.Tensor, int, int] | None = None  # a padded pass's real tokens, its (B, W) (only_tokens)
+_pass = threading.local()  # this thread's padded pass: (real tokens, B, W) (only_tokens)
 
 
 @contextlib.contextmanager
 def only_tokens(real: torch.Tensor | None, rows: int = 0, width: int = 0):
-    """Within: packed layers fed this pass's (rows, width, features) activations compute only
-    the flat positions `real` (row * width + column); the others' outputs are zeros. None:
-    every token, as outside. Any other input shape is computed whole."""
-    global _real_tokens
-    previous, _real_tokens = _real_tokens, (None if real is None else (real, rows, width))
+    """Within, on this thread: packed layers fed this pass's (rows, width, features)
+    activations compute only the flat positions `real` (row * width + column); the others'
+    outputs are zeros. None: every token, as outside. Any other input shape is computed whole.
+    Per thread, so another engine's pass in another thread of the process is never cut."""
+    previous = getattr(_pass, "real_tokens", None)
+    _pass.real_tokens = None if real is None else (real, rows, width)
     try:
         yield
     finally:
-        _real_tokens = previous
+        _pass.real_tokens = previous
 
 
 def has_packed_layers(model: torch.nn.Module) -> bool:
@@ -72,8 +74,9 @@ class PackedLinear(torch.nn.Module):
         self.register_buffer("packed_weight", packed, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _real_tokens is not None and x.dim() == 3 and tuple(x.shape[:2]) == _real_tokens[1:]:
-            real = _real_tokens[0]
+        cut = getattr(_pass, "real_tokens", None)
+        if cut is not None and x.dim() == 3 and tuple(x.shape[:2]) == cut[1:]:
+            real = cut[0]
             flat = x.reshape(-1, self.in_features)
             out = flat.new_zeros(flat.shape[0], self.out_features)
             out.index_copy_(0, real, self._linear(flat.index_select(0, real)))

@@ -112,7 +112,8 @@ class Scheduler:
         if is_solo_pass and cost.coefficients is None:  # time plain and wide solo passes, alternately
             self.was_plain = not self.was_plain
             return [plan.cut(0) for plan in plans] if self.was_plain else plans
-        widths = best_widths([p.num_draft_tokens for p in plans], [r.draft_yield for r in batch], cost,
+        # planning_yield: a row cut to its root for long is given its drafts again, to be measured
+        widths = best_widths([p.num_draft_tokens for p in plans], [r.planning_yield() for r in batch], cost,
                              self.skips_padding)
         return [plan.cut(width - 1) for plan, width in zip(plans, widths)]
 

@@ -108,3 +108,25 @@ def test_engine_models_attend_without_copying_keys_and_values(family, monkeypatc
         prefill(target, kinds, cache, prompt)
     for g, w in zip(got, batched_forward(target, kinds, plain, rows_for(work))):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_skipping_padding_holds_only_on_the_thread_of_the_pass():
+    """Two engines in threads of one process: one's padded pass never cuts the other's layers."""
+    import threading
+
+    from kvcache.packed import only_tokens
+
+    torch.manual_seed(0)
+    layer = PackedLinear(torch.nn.Linear(16, 8))
+    x = torch.randn(2, 3, 16)
+    with torch.inference_mode():
+        whole = layer(x)
+        inside, other = {}, {}
+        with only_tokens(torch.tensor([0, 3, 4]), 2, 3):
+            inside["y"] = layer(x)
+            thread = threading.Thread(target=lambda: other.setdefault("y", layer(x)))
+            thread.start()
+            thread.join()
+    torch.testing.assert_close(other["y"], whole)  # the other thread's pass: every token
+    assert inside["y"].reshape(6, 8)[[1, 2, 5]].abs().sum() == 0  # padding: zeros
+    torch.testing.assert_close(inside["y"].reshape(6, 8)[[0, 3, 4]], whole.reshape(6, 8)[[0, 3, 4]])

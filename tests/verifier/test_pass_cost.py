@@ -213,3 +213,23 @@ def test_a_part_batch_waits_briefly_for_a_request_whose_verdict_just_went_out():
     assert not scheduler.is_gathering([ready], is_drafter_absent=True)
     straggler.waiting_since = 1000.0 - 0.51 * UNMEASURED_PASS_S  # past it
     assert not scheduler.is_gathering([ready], is_drafter_absent=False)
+
+
+def test_a_row_cut_to_its_root_for_long_gets_its_draft_again_to_be_measured():
+    scheduler = scheduler_with(2)
+    scheduler.skips_padding = True
+    for rows, width, seconds in ((2, 1, 0.08), (2, 3, 0.12), (2, 6, 0.18), (1, 1, 0.07), (1, 6, 0.12)):
+        scheduler.pass_cost.observe(rows, width, seconds)
+    good, poor = scheduler.requests.values()
+    good.draft_yield, poor.draft_yield = 0.9, 0.02
+    batch = [good, poor]
+
+    def widths():
+        plans = scheduler.plan([r for r in batch], is_solo_pass=False)
+        return [1 + p.num_draft_tokens for p in plans]
+
+    for request in batch:
+        request.plan_round = lambda lookup, limit: RoundPlan([1, 2, 3, 4, 5], [], is_predraft=False, has_draft=True)
+    assert widths() == [6, 1]  # the poor row goes root-only; the good one is not held back
+    poor.num_unverified_rounds = EXPLORE_AFTER
+    assert widths() == [6, 6]  # unmeasured too long: its draft is verified again
