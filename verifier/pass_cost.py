@@ -21,23 +21,29 @@ class PassCostModel:
     """Seconds per target pass: c(B, w) = a + b*B*w + d*B for B rows padded to width w, fitted
     by least squares to the last COST_WINDOW passes. b is the cost of a token, d that of a row
     (its padded cache, its commit). A fit, not a table, so a size measured once (cold, say)
-    cannot mislead for long, and every pass informs the estimate of every size."""
+    cannot mislead for long, and every pass informs the estimate of every size.
+    Where the engine skips padding in its linear layers (kvcache.packed.only_tokens), w is the
+    rows' mean width, and the P padded slots up to the widest row (B*widest - sum of widths)
+    still cost attention, norms and rotary: + p*P, p fitted too once passes with padding were
+    timed (padding_cost; 0 before, and for engines that pad, where b covers it)."""
 
     def __init__(self) -> None:
-        self.samples: deque[tuple[int, float, float]] = deque(maxlen=COST_WINDOW)
+        self.samples: deque[tuple[int, float, float, float]] = deque(maxlen=COST_WINDOW)
         self.coefficients: tuple[float, float, float] | None = None
+        self.padding_cost = 0.0
 
-    def observe(self, num_rows: int, width: float, seconds: float) -> None:
-        self.samples.append((num_rows, width, seconds))
-        self.coefficients = _fit(self.samples)
+    def observe(self, num_rows: int, width: float, seconds: float, padding: float = 0.0) -> None:
+        self.samples.append((num_rows, width, seconds, padding))
+        fitted = _fit(self.samples)
+        self.coefficients, self.padding_cost = (None, 0.0) if fitted is None else (fitted[:3], fitted[3])
 
-    def estimate(self, num_rows: int, width: float) -> float | None:
-        """c(B, w), never below a microsecond; None until passes of two sizes were timed. w is
-        the width the pass computes: its widest row, or its mean where padding is skipped."""
+    def estimate(self, num_rows: int, width: float, padding: float = 0.0) -> float | None:
+        """c(B, w) + p*P, never below a microsecond; None until passes of two sizes were timed.
+        w is the width the pass computes: its widest row, or its mean where padding is skipped."""
         if self.coefficients is None:
             return None
         a, b, d = self.coefficients
-        return max(a + b * num_rows * width + d * num_rows, 1e-6)
+        return max(a + b * num_rows * width + d * num_rows + self.padding_cost * padding, 1e-6)
 
     def break_even_yield(self, num_rows: int) -> float | None:
         """The yield below which no draft token pays in a pass of num_rows rows. Rule: widening
@@ -47,30 +53,42 @@ class PassCostModel:
         return None if plain is None else max(self.coefficients[1], 0.0) * num_rows / plain
 
 
-def _fit(samples: Sequence[tuple[int, float, float]]) -> tuple[float, float, float] | None:
-    """Least squares for seconds ~ a + b*(rows*width) + d*rows (normal equations, ridge on b, d)."""
-    if len({rows * width for rows, width, _ in samples}) < 2:
+def _fit(samples: Sequence[tuple[int, float, float, float]]) -> tuple[float, float, float, float] | None:
+    """Least squares for seconds ~ a + b*(rows*width) + d*rows [+ p*padding] (normal equations,
+    ridge on all but a); the padding term only once some pass had padding, and p >= 0."""
+    if len({rows * width for rows, width, _, _ in samples}) < 2:
         return None  # no spread in size: no slope to speak of
-    xs = [(1.0, float(rows * width), float(rows)) for rows, width, _ in samples]
-    matrix = [[sum(x[i] * x[j] for x in xs) + (RIDGE * len(xs) if i == j and i else 0.0) for j in range(3)]
-              for i in range(3)]
-    rhs = [sum(x[i] * s for x, (_, _, s) in zip(xs, samples)) for i in range(3)]
-    return _solve3(matrix, rhs)
+    if any(padding > 0 for *_, padding in samples):
+        xs = [(1.0, float(rows * width), float(rows), float(padding)) for rows, width, _, padding in samples]
+        solved = _least_squares(xs, [s for _, _, s, _ in samples])
+        if solved is not None and solved[3] >= 0:
+            return solved
+    solved = _least_squares([(1.0, float(rows * width), float(rows)) for rows, width, _, _ in samples],
+                            [s for _, _, s, _ in samples])
+    return None if solved is None else (*solved, 0.0)
 
 
-def _solve3(m: list[list[float]], v: list[float]) -> tuple[float, float, float] | None:
-    """Gaussian elimination with partial pivoting on a 3x3 system."""
-    rows = [m[i][:] + [v[i]] for i in range(3)]
-    for col in range(3):
-        pivot = max(range(col, 3), key=lambda r: abs(rows[r][col]))
+def _least_squares(xs: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...] | None:
+    n = len(xs[0])
+    matrix = [[sum(x[i] * x[j] for x in xs) + (RIDGE * len(xs) if i == j and i else 0.0) for j in range(n)]
+              for i in range(n)]
+    return _solve(matrix, [sum(x[i] * y for x, y in zip(xs, ys)) for i in range(n)])
+
+
+def _solve(m: list[list[float]], v: list[float]) -> tuple[float, ...] | None:
+    """Gaussian elimination with partial pivoting on an n x n system."""
+    n = len(v)
+    rows = [m[i][:] + [v[i]] for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(rows[r][col]))
         if abs(rows[pivot][col]) < 1e-15:
             return None
         rows[col], rows[pivot] = rows[pivot], rows[col]
-        for r in range(3):
+        for r in range(n):
             if r != col:
                 factor = rows[r][col] / rows[col][col]
                 rows[r] = [x - factor * y for x, y in zip(rows[r], rows[col])]
-    return tuple(rows[i][3] / rows[i][i] for i in range(3))
+    return tuple(rows[i][n] / rows[i][i] for i in range(n))
 
 
 def best_width(draft_sizes: Sequence[int], yields: Sequence[float], cost: PassCostModel) -> int:
@@ -85,7 +103,8 @@ def best_widths(draft_sizes: Sequence[int], yields: Sequence[float], cost: PassC
     Rule: rows cut to widths w_i commit sum_i 1 + y_i * (w_i - 1) tokens in expectation, where
     y_i is row i's measured yield (draft tokens accepted per draft token verified), and cost
     c(B, w) for the w the pass computes: the widest, every row padded to it, or where the
-    engine skips padding (kvcache.packed.only_tokens) the rows' mean width. Candidates: a common
+    engine skips padding (kvcache.packed.only_tokens) the rows' mean width, plus what its
+    padded slots still cost (PassCostModel.padding_cost). Candidates: a common
     cap w, each row cut to min(1 + k_i, w) (k_i: its draft size); where padding is skipped, also
     rows whose yield is below a threshold cut to their root alone, so a seldom-right draft
     costs no other row. While c is unknown, verify everything (and so measure it)."""
@@ -97,8 +116,9 @@ def best_widths(draft_sizes: Sequence[int], yields: Sequence[float], cost: PassC
     for cap in caps:
         for threshold in thresholds:
             widths = [min(n, cap) if y >= threshold else 1 for n, y in zip(full, yields)]
-            computed = sum(widths) / rows if skips_padding and rows else max(widths, default=1)
-            seconds = cost.estimate(rows, computed)
+            widest = max(widths, default=1)
+            computed = sum(widths) / rows if skips_padding and rows else widest
+            seconds = cost.estimate(rows, computed, rows * widest - sum(widths) if skips_padding else 0.0)
             if seconds is None:
                 return full
             committed = sum(1 + y * (w - 1) for w, y in zip(widths, yields))

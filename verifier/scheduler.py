@@ -121,7 +121,9 @@ class Scheduler:
                     is_solo_pass: bool = False) -> None:
         """A solo pass (on the drafter's threads too) is timed apart from passes while drafting;
         its size is the width it computed (verifier.pass_cost.best_widths)."""
-        computed = sum(widths) / len(widths) if self.skips_padding else max(widths)
-        (self.solo_pass_cost if is_solo_pass else self.pass_cost).observe(len(batch), computed, seconds)
+        widest = max(widths)
+        computed = sum(widths) / len(widths) if self.skips_padding else widest
+        padding = len(widths) * widest - sum(widths) if self.skips_padding else 0
+        (self.solo_pass_cost if is_solo_pass else self.pass_cost).observe(len(batch), computed, seconds, padding)
         mean_yield = sum(r.draft_yield for r in batch) / len(batch)
         self.recent_yield += YIELD_SMOOTHING * (mean_yield - self.recent_yield)

@@ -109,10 +109,29 @@ def test_a_pass_that_skips_padding_is_timed_at_its_mean_width():
     scheduler = scheduler_with(2)
     batch = list(scheduler.requests.values())
     scheduler.record_pass(batch, [6, 1], 0.1)
-    assert scheduler.pass_cost.samples[-1] == (2, 6, 0.1)  # padded: both rows computed 6
+    assert scheduler.pass_cost.samples[-1] == (2, 6, 0.1, 0)  # padded: both rows computed 6
     scheduler.skips_padding = True
     scheduler.record_pass(batch, [6, 1], 0.1)
-    assert scheduler.pass_cost.samples[-1] == (2, 3.5, 0.1)
+    assert scheduler.pass_cost.samples[-1] == (2, 3.5, 0.1, 5)  # and 5 padded slots still cost something
+
+
+def test_what_skipped_padding_still_costs_is_fitted_and_weighed():
+    """60 ms + 10 ms a computed token + 4 ms a padded slot (attention, norms and rotary still
+    run on rows x widest): the fit recovers it from ragged and even passes alike."""
+    cost = PassCostModel()
+    for widths in ([1], [6], [1, 1], [6, 6], [6, 1], [8] * 8, [6, 1, 1, 6, 1, 1, 6, 1], [3, 1, 2, 1]):
+        padding = len(widths) * max(widths) - sum(widths)
+        cost.observe(len(widths), sum(widths) / len(widths), 0.06 + 0.01 * sum(widths) + 0.004 * padding, padding)
+    assert cost.coefficients == pytest.approx((0.06, 0.01, 0.0), abs=1e-6)
+    assert cost.padding_cost == pytest.approx(0.004, abs=1e-6)
+    # rows of yield 0.9 and 0.3: with padding free the poorer row goes root-only (6.5 tokens
+    # in 130 ms); where a padded slot costs what a token does, both keep their drafts (8 in 180)
+    free = line(0.06, 0.01, 0.0)
+    assert best_widths([5, 5], [0.9, 0.3], free, skips_padding=True) == [6, 1]
+    dear = model({(rows, width): 0.06 + 0.01 * rows * width for rows in (1, 2) for width in (1, 6)})
+    dear.observe(2, 3.5, 0.06 + 0.01 * 7 + 0.01 * 5, 5)
+    assert dear.padding_cost == pytest.approx(0.01, abs=1e-6)
+    assert best_widths([5, 5], [0.9, 0.3], dear, skips_padding=True) == [6, 6]
 
 
 def test_cut_draft_trunk_first_then_branch_prefixes():
