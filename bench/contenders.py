@@ -71,7 +71,7 @@ class HFDecoding(InProcess):
     def decode(self, ids, max_new_tokens):
         s = self.shared
         extra = {"assistant_model": s.hf_draft()} if self.name == "hf-assisted" else {"prompt_lookup_num_tokens": 10}
-        out = s.target.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+        out = s.target.generate(torch.tensor([ids], device=s.target.device), max_new_tokens=max_new_tokens, do_sample=False,
                                 eos_token_id=s.stops, pad_token_id=0, **extra)
         return Outcome(out[0, len(ids) :].tolist(), 0.0)
 
@@ -99,6 +99,7 @@ class Pipeline:
         serve_args = serve_parser.parse_args([])  # serve's defaults, then this run's models and knobs
         serve_args.__dict__.update({k: v for k, v in vars(args).items() if k in vars(serve_args)})
         serve_args.port, serve_args.threads_per_process = 0, max(1, args.threads // 2)
+        serve_args.target_device = serve_args.draft_device = args.device
         if "@" in name:
             serve_args.draft = name.split("@", 1)[1]
         self.name, self.shared = name, shared
@@ -131,7 +132,7 @@ class Shared:
         from verifier.sampling import SamplingParams
 
         self.args = args
-        self.pair = load_pair(args.target, args.draft, dtype=args.dtype)
+        self.pair = load_pair(args.target, args.draft, args.device, args.device, args.dtype)
         self.target, self.tokenizer = self.pair.target, self.pair.tokenizer
         self.stops = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.sampling = (SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
@@ -153,6 +154,8 @@ class Shared:
         if self._target_engine is None:
             self._target_engine = TargetEngine(self._engine_copy(self.target),
                                                cuda_graphs=not self.args.no_cuda_graphs)
+            if self._target_engine.graphs is not None:  # as the verifier does at start-up
+                self._target_engine.graphs.capture_common()
         return self._target_engine
 
     def draft_engine(self):
@@ -162,6 +165,8 @@ class Shared:
         if self._draft_engine is None:
             self._draft_engine = DraftEngine(self._engine_copy(self.pair.draft), cfg.drafter_config(self.args),
                                              cuda_graphs=not self.args.no_cuda_graphs)
+            if self._draft_engine.graphs is not None:
+                self._draft_engine.graphs.capture_common()
         return self._draft_engine
 
     def hf_draft(self) -> torch.nn.Module:
@@ -204,4 +209,8 @@ def build_contenders(args: argparse.Namespace, names: list[str]) -> tuple[list, 
                 "hf-assisted": HFDecoding,
                 "hf-prompt-lookup": HFDecoding, "sequential": Sequential}[name]
         contenders.append(kind(name, shared, 1 if name == "target-1thread" else args.threads))
+        if name in ("target-engine", "sequential"):  # made (and on CUDA captured) before any timing
+            shared.target_engine()
+        if name == "sequential":
+            shared.draft_engine()
     return contenders, notes

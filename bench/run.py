@@ -40,7 +40,8 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--pass-costs", action="store_true",
                        help="instead: the cost of one pass by width and rows (engine and HF, target and draft), "
                             "on --threads/2 threads, as each pipeline process has")
-    bench.add_argument("--device", default="cpu", help="with --pass-costs: where both models run (cpu, cuda:N)")
+    bench.add_argument("--device", default="cpu", help="where the models run (cpu, cuda:N): every contender's, the "
+                       "pipeline's two processes included, or with --pass-costs both models'")
     cfg.add_model_flags(bench)
     cfg.add_algorithm_flags(bench)
     cfg.add_verifier_flags(bench)

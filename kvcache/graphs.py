@@ -11,9 +11,10 @@ of two (L to at least MIN_LENGTH, at most the slot length). Its inputs live in s
 - a real row's queries see its cached columns and its new ones as its tree allows, as in
   kvcache.batch, through the same layer-kind masks (sliding windows included).
 The static pass is an ordinary forward of the HF model over those tensors, so it runs (and is
-tested) on a CPU too; on CUDA it is captured once per bucket, on first use, after two warm-up
-passes on the real inputs (they write the same entries the real pass writes), and replayed from
-then on. All graphs share one memory pool (they never run at once) and write their logits into
+tested) on a CPU too; on CUDA it is captured once per bucket, after two warm-up passes on the
+real inputs (they write the same entries the real pass writes), and replayed from then on. The
+common buckets (START_WIDTHS x every row bucket, at MIN_LENGTH) are captured at start-up on a
+borrowed slot (capture_common), so no early request pays for them; the rest on first use. All graphs share one memory pool (they never run at once) and write their logits into
 one buffer, so their memory is one pass's, not one per bucket. A model whose forward cannot be
 captured (a CPU sync inside, say) is run eagerly from then on, with one warning."""
 from __future__ import annotations
@@ -33,6 +34,7 @@ MIN_LENGTH = 256  # the shortest key length a graph reads (shorter contexts shar
 MAX_WIDTH = 64  # wider passes (a prefill) run eagerly: they are bound by arithmetic, not launches
 MAX_TOKENS = 256  # rows x width of the largest graph; more runs eagerly
 MAX_GRAPHS = 64  # captured graphs kept (least recently used dropped): each holds its static inputs
+START_WIDTHS = (1, 2, 4, 8, 16)  # widths captured at start-up, each for every row bucket, at MIN_LENGTH
 
 
 def _power_of_two_at_least(n: int) -> int:
@@ -115,6 +117,7 @@ class GraphedPasses:
         self.logits: torch.Tensor | None = None  # (MAX_TOKENS, vocab): every graph writes here
         self.memory_pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.num_captured = 0
+        self.capture_failed = False  # the forward could not be captured: every pass runs eagerly
 
     def bucket(self, slots: Sequence[Slot], rows: Sequence[BatchRow]) -> Bucket | None:
         """The bucket of this pass, or None if it runs eagerly (too wide, too many rows, or not
@@ -152,6 +155,34 @@ class GraphedPasses:
             self.pool.end_pass()
         out = self.logits[: bucket.rows * bucket.width].view(bucket.rows, bucket.width, -1)
         return [out[i, :n].clone() for i, n in enumerate(widths)]
+
+    def capture_common(self, widths: Sequence[int] = START_WIDTHS) -> int:
+        """Run (and on CUDA capture) the bucket of every row count up to the pool's and each of
+        `widths`, at the shortest length, before any request: one real row of token 0 on a
+        borrowed slot, the other rows padding. The slot is emptied and given back; the graphs
+        replay any later pass of their bucket, since every input is copied into them. Returns the
+        number of buckets made ready (0 with no free slot, or once capture has failed)."""
+        slot = self.pool.allocate()
+        if slot is None:
+            return 0
+        num_ready, rows = 0, 1
+        try:
+            while rows <= _power_of_two_at_least(self.pool.num_slots):
+                for width in widths:
+                    bucket = bucket_for(rows, width, 1, self.pool.num_slots, self.pool.max_len)
+                    if bucket is None or bucket.width != width or width > self.pool.max_len:
+                        continue
+                    row = BatchRow(tokens=[0] * width, positions=list(range(width)),
+                                   visible=torch.ones(width, width, dtype=torch.bool).tril())
+                    self.forward([slot], [row], bucket)
+                    self.pool.lengths[slot.index] = 0
+                    if self.capture_failed:
+                        return num_ready
+                    num_ready += 1
+                rows *= 2
+        finally:
+            slot.free()
+        return num_ready
 
     def _static(self, bucket: Bucket) -> _StaticPass:
         if bucket in self.passes:
@@ -191,7 +222,7 @@ class GraphedPasses:
             torch.cuda.set_stream(stream)
             logging.warning("this model's pass cannot be captured as a CUDA graph (%s): passes run eagerly",
                             str(error).splitlines()[0])
-            self.capture = False
+            self.capture, self.capture_failed = False, True
             torch.cuda.synchronize()
             return False
         static.graph = graph

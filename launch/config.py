@@ -24,7 +24,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                              "prepacked for our AVX-512 float32 GEMM, else oneDNN, which makes a many-token pass cheaper)")
     parser.add_argument("--no-cuda-graphs", action="store_true",
                         help="on CUDA, run both engines' passes eagerly (by default the target's verification "
-                             "passes and the draft's passes replay CUDA graphs captured at bucketed shapes on first use)")
+                             "passes and the draft's passes replay CUDA graphs captured at bucketed shapes, the common ones "
+                             "at start-up, the rest on first use)")
     parser.add_argument("--max-len", type=int, default=None,
                         help="longest request, prompt + new tokens: sizes each process's KV slots (default: the "
                              "smaller of the model's context and 4096)")

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import torch
 import zmq
@@ -60,12 +61,17 @@ def _log_to_stderr(role: str) -> None:
                         format=f"[{role}] %(relativeCreated)d %(message)s" if detailed else f"[{role}] %(message)s")
 
 
-def _log_graphs(engine) -> None:
+def _capture_graphs(engine) -> None:
+    """On CUDA: capture the common pass shapes now, so no early request pays for them."""
     from kvcache.graphs import MAX_TOKENS, MAX_WIDTH
 
-    if engine.graphs is not None:
-        logging.info("CUDA graphs on: passes of up to %d tokens a row and %d in all are captured at bucketed "
-                     "shapes on first use (--no-cuda-graphs runs them eagerly)", MAX_WIDTH, MAX_TOKENS)
+    if engine.graphs is None:
+        return
+    start = time.perf_counter()
+    engine.graphs.capture_common()
+    logging.info("CUDA graphs on: %d common pass shapes captured at start-up in %.1f s; passes of up to %d "
+                 "tokens a row and %d in all are captured at other shapes on first use (--no-cuda-graphs runs "
+                 "them eagerly)", engine.graphs.num_captured, time.perf_counter() - start, MAX_WIDTH, MAX_TOKENS)
 
 
 def run_verifier(args: argparse.Namespace) -> int:
@@ -82,7 +88,7 @@ def run_verifier(args: argparse.Namespace) -> int:
     slots = engine.slots
     logging.info("KV slots: %d x %d tokens, %.0f MiB at most (--max-sessions, --max-len)", slots.num_slots,
                  slots.max_len, slots.nbytes / 2**20)
-    _log_graphs(engine)
+    _capture_graphs(engine)
     server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
                             tokenizer_fingerprint(tokenizer), args.threads, args.solo_threads or args.threads,
                             takes_turns=args.takes_turns)
@@ -115,7 +121,7 @@ def run_drafter(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
     engine = DraftEngine(draft, drafter_config, pool, args.max_sessions, args.max_len,
                          cuda_graphs=not args.no_cuda_graphs)
-    _log_graphs(engine)
+    _capture_graphs(engine)
     fingerprint = tokenizer_fingerprint(draft_tokenizer(args.draft, args.target))
     server = DrafterServer(engine, args.connect, fingerprint, int(draft.config.vocab_size), args.curve_keys)
     _stop_on_signals(server)

@@ -88,16 +88,17 @@ def test_draft_passes_replayed_as_cuda_graphs_equal_eager_passes(family):
     assert DraftEngine(static.model, static.config).graphs is not None  # on by default on CUDA
 
 
+def read_back(module, args, kwargs):
+    hidden = args[0] if args else kwargs["hidden_states"]
+    float(hidden.sum())  # a host sync: not allowed while a CUDA graph is being captured
+
+
 def test_a_model_that_cannot_be_captured_runs_eagerly_with_the_same_output():
     """A forward with a host sync inside (here a hook reading a value back, as a data-dependent
     rope or MoE routing would) cannot be captured: the engine warns once, runs every pass
     eagerly from then on, on the stream it used before, and still decodes the greedy text."""
     model = tiny_model("llama").to("cuda")
     expected = cuda_greedy(model, PROMPTS[0], 12)
-
-    def read_back(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        float(hidden.sum())  # a host sync: not allowed while a CUDA graph is being captured
 
     model.model.layers[0].register_forward_pre_hook(read_back, with_kwargs=True)
     engine = TargetEngine(model)
@@ -108,3 +109,36 @@ def test_a_model_that_cannot_be_captured_runs_eagerly_with_the_same_output():
     assert session.tokens[session.num_prompt : session.num_prompt + 12] == expected
     assert not engine.graphs.capture and engine.graphs.num_captured == 0
     assert torch.cuda.current_stream() == stream
+
+
+def test_common_shapes_captured_at_start_up_serve_a_request_without_new_captures():
+    """capture_common captures every row bucket x START_WIDTHS before any request; a short
+    request afterwards replays them (no capture during it) and decodes the greedy text."""
+    from kvcache.graphs import START_WIDTHS
+
+    model = tiny_model("llama").to("cuda")
+    expected = cuda_greedy(model, PROMPTS[0], 24)
+    engine = TargetEngine(model, max_sessions=4)
+    assert engine.graphs.capture_common() == engine.graphs.num_captured == 3 * len(START_WIDTHS)  # rows 1, 2, 4
+    assert engine.slots.num_free == 4 and engine.slots.lengths == [0] * 4
+    session = engine.open(PROMPTS[0])
+    while len(session.tokens) - session.num_prompt < 24:
+        done = len(session.tokens) - session.num_prompt
+        engine.verify(session, expected[done : done + 3] + [(expected[min(done + 3, 23)] + 1) % TINY_VOCAB])
+    assert session.tokens[session.num_prompt : session.num_prompt + 24] == expected
+    assert engine.graphs.num_captured == 3 * len(START_WIDTHS)
+
+
+def test_start_up_capture_of_a_model_that_cannot_be_captured_turns_graphs_off():
+    model = tiny_model("llama").to("cuda")
+    expected = cuda_greedy(model, PROMPTS[0], 12)
+    model.model.layers[0].register_forward_pre_hook(read_back, with_kwargs=True)
+    engine = TargetEngine(model)
+    stream = torch.cuda.current_stream()
+    assert engine.graphs.capture_common() == 0
+    assert engine.graphs.capture_failed and not engine.graphs.capture and engine.slots.num_free == 16
+    assert torch.cuda.current_stream() == stream
+    session = engine.open(PROMPTS[0])
+    while len(session.tokens) - session.num_prompt < 12:
+        engine.verify(session, [])
+    assert session.tokens[session.num_prompt : session.num_prompt + 12] == expected

@@ -150,3 +150,34 @@ def test_graphs_past_the_cap_are_dropped_least_recently_used_and_made_again(monk
     assert len(seen) >= 3
     assert session.tokens[session.num_prompt : session.num_prompt + 16] == expected
     assert session.cache_length == len(session.tokens) - 1
+
+
+def test_common_buckets_made_at_start_up_leave_no_trace_and_serve_later_passes():
+    """capture_common makes every row bucket x START_WIDTHS at the shortest length on a borrowed
+    slot, gives it back empty, and a request afterwards reuses those buckets (none made anew for
+    its short passes) and decodes HF's greedy text, with the slot it gets as if fresh."""
+    model = tiny_model("llama")
+    prompt = [5, 17, 33, 2, 40, 41, 5, 17]
+    expected = reference_greedy(model, prompt, 16)
+    engine = TargetEngine(model, max_sessions=3, max_len=200)
+    engine.graphs = GraphedPasses(model, engine.kinds, engine.slots, capture=False)
+    assert engine.graphs.capture_common(widths=(1, 2, 4)) == 9  # rows 1, 2, 4 (3 slots) x 3 widths
+    made = set(engine.graphs.passes)
+    assert made == {Bucket(r, w, 200) for r in (1, 2, 4) for w in (1, 2, 4)}  # 200: the slot length
+    assert engine.slots.num_free == 3 and engine.slots.lengths == [0, 0, 0]
+    session = engine.open(prompt)
+    while len(session.tokens) - session.num_prompt < 16:
+        done = len(session.tokens) - session.num_prompt
+        engine.verify(session, expected[done : done + 2] + [(expected[min(done + 2, 15)] + 1) % TINY_VOCAB])
+    assert session.tokens[session.num_prompt : session.num_prompt + 16] == expected
+    assert session.cache_length == len(session.tokens) - 1
+    assert set(engine.graphs.passes) == made  # widths 4 (3 drafted + the root) and less: all ready
+
+
+def test_no_common_buckets_without_a_free_slot():
+    model = tiny_model("llama")
+    engine = TargetEngine(model, max_sessions=1, max_len=64)
+    engine.graphs = GraphedPasses(model, engine.kinds, engine.slots, capture=False)
+    held = engine.slots.allocate()
+    assert engine.graphs.capture_common() == 0 and not engine.graphs.passes
+    assert held.get_seq_length() == 0 and not held.is_free
