@@ -243,8 +243,8 @@ class VerifierServer:
                 self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
         widths, seconds = [r.num_nodes for r in results], time.perf_counter() - started
-        log.debug("pass of %d rows x %d tokens (%d real): %.0f ms", len(requests), max(widths), sum(widths),
-                  1000 * seconds)
+        log.debug("pass of %d rows x %d tokens (%d real): %.0f ms, %d committed", len(requests), max(widths),
+                  sum(widths), 1000 * seconds, sum(len(result.appended) for result in results))
         for request, plan, result in zip(requests, plans, results):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
             self.agreement.record(len(plan.trunk), result.num_trunk_accepted)
