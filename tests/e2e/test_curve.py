@@ -25,7 +25,8 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def secure_pipeline(tiny_dirs, keys):
-    with LocalPipeline(serve_args(tiny_dirs["target"], "layers:0", "--curve-keys", str(keys))) as pipeline:
+    args = serve_args(tiny_dirs["target"], "layers:0", "--curve-keys", str(keys), "--verify-all-drafts")
+    with LocalPipeline(args) as pipeline:
         yield pipeline
 
 

@@ -123,9 +123,12 @@ def test_garbage_frames_leave_both_processes_answering(self_draft_pipeline, refe
 
 
 def test_ipc_with_an_unrelated_draft_stays_identical(tiny_dirs, reference, tmp_path):
-    # a cheap drafter (no window, no in-pass phrases, short drafts) whose trunks always go out
+    # a cheap drafter (no window, no in-pass phrases, short drafts) whose trunks always go out and
+    # are always verified (--verify-all-drafts): by default the verifier measures that this draft
+    # loses and decodes alone, which would leave nothing below to check
     args = serve_args(tiny_dirs["target"], tiny_dirs["other"], "--bind", f"ipc://{tmp_path}/client.sock",
-                      "--gamma", "2", "--window", "0", "--phrases-checked", "0", "--min-agreement", "0")
+                      "--gamma", "2", "--window", "0", "--phrases-checked", "0", "--min-agreement", "0",
+                      "--verify-all-drafts")
     with LocalPipeline(args) as pipeline:
         assert pipeline.endpoint.startswith("ipc://")
         with Client(pipeline.endpoint, timeout=60) as client:
