@@ -15,25 +15,21 @@ PRE_DRAFT_MODES = ("auto", "on", "off")
 class DrafterConfig:
     """Knobs of Ouroboros drafting (design.md §4). Each error names the CLI flag to change.
     Defaults fit the built-in pair on a 2-core CPU, where every verified token costs target time
-    (README, "What it does on this CPU"); on GPUs raise --branches and lower --min-agreement."""
+    (README, "What it does on this CPU"); on GPUs raise --branches and --gamma."""
 
-    gamma: int = knob(8, "--gamma", "draft tokens per round")
+    gamma: int = knob(8, "--gamma", "longest trunk drafted in one round: the verifier picks each round's length up "
+                                    "to this (verifier.speculation)")
     window: int = knob(4, "--window", "W: lookahead window columns")
     ngram: int = knob(4, "--ngram", "N: n-gram size incl. key token; phrases hold N-1 tokens")
     pool_size: int = knob(20, "--pool-size", "G: phrases kept per key token")
     branches: int = knob(0, "--branches", "K: pool phrases attached after the trunk as branches")
     phrases_checked: int = knob(4, "--phrases-checked", "pool phrases verified inside one draft pass")
-    max_trunk: int = knob(64, "--max-trunk", "longest trunk sent in one round")
     seed_pool_from_text: bool = knob(True, "--no-text-phrases",
                                      "do not seed the phrase pool with n-grams of the prompt and output",
                                      inverted_by=True)
-    adaptive: bool = knob(True, "--fixed-gamma", "always draft --gamma tokens (no adaptation)", inverted_by=True)
-    min_gamma: int = knob(1, "--min-gamma", "shortest adaptive draft")
     lookup_tokens: int = knob(5, "--lookup-tokens", "prompt-lookup branch length (0 = no lookup branch)")
     lookup_ngram: int = knob(3, "--lookup-ngram", "longest n-gram prompt lookup matches")
     lookup_min_ngram: int = knob(2, "--lookup-min-ngram", "shortest n-gram prompt lookup matches")
-    min_agreement: float = knob(0.4, "--min-agreement",
-                                "send no draft trunk while the draft's running first-token agreement is below this")
     max_batch: int = knob(8, "--draft-batch", "requests drafted together in one batched draft pass")
     pre_drafts: str = knob("auto", "--pre-drafts",
                            "draft the next block while the verifier checks the current one: on; off (the processes "
@@ -47,15 +43,12 @@ class DrafterConfig:
         _require(self.pool_size >= 1, f"--pool-size must be >= 1, got {self.pool_size}")
         _require(self.branches >= 0, f"--branches must be >= 0, got {self.branches}")
         _require(self.phrases_checked >= 0, f"--phrases-checked must be >= 0, got {self.phrases_checked}")
-        _require(1 <= self.min_gamma <= self.gamma, f"--min-gamma must be within 1..--gamma, got {self.min_gamma}")
-        _require(0.0 <= self.min_agreement <= 1.0, f"--min-agreement must be within 0..1, got {self.min_agreement}")
         _require(self.lookup_tokens >= 0, f"--lookup-tokens must be >= 0, got {self.lookup_tokens}")
         _require(1 <= self.lookup_min_ngram <= self.lookup_ngram,
                  f"need 1 <= --lookup-min-ngram ({self.lookup_min_ngram}) <= --lookup-ngram ({self.lookup_ngram})")
         _require(self.max_batch >= 1, f"--draft-batch must be >= 1, got {self.max_batch}")
         _require(self.pre_drafts in PRE_DRAFT_MODES,
                  f"--pre-drafts must be one of {', '.join(PRE_DRAFT_MODES)}, got {self.pre_drafts!r}")
-        _require(self.max_trunk >= self.gamma, f"--max-trunk ({self.max_trunk}) must be >= --gamma ({self.gamma})")
 
     @property
     def phrase_length(self) -> int:

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
-from drafter.policy import DraftPolicy, DraftState
 from kvcache.attention import attention_kinds, forward_one, free_cache, new_cache
 from kvcache.slots import Slot, SlotPool, resolve_max_len
 from kvcache.batch import BatchRow, batched_forward
@@ -20,23 +19,30 @@ from protocol.prompt_lookup import lookup_continuation
 from drafter.pool import PhrasePool
 
 
+MAX_APPENDED = 64  # tokens one verdict may append beyond a --gamma trunk (a branch, the target's own lookup)
+
+
 def pass_margin(config: DrafterConfig) -> int:
-    """KV slot columns past --max-len: a pass feeds the uncached text (at most a trunk and the
-    target's token after a verdict) and the lookahead window's and checked phrases' tokens."""
-    return config.max_trunk + 2 + (config.window + config.phrases_checked) * config.ngram
+    """KV slot columns past --max-len: a pass feeds the uncached text (at most a trunk, a branch
+    and the target's token after a verdict) and the lookahead window's and checked phrases' tokens."""
+    return config.gamma + MAX_APPENDED + 2 + (config.window + config.phrases_checked) * config.ngram
 
 
 @dataclass
 class DraftSession:
     """One request on the draft side. Invariant after every draft pass:
     cache length == len(tokens) - 1 (the last token is fed at the start of the next pass).
-    Between a sync and the next pass the cache may be shorter; the pass feeds the gap."""
+    Between a sync and the next pass the cache may be shorter; the pass feeds the gap.
+    Agreement (protocol.messages.Agreement): every committed position from the prompt's end
+    on is judged once, in order; `judged` is the first not yet reported."""
 
     tokens: list[int]  # committed tokens, then the draft model's own greedy continuation
     num_committed: int
     cache: DynamicCache | Slot
     window: list[list[int]]
-    policy: DraftState  # draft length and agreement, kept by drafter.policy.DraftPolicy
+    draft_length: int  # trunk tokens the verifier asked for (0: keep the cache and agreement in step)
+    judged: int = 0
+    agreed: dict[int, int] = field(default_factory=dict)  # position -> bit, at or past `judged`
     num_passes: int = 0
     num_phrase_hits: int = 0
     num_phrase_tokens: int = 0
@@ -67,7 +73,6 @@ class DraftEngine:
         self.model = model.eval()
         self.config = config
         self.pool = pool or PhrasePool(config.phrase_length, config.pool_size)
-        self.policy = DraftPolicy(config)  # how much to draft and send: drafter.policy
         if self.pool.phrase_length != config.phrase_length:
             raise ValueError(
                 f"phrase pool holds phrases of {self.pool.phrase_length} tokens but --ngram "
@@ -90,8 +95,9 @@ class DraftEngine:
         """Propose only token ids below the target's vocabulary size."""
         self.num_proposable = int(target_vocab_size)
 
-    def open(self, token_ids: Sequence[int]) -> DraftSession:
-        """Start (or re-sync) a session on the committed tokens; nothing is computed yet."""
+    def open(self, token_ids: Sequence[int], draft_length: int | None = None) -> DraftSession:
+        """Start (or re-sync) a session on the committed tokens; nothing is computed yet.
+        `draft_length` (default --gamma) is what the verifier asks for, at most --gamma."""
         tokens = [int(t) for t in token_ids]
         if not tokens:
             raise ValueError("cannot draft from an empty prompt")
@@ -101,16 +107,26 @@ class DraftEngine:
         level0 = [rng.choice(tokens) for _ in range(self.config.window)]
         window = [level0] if self.config.window and self.config.ngram > 2 else []
         cache = new_cache(self.slots)
-        return DraftSession(tokens, len(tokens), cache, window, self.policy.new_state())
+        session = DraftSession(tokens, len(tokens), cache, window, self.config.gamma, judged=len(tokens))
+        self.ask(session, self.config.gamma if draft_length is None else draft_length)
+        return session
+
+    def ask(self, session: DraftSession, draft_length: int) -> None:
+        """The verifier's draft length for the next round, within 0..--gamma."""
+        session.draft_length = min(max(int(draft_length), 0), self.config.gamma)
 
     def close(self, session: DraftSession) -> None:
         """The request is done (or re-opened): its KV slot is free at once."""
         free_cache(session.cache)
 
+    def goal(self, session: DraftSession, budget: int | None) -> int:
+        """Draft tokens wanted beyond the committed text: the asked length, within the budget."""
+        return session.draft_length if budget is None else max(0, min(session.draft_length, budget))
+
     def draft(self, session: DraftSession, budget: int | None = None) -> DraftBlock:
-        """Extend the session's draft to at least gamma tokens (or `budget`, if smaller) and
-        return the trunk with up to K pool phrases keyed by its last token as branches."""
-        goal = self.policy.goal(session.policy, budget)
+        """Extend the session's draft to the asked length (or `budget`, if smaller) and return
+        the trunk with up to K pool phrases keyed by its last token as branches."""
+        goal = self.goal(session, budget)
         while session.num_drafted < goal and self.can_step(session):
             self.step(session)
         return self.block_at(session, session.num_committed, budget)
@@ -123,7 +139,8 @@ class DraftEngine:
         drafted tokens after it as trunk, then branches after the trunk: the prompt-lookup
         continuation of the text so far, and K pool phrases keyed by the trunk's last token."""
         c = self.config
-        trunk = session.tokens[base : base + self.policy.trunk_cap(session.policy, budget)]
+        cap = session.draft_length if budget is None else min(session.draft_length, max(budget, 0))
+        trunk = session.tokens[base : base + cap]
         key = trunk[-1] if trunk else session.tokens[base - 1]
         room = c.lookup_tokens if budget is None else min(c.lookup_tokens, budget - len(trunk))
         lookup = lookup_continuation(session.tokens[: base + len(trunk)], c.lookup_ngram, c.lookup_min_ngram, room)
@@ -158,14 +175,17 @@ class DraftEngine:
                 for session, (phrases, layout), logits in zip(sessions, prepared, all_logits)]
 
     def _layout(self, session: DraftSession):
-        """The pool phrases checked in this pass and the pass layout (drafter.lookahead).
-        Gated, only the draft's next token is wanted (to measure agreement and pre-draft on):
-        no window, no phrases, so the pass feeds only the uncached tokens (usually one)."""
+        """The pool phrases checked in this pass and the pass layout (drafter.lookahead), with
+        logits also at the fed tokens whose next committed token is not yet judged (Agreement).
+        Asked for no draft, the pass only catches up: no window, no phrases."""
         past_len = session.cache_length
-        if self.policy.is_gated(session.policy):
-            return [], self._embeddable(build_pass_layout(session.tokens[past_len:], past_len, [], []))
-        phrases = self.pool.most_recent(session.tokens[-1], self.config.phrases_checked)
-        return phrases, self._embeddable(build_pass_layout(session.tokens[past_len:], past_len, session.window, phrases))
+        fed = session.tokens[past_len:]
+        is_catching_up = session.draft_length == 0
+        phrases = [] if is_catching_up else self.pool.most_recent(session.tokens[-1], self.config.phrases_checked)
+        layout = build_pass_layout(fed, past_len, [] if is_catching_up else session.window, phrases)
+        judged = [i for i in range(len(fed) - 1)
+                  if session.judged <= past_len + i + 1 < session.num_committed and past_len + i + 1 not in session.agreed]
+        return phrases, self._embeddable(replace(layout, judged_indices=judged))
 
     def _embeddable(self, layout: PassLayout) -> PassLayout:
         """The layout with ids past the draft's embedding rows (a target's padding rows, which a
@@ -185,6 +205,9 @@ class DraftEngine:
         predictions = predictions.tolist()
         next_token = predictions[0]
         row_of = {index: n for n, index in enumerate(layout.logit_indices)}
+        for index in layout.judged_indices:  # teacher-forced: the token after fed token `index`
+            position = past_len + index + 1
+            session.agreed[position] = int(predictions[row_of[index]] == session.tokens[position])
 
         best, best_len = -1, 0
         for j, slots in enumerate(layout.phrase_indices):
@@ -217,8 +240,10 @@ class DraftEngine:
         while common < min(len(drafted), len(appended)) and drafted[common] == appended[common]:
             common += 1
         kept = common == len(appended)
-        if drafted and appended:  # measured on every verdict, whether or not the trunk was sent
-            self.policy.observe_first_token(session.policy, drafted[0] == appended[0])
+        # the drafted tokens are the draft's greedy chain from `start`: each matched one, and the
+        # first that differs, was predicted from committed tokens alone (Agreement)
+        for j in range(min(common + 1, len(drafted), len(appended))):
+            session.agreed.setdefault(start + j, int(j < common))
         if not kept:
             session.tokens = session.tokens[: start + common] + [int(t) for t in appended[common:]]
             valid = min(session.cache_length, start + common)
@@ -227,6 +252,20 @@ class DraftEngine:
         if self.config.seed_pool_from_text:
             self.pool.add_from_text(session.tokens[: session.num_committed], start)
         return kept
+
+    def take_agreement(self, session: DraftSession) -> tuple[int, list[int]] | None:
+        """(start, bits) judged since the last call, in order of position; None if none."""
+        start, bits = session.judged, []
+        while session.judged in session.agreed:
+            bits.append(session.agreed.pop(session.judged))
+            session.judged += 1
+        return (start, bits) if bits else None
+
+    def lags(self, session: DraftSession, num_tokens: int) -> bool:
+        """At least `num_tokens` committed positions wait to be judged, and tokens wait to be fed
+        (a catch-up pass is due)."""
+        is_fed = session.cache_length >= len(session.tokens) - 1
+        return session.num_committed - session.judged >= num_tokens and not is_fed and self.can_step(session)
 
     def learn(
         self,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,13 +16,16 @@ class PassLayout:
     current_index: int  # index of the current last token c (end of the prefix)
     last_row_indices: list[int]  # window's deepest level; its argmax becomes the next level
     phrase_indices: list[list[int]]  # per candidate phrase, the indices of its tokens
+    judged_indices: list[int] = field(default_factory=list)  # fed tokens whose next token is judged
 
     @property
     def logit_indices(self) -> list[int]:
-        """Only these rows need logits: c, the window's last level, and every phrase token."""
+        """Only these rows need logits: c, the window's last level, every phrase token, and the
+        fed tokens whose successor's agreement is measured (DraftSession.agreed)."""
         rows = [self.current_index, *self.last_row_indices]
         for slots in self.phrase_indices:
             rows.extend(slots)
+        rows.extend(self.judged_indices)
         return rows
 
 

@@ -8,6 +8,10 @@ from drafter.engine import DraftBlock, DraftEngine, DraftSession
 from protocol.rules import draft_budget
 
 MAX_AHEAD = 2  # drafts outstanding per request: the one being verified and one pre-draft
+# A request asked for no draft still has its committed tokens fed to the draft, to keep its
+# cache and its Agreement in step, in passes of at least this many: such a pass costs about
+# what a one-token pass does on a CPU, and the verifier's decision needs no fresher evidence.
+CATCH_UP_TOKENS = 16
 
 
 @dataclass
@@ -19,7 +23,11 @@ class DrafterRequest:
     next_base: int  # committed length the next Draft assumes
     sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
     is_drafting_ahead: bool = False  # the block on next_base began before next_base was committed
-    is_resting: bool = False  # the last verdict said the verifier will not wait for its drafts
+
+    @property
+    def is_resting(self) -> bool:
+        """The verifier asked for no draft (Verdict.draft_length 0): no round waits for one."""
+        return self.session.draft_length == 0
 
     def budget(self, base: int) -> int:
         """Draft tokens still useful at `base`: the verifier adds one token itself."""
@@ -52,11 +60,13 @@ class DraftScheduler:
             self.order.remove(request_id)
 
     def has_work(self, request: DrafterRequest) -> bool:
-        """A block to draft or send. None while resting: the verifier said it will not wait for
-        this request's drafts (Verdict.wants_draft), so no draft pass runs for it and, with
-        nothing else to do, the loop sleeps in poll instead of taking the target's machine. Nor,
-        with --no-pre-drafts, a step ahead of the committed text."""
-        if request.is_resting or len(request.sent) >= MAX_AHEAD or request.budget(request.next_base) <= 0:
+        """A block to draft or send. Resting (asked for no draft), only a catch-up pass once
+        CATCH_UP_TOKENS committed tokens wait to be judged; otherwise the loop sleeps in poll
+        instead of taking the target's machine. Nor, with --pre-drafts off, a step ahead of
+        the committed text."""
+        if request.is_resting:
+            return self.engine.lags(request.session, CATCH_UP_TOKENS)
+        if len(request.sent) >= MAX_AHEAD or request.budget(request.next_base) <= 0:
             return False
         # --pre-drafts off: nothing to draft while the verifier checks this request's last block
         return self.engine.config.pre_drafts != "off" or request.is_waited_on or not self.needs_step(request)
@@ -64,10 +74,9 @@ class DraftScheduler:
     def needs_step(self, request: DrafterRequest) -> bool:
         """True while the block on next_base is shorter than wanted (and the model can go on)."""
         session, base = request.session, request.next_base
-        # gated (no trunk will be sent): ready at once if the text up to base is known
-        policy = self.engine.policy
-        gated_and_known = policy.is_gated(session.policy) and len(session.tokens) >= base
-        wanted = 0 if gated_and_known else policy.goal(session.policy, request.budget(base))
+        if request.is_resting:
+            return self.engine.lags(session, CATCH_UP_TOKENS)
+        wanted = self.engine.goal(session, request.budget(base))
         return len(session.tokens) - base < wanted and self.engine.can_step(session)
 
     def plan(self) -> tuple[list[DrafterRequest], list[DrafterRequest]]:
@@ -82,7 +91,7 @@ class DraftScheduler:
             if not self.needs_step(request):
                 ready.append(request)
             else:
-                (waited_on if request.is_waited_on else ahead).append(request)
+                (waited_on if request.is_waited_on and not request.is_resting else ahead).append(request)
         batch = (waited_on or ahead)[: self.engine.config.max_batch]
         for request in batch:
             request.is_drafting_ahead |= not request.is_waited_on

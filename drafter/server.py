@@ -11,7 +11,7 @@ from drafter.engine import DraftBlock, DraftEngine
 from drafter.scheduler import DraftScheduler, DrafterRequest
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
+from protocol.messages import Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
 from protocol.rules import is_usable_at
 from protocol.curve import secure_client
 from protocol.sockets import make_socket
@@ -25,7 +25,7 @@ class DrafterServer:
         self.engine = engine
         self.endpoint = endpoint
         self.hello = Hello(drafter_id=uuid.uuid4().hex, vocab_size=vocab_size,
-                           tokenizer_fingerprint=tokenizer_fingerprint)
+                           tokenizer_fingerprint=tokenizer_fingerprint, max_draft_length=engine.config.gamma)
         self.refusal: str | None = None  # why the verifier refused this drafter (it then stops)
         self.scheduler = DraftScheduler(engine)
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
@@ -86,9 +86,9 @@ class DrafterServer:
 
     def handle_open(self, msg: Open) -> None:
         """A new request, or a re-sync: the verifier's committed tokens are the truth."""
-        session = self.engine.open(msg.token_ids)
+        session = self.engine.open(msg.token_ids, msg.draft_length)
         self.scheduler.add(DrafterRequest(msg.request_id, session, len(msg.token_ids), msg.max_new_tokens,
-                                          next_base=len(msg.token_ids), is_resting=not msg.wants_draft))
+                                          next_base=len(msg.token_ids)))
 
     def handle_close(self, msg: Close) -> None:
         self.scheduler.remove(msg.request_id)
@@ -108,12 +108,12 @@ class DrafterServer:
             self.send(Resync(request_id=msg.request_id))
             return
         kept = self.engine.sync(session, msg.appended)
-        request.is_resting = not msg.wants_draft
+        self.engine.ask(session, msg.draft_length)
+        self.send_agreement(request)
         block = _verified_block(request, base)
         if block is not None:
             trunk = block.trunk[: msg.num_trunk_verified]
             self.engine.learn(trunk, msg.num_trunk_accepted, msg.trunk_predictions, msg.branch_predictions)
-            self.engine.policy.adapt(session.policy, msg.num_trunk_verified, msg.num_trunk_accepted)
         length = msg.committed_length
         useful = {b: blk for b, blk in request.sent.items() if is_usable_at(b, len(blk.trunk), length)}
         if log.isEnabledFor(logging.DEBUG):
@@ -136,6 +136,15 @@ class DrafterServer:
             self.send_block(request)
         if batch:
             self.engine.step_batch([request.session for request in batch])
+            for request in batch:
+                self.send_agreement(request)
+
+    def send_agreement(self, request: DrafterRequest) -> None:
+        """What the draft would have proposed at the positions committed since (engine.sync and
+        the passes judge them): the verifier's evidence for its draft length."""
+        judged = self.engine.take_agreement(request.session)
+        if judged is not None:
+            self.send(Agreement(request_id=request.request_id, start=judged[0], agreed=judged[1]))
 
     def send_block(self, request: DrafterRequest) -> None:
         """Send the Draft for next_base, then assume it is accepted and move next_base past it."""

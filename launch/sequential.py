@@ -1,14 +1,17 @@
 """The sequential reference: drafter and verifier engines composed in one process."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from drafter.engine import DraftEngine, DraftSession
+from drafter.scheduler import CATCH_UP_TOKENS
 from protocol.rules import draft_budget
 from verifier.engine import TargetEngine, TargetSession, VerifyResult
 from verifier.pass_cost import cut_draft
 from verifier.sampling import SamplingParams
+from verifier.speculation import SpeculationDecision
 from verifier.stopping import finish
 
 RoundHook = Callable[[TargetSession, DraftSession, VerifyResult], None]
@@ -47,27 +50,42 @@ def generate(
     stop_token_ids: Sequence[int] = (),
     on_round: RoundHook | None = None,
     sampling: SamplingParams | None = None,
+    draft_length: int | None = None,
 ) -> GenerationResult:
-    """Draft, verify, sync, repeat: the reference the pipeline is tested and measured against."""
+    """Draft, verify, sync, repeat: the reference the pipeline is tested and measured against.
+    Each round's draft length comes from the same decision as the pipeline's
+    (verifier.speculation), timed here, or is `draft_length` in every round."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     t_session = target.open(prompt_ids, max_new_tokens)
     drafter.limit_vocab(target.vocab_size)  # a draft with padding rows proposes only target ids
     d_session = drafter.open(prompt_ids)
+    decision = SpeculationDecision(target.skips_padding)
+    decision.reset_drafter(drafter.config.gamma)
+    decision.open("")
     stats = RoundStats()
     stops = set(int(t) for t in stop_token_ids)
     new_tokens: list[int] = []
     reason = None
     while reason is None:
         budget = draft_budget(max_new_tokens, len(new_tokens))
+        drafter.ask(d_session, decision.choose([""])[0] if draft_length is None else draft_length)
+        started = time.perf_counter()
         block = drafter.draft(d_session, budget) if budget > 0 else None
+        if d_session.draft_length == 0 and drafter.lags(d_session, CATCH_UP_TOKENS):
+            drafter.step(d_session)  # keep the draft's cache and agreement in step (drafter.scheduler)
+        decision.wait.observe(d_session.draft_length, time.perf_counter() - started)
         trunk, branches = (block.trunk, block.branches) if block else ([], [])
         trunk, branches = cut_draft(trunk, branches, t_session.room)  # no position past the context
+        started = time.perf_counter()
         result = target.verify(t_session, trunk, branches, sampling)
+        decision.observe_pass([result.num_nodes], time.perf_counter() - started, is_drafting=False)
         stats.record(len(trunk), result)
         drafter.sync(d_session, result.appended)
+        judged = drafter.take_agreement(d_session)
+        if judged is not None:
+            decision.observe_agreement("", *judged)
         drafter.learn(trunk, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
-        drafter.policy.adapt(d_session.policy, len(trunk), result.num_trunk_accepted)
         if on_round is not None:
             on_round(t_session, d_session, result)
         new_tokens, reason = finish(new_tokens + result.appended, max_new_tokens, stops)

@@ -65,7 +65,7 @@ def _threads(args: argparse.Namespace, role_flag: str) -> int:
 
 
 def solo_threads(args: argparse.Namespace, shares_cpu: bool) -> int:
-    """The verifier's threads while the drafter rests (verifier.solo): --solo-threads, else the
+    """The verifier's threads while the drafter rests (no request waits for a draft): --solo-threads, else the
     cores the two processes hold together when they share this CPU, else the verifier's own."""
     verifier = _threads(args, "verifier_threads")
     threads = getattr(args, "solo_threads", None) or (verifier + _threads(args, "drafter_threads") if shares_cpu

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 4  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
-# 3: Verdict.wants_draft; 4: Open.wants_draft
+PROTOCOL_VERSION = 5  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
+# 3: Verdict.wants_draft; 4: Open.wants_draft; 5: the verifier decides each draft's length
+# (Open/Verdict.draft_length, Hello.max_draft_length), Agreement
 
 # Limits the codec enforces on every decoded message.
 MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
@@ -117,6 +118,7 @@ class Hello:
     drafter_id: str
     vocab_size: int  # rows of the draft's output layer (a pair may differ by padding rows)
     tokenizer_fingerprint: str  # launch.models.tokenizer_fingerprint: equal means one token space
+    max_draft_length: int  # the longest trunk it drafts (--gamma): the verifier asks for no more
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +129,18 @@ class Draft:
     trunk: list[int]
     branches: list[list[int]]
     drafted_ahead: bool = False  # drafting began before its base was verified (the overlap at work)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Agreement:
+    """Teacher-forced agreement on committed text: agreed[i] is 1 when the draft's greedy token
+    for committed position start + i, given the committed tokens before it, is the committed
+    one. A greedy trunk drafted at position p would have had exactly its run of ones from p
+    accepted, so this is the draft's acceptance even in rounds where no draft was verified."""
+
+    request_id: str
+    start: int
+    agreed: list[int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,9 +163,7 @@ class Open:
     request_id: str
     token_ids: list[int]
     max_new_tokens: int
-    # as in Verdict: False when no round will wait for this request's drafts (the verifier runs
-    # the target alone, verifier.solo), so the drafter rests on it from the start
-    wants_draft: bool
+    draft_length: int  # as in Verdict: trunk tokens to draft for the first round (0: rest)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,12 +176,11 @@ class Verdict:
     appended: list[int]  # accepted tokens + the correction or bonus token
     num_trunk_verified: int  # leading trunk tokens of the draft (rebased to this round) put in the pass
     num_trunk_accepted: int
-    is_branch_taken: bool  # tokens past the trunk came from a branch
     trunk_predictions: list[int]  # the target's argmax at the root and after each verified trunk token
     branch_predictions: list[list[int]]  # after each token of each verified branch
-    # will the verifier wait for this request's next draft? False: its drafts do not pay now
-    # (verifier.scheduler.wants_draft), so the drafter rests on it until a verdict says True
-    wants_draft: bool
+    # trunk tokens to draft for the next round (verifier.speculation); 0: no round waits for
+    # this request's drafts, so the drafter only keeps its cache and its Agreement in step
+    draft_length: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,12 +189,12 @@ class Close:
 
 
 Message = (
-    Generate | Cancel | StatusQuery | Tokens | Done | Error | Status | Hello | Draft | Resync | HelloAck | Open
+    Generate | Cancel | StatusQuery | Tokens | Done | Error | Status | Hello | Draft | Agreement | Resync | HelloAck | Open
     | Verdict | Close
 )
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Generate, Cancel, StatusQuery, Tokens, Done, Error, Status, Hello, Draft, Resync, HelloAck, Open,
+    for cls in (Generate, Cancel, StatusQuery, Tokens, Done, Error, Status, Hello, Draft, Agreement, Resync, HelloAck, Open,
                 Verdict, Close)
 }

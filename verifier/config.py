@@ -15,9 +15,6 @@ class VerifierConfig:
     max_sessions: int = knob(16, "--max-sessions", "requests decoded at once (sizes the KV slots)")
     max_batch: int = knob(8, "--max-batch", "ready requests verified together in one batched target pass")
     max_queue: int = knob(64, "--max-queue", "requests waiting beyond --max-sessions; more are refused as busy")
-    is_width_fitted: bool = knob(True, "--verify-all-drafts", "verify every draft token sent, even where the "
-                                 "measured pass costs say it does not pay, and never switch to the target alone "
-                                 "(verifier.solo)", inverted_by=True)
     stop_token_ids: tuple[int, ...] = ()  # always end a request (the tokenizer's EOS; no flag)
     own_lookup_tokens: int = knob(5, "--own-lookup-tokens", "prompt-lookup branch the verifier finds itself, at the "
                                   "root beside any draft's trunk (0 = none)")

@@ -1,19 +1,13 @@
-"""What a target pass costs for its size, measured online, and how wide a batched pass pays.
-
-On a GPU a pass of 64 tokens costs about what one token does, so every draft token is worth
-verifying. On a CPU each token costs compute (here ~70 ms for 1 token, ~170 ms for 8), and a
-batched pass pads every row to the widest tree, so a draft token that is seldom accepted
-slows every request in the batch. The verifier therefore times its passes and cuts the trees
-of a batch to the width that commits the most tokens per second.
-"""
+"""What a target pass costs for its size, measured online: the cost half of the speculation
+decision (verifier.speculation). On a GPU a pass of 64 tokens costs about what one token does;
+on a CPU each token costs compute (here ~40 ms for 1 token, ~55 ms for 9 on two threads), and a
+batched pass pads every row to the widest tree."""
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
 
-COST_WINDOW = 64  # recent passes the cost model is fitted to
-YIELD_SMOOTHING = 0.25  # weight of the newest round in a request's draft yield
-EXPLORE_AFTER = 8  # rounds a request may go without verified draft tokens before it tries again
+COST_WINDOW = 64  # recent passes (and draft waits) the cost models are fitted to
 RIDGE = 1e-9  # keeps the fit defined when every pass had the same number of rows
 
 
@@ -21,54 +15,60 @@ class PassCostModel:
     """Seconds per target pass: c(B, w) = a + b*B*w + d*B for B rows padded to width w, fitted
     by least squares to the last COST_WINDOW passes. b is the cost of a token, d that of a row
     (its padded cache, its commit). A fit, not a table, so a size measured once (cold, say)
-    cannot mislead for long, and every pass informs the estimate of every size.
-    Where the engine skips padding in its linear layers (kvcache.packed.only_tokens), w is the
-    rows' mean width, and the P padded slots up to the widest row (B*widest - sum of widths)
-    still cost attention, norms and rotary: + p*P, p fitted too once passes with padding were
-    timed (padding_cost; 0 before, and for engines that pad, where b covers it)."""
+    cannot mislead for long, and every pass informs the estimate of every size; a window whose
+    passes were all of one size keeps the fit it had. Two terms join
+    once passes that need them were timed (each >= 0, else left out):
+    - where the engine skips padding in its linear layers (kvcache.packed.only_tokens), w is the
+      rows' mean width and the P padded slots up to the widest row still cost attention, norms
+      and rotary: + p*P;
+    - a pass while the drafter drafts on the same machine (fewer threads, shared memory
+      bandwidth) costs + s more than one while it rests."""
 
     def __init__(self) -> None:
-        self.samples: deque[tuple[int, float, float, float]] = deque(maxlen=COST_WINDOW)
+        self.samples: deque[tuple[int, float, float, float, bool]] = deque(maxlen=COST_WINDOW)
         self.coefficients: tuple[float, float, float] | None = None
         self.padding_cost = 0.0
+        self.drafting_cost = 0.0
 
-    def observe(self, num_rows: int, width: float, seconds: float, padding: float = 0.0) -> None:
-        self.samples.append((num_rows, width, seconds, padding))
+    def observe(self, num_rows: int, width: float, seconds: float, padding: float = 0.0,
+                is_drafting: bool = False) -> None:
+        self.samples.append((num_rows, width, seconds, padding, is_drafting))
         fitted = _fit(self.samples)
-        self.coefficients, self.padding_cost = (None, 0.0) if fitted is None else (fitted[:3], fitted[3])
+        if fitted is not None:  # a window of one size (every pass alike, lately) keeps the last fit
+            self.coefficients, self.padding_cost, self.drafting_cost = fitted[:3], fitted[3], fitted[4]
 
-    def estimate(self, num_rows: int, width: float, padding: float = 0.0) -> float | None:
-        """c(B, w) + p*P, never below a microsecond; None until passes of two sizes were timed.
-        w is the width the pass computes: its widest row, or its mean where padding is skipped."""
+    def estimate(self, num_rows: int, width: float, padding: float = 0.0, is_drafting: bool = False) -> float | None:
+        """c(B, w) + p*P (+ s while drafting), never below a microsecond; None until passes of
+        two sizes were timed. w is the width the pass computes: its widest row, or its mean
+        where padding is skipped."""
         if self.coefficients is None:
             return None
         a, b, d = self.coefficients
-        return max(a + b * num_rows * width + d * num_rows + self.padding_cost * padding, 1e-6)
-
-    def break_even_yield(self, num_rows: int) -> float | None:
-        """The yield below which no draft token pays in a pass of num_rows rows. Rule: widening
-        B rows by one token costs b*B and commits sum(y) more; a plain pass commits B tokens in
-        c(B, 1); so it pays iff mean(y) > b*B / c(B, 1)."""
-        plain = self.estimate(num_rows, 1)
-        return None if plain is None else max(self.coefficients[1], 0.0) * num_rows / plain
+        seconds = a + b * num_rows * width + d * num_rows + self.padding_cost * padding
+        return max(seconds + (self.drafting_cost if is_drafting else 0.0), 1e-6)
 
 
-def _fit(samples: Sequence[tuple[int, float, float, float]]) -> tuple[float, float, float, float] | None:
-    """Least squares for seconds ~ a + b*(rows*width) + d*rows [+ p*padding] (normal equations,
-    ridge on all but a); the padding term only once some pass had padding, and p >= 0."""
-    if len({rows * width for rows, width, _, _ in samples}) < 2:
+def _fit(samples: Sequence[tuple[int, float, float, float, bool]]) -> tuple[float, ...] | None:
+    """Least squares for seconds ~ a + b*(rows*width) + d*rows [+ p*padding] [+ s*drafting]
+    (normal equations, ridge on all but a): an optional term only where the passes vary in it,
+    and only if its coefficient comes out >= 0."""
+    if len({rows * width for rows, width, *_ in samples}) < 2:
         return None  # no spread in size: no slope to speak of
-    if any(padding > 0 for *_, padding in samples):
-        xs = [(1.0, float(rows * width), float(rows), float(padding)) for rows, width, _, padding in samples]
-        solved = _least_squares(xs, [s for _, _, s, _ in samples])
-        if solved is not None and solved[3] >= 0:
-            return solved
-    solved = _least_squares([(1.0, float(rows * width), float(rows)) for rows, width, _, _ in samples],
-                            [s for _, _, s, _ in samples])
-    return None if solved is None else (*solved, 0.0)
+    ys = [seconds for _, _, seconds, _, _ in samples]
+    optional = [i for i in (3, 4) if len({s[i] for s in samples}) > 1]  # padding, drafting
+    while True:
+        xs = [(1.0, float(s[0] * s[1]), float(s[0]), *(float(s[i]) for i in optional)) for s in samples]
+        solved = least_squares(xs, ys)
+        if solved is None:
+            return None
+        negative = [i for i, value in zip(optional, solved[3:]) if value < 0]
+        if not negative:
+            extra = dict(zip(optional, solved[3:]))
+            return (*solved[:3], extra.get(3, 0.0), extra.get(4, 0.0))
+        optional = [i for i in optional if i != negative[0]]
 
 
-def _least_squares(xs: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...] | None:
+def least_squares(xs: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...] | None:
     n = len(xs[0])
     matrix = [[sum(x[i] * x[j] for x in xs) + (RIDGE * len(xs) if i == j and i else 0.0) for j in range(n)]
               for i in range(n)]
@@ -89,42 +89,6 @@ def _solve(m: list[list[float]], v: list[float]) -> tuple[float, ...] | None:
                 factor = rows[r][col] / rows[col][col]
                 rows[r] = [x - factor * y for x, y in zip(rows[r], rows[col])]
     return tuple(rows[i][n] / rows[i][i] for i in range(n))
-
-
-def best_width(draft_sizes: Sequence[int], yields: Sequence[float], cost: PassCostModel) -> int:
-    """The common pass width of a padded batch (best_widths without skipped padding)."""
-    return max(best_widths(draft_sizes, yields, cost), default=1)
-
-
-def best_widths(draft_sizes: Sequence[int], yields: Sequence[float], cost: PassCostModel,
-                skips_padding: bool = False) -> list[int]:
-    """Each row's pass width (root + draft tokens) so the pass commits the most tokens per second.
-
-    Rule: rows cut to widths w_i commit sum_i 1 + y_i * (w_i - 1) tokens in expectation, where
-    y_i is row i's measured yield (draft tokens accepted per draft token verified), and cost
-    c(B, w) for the w the pass computes: the widest, every row padded to it, or where the
-    engine skips padding (kvcache.packed.only_tokens) the rows' mean width, plus what its
-    padded slots still cost (PassCostModel.padding_cost). Candidates: a common
-    cap w, each row cut to min(1 + k_i, w) (k_i: its draft size); where padding is skipped, also
-    rows whose yield is below a threshold cut to their root alone, so a seldom-right draft
-    costs no other row. While c is unknown, verify everything (and so measure it)."""
-    rows = len(draft_sizes)
-    full = [1 + k for k in draft_sizes]
-    caps = sorted({1, max(full, default=1)} | set(full))
-    thresholds = sorted(set(yields)) if skips_padding else [float("-inf")]
-    best, best_rate = full, -1.0
-    for cap in caps:
-        for threshold in thresholds:
-            widths = [min(n, cap) if y >= threshold else 1 for n, y in zip(full, yields)]
-            widest = max(widths, default=1)
-            computed = sum(widths) / rows if skips_padding and rows else widest
-            seconds = cost.estimate(rows, computed, rows * widest - sum(widths) if skips_padding else 0.0)
-            if seconds is None:
-                return full
-            committed = sum(1 + y * (w - 1) for w, y in zip(widths, yields))
-            if committed / seconds > best_rate:
-                best, best_rate = widths, committed / seconds
-    return best
 
 
 def cut_draft(trunk: Sequence[int], branches: Sequence[Sequence[int]], num_tokens: int

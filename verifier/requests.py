@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from protocol.messages import Draft
 from protocol.rules import draft_budget, is_usable_at
 from verifier.engine import TargetSession, VerifyResult
-from verifier.pass_cost import EXPLORE_AFTER, YIELD_SMOOTHING, cut_draft
+from verifier.pass_cost import cut_draft
 from verifier.sampling import SamplingParams
 from verifier.stopping import cut_at_stop_string
 
@@ -58,7 +58,6 @@ class RoundPlan:
     branches: list[list[int]]
     is_predraft: bool
     has_draft: bool
-    dropped_first_tokens: tuple[int, ...] = ()  # a draft cut away whole: its candidate next tokens
     lookup: tuple[int, ...] = ()
 
     @property
@@ -71,10 +70,7 @@ class RoundPlan:
         lookup = self.lookup[: max(num_tokens, 0)]
         room = num_tokens - len(lookup)
         trunk, branches = cut_draft(self.trunk, self.branches, room)
-        dropped = ()
-        if room <= 0 and (self.trunk or any(self.branches)):  # the trunk's first token, else each branch's
-            dropped = tuple(self.trunk[:1]) or tuple(branch[0] for branch in self.branches if branch)
-        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft, dropped, lookup)
+        return RoundPlan(trunk, branches, self.is_predraft, self.has_draft, lookup)
 
 
 @dataclass
@@ -96,22 +92,20 @@ class ServerRequest:
     text_limit: int | None = None  # the text is cut here (a stop string begins)
     unsent: list[int] = field(default_factory=list)  # tokens kept back until streamed
     stats: RequestStats = field(default_factory=RequestStats)
-    draft_yield: float = 1.0  # draft tokens accepted per draft token verified (smoothed)
-    num_unverified_rounds: int = 0  # rounds since its draft tokens were last verified
-    wants_draft: bool = True  # what the last verdict told the drafter (Verdict.wants_draft)
+    draft_length: int = 0  # what the drafter was last asked for (Open/Verdict.draft_length; 0: none)
     is_on_drafter: bool = False  # the drafter was told of it (Open): admitted in a burst, not yet
 
     def plan_round(self, own_lookup: Callable[[list[int]], list[int]] | None = None,
                    max_draft_tokens: int = 1 << 30) -> RoundPlan:
-        """The draft that fits now (see take_draft), cut so no token is drafted past the end, past
+        """The draft that fits now (see take_draft), its trunk cut to the length asked for
+        (a pre-draft may be longer) and so no token is drafted past the end, past
         --max-draft-tokens or past the context. `own_lookup` (the verifier's prompt lookup on the
         committed text) adds a branch at the root: a round without a draft need not be a
-        one-token round, and one whose trunk fails at its first token still has a path. The
-        scheduler may cut it further (the width that pays)."""
+        one-token round, and one whose trunk fails at its first token still has a path."""
         draft = self.take_draft()
         trunk, branches, is_predraft = draft or ([], [], False)
         budget = draft_budget(self.max_new_tokens, len(self.new_tokens))
-        trunk = trunk[: max(budget, 0)]
+        trunk = trunk[: max(min(budget, self.draft_length), 0)]
         lookup = own_lookup(self.session.tokens)[: max(budget, 0)] if own_lookup is not None else []
         if trunk[: len(lookup)] == lookup:
             lookup = []  # the trunk already holds it
@@ -119,29 +113,6 @@ class ServerRequest:
                          lookup=tuple(lookup))
         limit = min(max_draft_tokens, self.session.room)
         return plan if plan.num_draft_tokens <= limit else plan.cut(limit)
-
-    def planning_yield(self) -> float:
-        """The yield that decides whether to wait for its draft: measured, or 1 when unmeasured
-        for EXPLORE_AFTER rounds (so a draft comes, and is verified or checked, again)."""
-        return 1.0 if self.num_unverified_rounds >= EXPLORE_AFTER else self.draft_yield
-
-    def record_round(self, plan: RoundPlan, result: VerifyResult) -> None:
-        """Measure the draft yield: over the draft tokens verified, or, for a draft cut away
-        whole, over its first token alone (did the target's next token match it? free evidence)."""
-        verified = result.num_nodes - 1
-        if verified:
-            self.record_yield(verified, result.num_accepted)
-        elif plan.dropped_first_tokens:
-            self.record_yield(1, int(result.appended[0] in plan.dropped_first_tokens))
-        else:
-            self.record_yield(0, 0)
-
-    def record_yield(self, num_verified: int, num_accepted: int) -> None:
-        if num_verified:
-            self.draft_yield += YIELD_SMOOTHING * (num_accepted / num_verified - self.draft_yield)
-            self.num_unverified_rounds = 0
-        else:
-            self.num_unverified_rounds += 1
 
     def cut_at_stop(self, decode: Callable[[list[int]], str]) -> bool:
         """Stop strings (see verifier.stopping.cut_at_stop_string); True if one ended it."""

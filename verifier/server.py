@@ -13,11 +13,10 @@ from protocol.codec import decode
 from protocol.curve import secure_server, start_authenticator
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Resync, Status,
+    Agreement, Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Resync, Status,
     StatusQuery, Tokens, Verdict,
 )
 from protocol.validation import validate_generate
-from verifier.agreement import AgreementWatch
 from verifier.client_link import ClientLink
 from verifier.config import VerifierConfig
 from verifier.drafter_link import DrafterLink, is_within_vocab
@@ -44,13 +43,12 @@ class VerifierServer:
         self.solo_threads = solo_threads or threads
         self.takes_turns = takes_turns
         self.last_round_end: float | None = None  # None: no request was open since the last round
-        self.prefill_s = 0.0  # prefill time since the last round: not a round's cost
+        self.prefill_s = 0.0  # prefill time since the last round: not a wait for drafts
         self.tokenizer = tokenizer
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.config = config
-        self.scheduler = Scheduler(config)
-        self.scheduler.skips_padding = engine.skips_padding
-        self.agreement = AgreementWatch()
+        self.scheduler = Scheduler(config, skips_padding=engine.skips_padding)
+        self.speculation = self.scheduler.speculation  # the draft lengths (verifier.speculation)
         self.stats = ServerStats()
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.is_running = True
@@ -136,6 +134,8 @@ class VerifierServer:
                 self.handle_hello(identity, msg)
             elif isinstance(msg, Resync) and identity == self.link.identity:
                 self.handle_resync(msg)
+            elif isinstance(msg, Agreement) and identity == self.link.identity:
+                self.speculation.observe_agreement(msg.request_id, msg.start, msg.agreed)
             elif isinstance(msg, Draft) and identity == self.link.identity:
                 self.link.heard()
                 request = self.requests.get(msg.request_id)
@@ -157,7 +157,7 @@ class VerifierServer:
         self.link.send(HelloAck(vocab_size=self.engine.vocab_size))
         if is_new:  # (re-)sync: the verifier's committed tokens are the truth
             self.stats.num_drafter_handshakes += 1
-            self.agreement.reset()
+            self.speculation.reset_drafter(max(msg.max_draft_length, 0))
             log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
             for request in self.requests.values():
                 request.drafts.clear()
@@ -197,7 +197,7 @@ class VerifierServer:
             session = self.engine.open(prompt_ids, msg.max_new_tokens)
             log.debug("prefill of %d tokens (%s): %.0f ms", len(prompt_ids), "solo threads" if is_solo else "threads",
                       1000 * (time.monotonic() - started))
-            if self.last_round_end is not None:  # inside a timed round (time_round): not its cost
+            if self.last_round_end is not None:  # between passes: not a wait for drafts (observe_wait)
                 self.prefill_s += time.monotonic() - started
         except (ProtocolError, ValueError) as exc:
             self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
@@ -207,9 +207,7 @@ class VerifierServer:
         sampling = None if msg.temperature == 0 else SamplingParams(msg.temperature, msg.top_k, msg.top_p, seed)
         request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream,
                                 sampling=sampling, stop_strings=tuple(msg.stop))
-        if self.scheduler.add(request):  # the drafter hears of it in open_admitted
-            log.debug("%s at load %d (admitted)", "solo: the drafter rests" if self.scheduler.solo.is_solo
-                      else "speculating", len(self.requests))
+        self.scheduler.add(request)  # the drafter hears of it in open_admitted
 
     def handle_disconnect(self, identity: bytes) -> None:
         """A client went away (its stream became unroutable): free its sessions and caches."""
@@ -228,11 +226,11 @@ class VerifierServer:
 
     # ---- rounds ----
     def run_rounds(self, requests: list[ServerRequest]) -> None:
-        """One round for each request, all verified in one batched target pass."""
+        """One round for each request, all verified in one batched target pass; then each one's
+        next draft length (verifier.speculation) goes out with its verdict."""
         is_solo_pass = self.pick_threads()
-        load = len(self.requests)  # before any of them ends
-        plans = self.scheduler.plan(requests, is_solo_pass)
-        round_began = self.last_round_end or min(r.waiting_since for r in requests)
+        plans = self.scheduler.plan(requests)
+        self.observe_wait(requests)
         started = time.perf_counter()
         try:
             results = self.engine.verify_batch([(r.session, p.trunk, p.branches, r.sampling, p.lookup)
@@ -243,43 +241,39 @@ class VerifierServer:
                 self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
             return
         widths, seconds = [r.num_nodes for r in results], time.perf_counter() - started
-        log.debug("pass of %d rows x %d tokens (%d real): %.0f ms, %d committed", len(requests), max(widths),
-                  sum(widths), 1000 * seconds, sum(len(result.appended) for result in results))
-        for request, plan, result in zip(requests, plans, results):
+        self.speculation.observe_pass(widths, seconds, is_drafting=not is_solo_pass)
+        lengths = self.scheduler.next_lengths(requests)
+        log.debug("pass of %d rows x %d tokens (%d real): %.0f ms, %d committed; next drafts %s", len(requests),
+                  max(widths), sum(widths), 1000 * seconds, sum(len(result.appended) for result in results), lengths)
+        for request, plan, result, length in zip(requests, plans, results, lengths):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
-            self.agreement.record(len(plan.trunk), result.num_trunk_accepted)
             self.stats.record_round(len(plan.trunk), result.num_trunk_accepted)
-            request.record_round(plan, result)
             if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
-                self.after_round(request, plan, result)
-        self.scheduler.record_pass(requests, widths, seconds, is_solo_pass)
+                self.after_round(request, plan, result, length)
         self.stats.record_pass(seconds, self.link.is_absent)
-        self.time_round(round_began, sum(len(result.appended) for result in results), load)
+        self.last_round_end = time.monotonic() if self.requests else None
         self.open_admitted()  # those admitted from the queue as others ended
 
+    def observe_wait(self, requests: list[ServerRequest]) -> None:
+        """How long the target stood idle before this pass, prefills excluded: the cost on the
+        critical path of the drafts these requests were asked for (the longest of them)."""
+        if self.last_round_end is not None:
+            idle = time.monotonic() - self.last_round_end - self.prefill_s
+            self.speculation.wait.observe(max(request.draft_length for request in requests), idle)
+        self.prefill_s = 0.0
+
     def pick_threads(self) -> bool:
-        """Threads for the next pass or prefill: the drafter's cores too while it rests on every
-        request or is absent (True then), or, taking turns, has nothing to draft."""
+        """Threads for the next pass or prefill: the drafter's cores too while no request waits
+        for a draft or it is absent (True then), or, taking turns, has nothing to draft."""
         is_drafter_idle = self.link.is_absent or self.scheduler.is_drafter_idle
         is_drafter_waiting = self.takes_turns and self.scheduler.holds_every_draft
         if self.threads is not None:
             self.engine.use_threads(self.solo_threads if is_drafter_idle or is_drafter_waiting else self.threads)
         return is_drafter_idle
 
-    def time_round(self, began: float, num_committed: int, load: int) -> None:
-        """Tell the solo switch (verifier.solo) what this round committed in its wall time, from
-        the last round's end (or the oldest wait), prefills excluded, with `load` requests open."""
-        now = time.monotonic()
-        seconds, self.prefill_s = now - began - self.prefill_s, 0.0
-        self.last_round_end = now if self.requests else None
-        solo = self.scheduler.solo
-        rates = solo.describe()
-        if solo.record(num_committed, seconds, load):
-            log.debug("%s at load %d (%s)", "solo: the drafter rests" if solo.is_solo else "speculating",
-                      len(self.requests), rates)
-
-    def after_round(self, request: ServerRequest, plan, result) -> None:
-        """Commit a verified round: finish, stream, end, or tell the drafter the verdict."""
+    def after_round(self, request: ServerRequest, plan, result, draft_length: int) -> None:
+        """Commit a verified round: finish, stream, end, or tell the drafter the verdict and how
+        long its next draft should be."""
         request.waiting_since = time.monotonic()
         kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
         previous = len(request.new_tokens)
@@ -296,14 +290,13 @@ class VerifierServer:
                                    prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
                                    metrics=self.metrics_of(request)))
             return
-        request.wants_draft = self.scheduler.wants_draft(request)
+        request.draft_length = draft_length
         self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
                                 appended=result.appended, num_trunk_verified=len(plan.trunk),
                                 num_trunk_accepted=result.num_trunk_accepted,
-                                is_branch_taken=result.num_branch_accepted > 0,
                                 trunk_predictions=result.trunk_predictions,
                                 branch_predictions=result.branch_predictions,
-                                wants_draft=request.wants_draft))
+                                draft_length=draft_length))
 
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
@@ -349,11 +342,11 @@ class VerifierServer:
     def open_on_drafter(self, request: ServerRequest) -> None:
         self.link.gave_work()
         request.is_on_drafter = True
-        request.wants_draft = self.scheduler.wants_draft(request)  # the mode may have changed since admission
+        request.draft_length = self.scheduler.next_lengths([request])[0]
         request.waiting_since = time.monotonic()  # its first draft is due from now
         self.link.send(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
                              max_new_tokens=request.max_new_tokens - len(request.new_tokens),
-                             wants_draft=request.wants_draft))
+                             draft_length=request.draft_length))
 
     def reply(self, identity: bytes, msg) -> bool:
         return self.client_link.send(identity, msg)

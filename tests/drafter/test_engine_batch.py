@@ -53,17 +53,16 @@ def test_batched_caches_stay_fresh_prefills_with_phrases():
     assert sum(s.num_phrase_hits for s in sessions) > 0  # the phrase path was exercised
 
 
-def test_a_gated_session_steps_without_window_or_phrases():
-    """Gated (its trunk is not sent), a pass feeds only the uncached tokens: the window stays
-    as it was and the cache still holds exactly the text but its last token."""
+def test_a_session_asked_for_no_draft_only_catches_up():
+    """Asked for no draft, a pass feeds only the uncached tokens: no window, no phrases, and the
+    cache still holds exactly the text but its last token."""
     model = tiny_model("llama")
-    engine = DraftEngine(model, DrafterConfig(window=3, ngram=3, phrases_checked=4, min_agreement=0.5))
+    engine = DraftEngine(model, DrafterConfig(window=3, ngram=3, phrases_checked=4))
     sessions = [engine.open(p) for p in PROMPTS]
-    engine.step_batch(sessions)  # ungated: the window grows a level
+    engine.step_batch(sessions)  # drafting: the window grows a level
     windows = [[list(level) for level in s.window] for s in sessions]
     for session in sessions:
-        session.policy.agreement = 0.1
-        assert engine.policy.is_gated(session.policy)
+        engine.ask(session, 0)
         assert len(engine._layout(session)[1].tokens) == 1  # just the last drafted token
     engine.step_batch(sessions)
     for session, window in zip(sessions, windows):

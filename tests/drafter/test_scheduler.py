@@ -6,8 +6,7 @@ from tests.conftest import tiny_model
 
 
 def make(max_batch: int = 1):
-    engine = DraftEngine(tiny_model("llama"), DrafterConfig(min_agreement=0.0, gamma=3, max_batch=max_batch,
-                                                             adaptive=False))
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=3, max_batch=max_batch))
     return engine, DraftScheduler(engine)
 
 
@@ -48,8 +47,7 @@ def test_no_work_past_the_budget_or_with_two_drafts_out():
 
 
 def test_with_pre_drafts_off_only_the_verifiers_waits_are_drafted():
-    engine = DraftEngine(tiny_model("llama"), DrafterConfig(min_agreement=0.0, gamma=3, adaptive=False,
-                                                            pre_drafts="off"))
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=3, pre_drafts="off"))
     scheduler = DraftScheduler(engine)
     scheduler.add(request(engine, "ahead", [5, 6, 7], ahead=4))
     assert not scheduler.is_busy() and scheduler.plan() == ([], [])  # its block is being verified: rest

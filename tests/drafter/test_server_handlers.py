@@ -4,9 +4,10 @@ import zmq
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
+from drafter.scheduler import CATCH_UP_TOKENS
 from drafter.server import BASE_TAIL, DrafterServer
 from protocol.codec import decode, encode
-from protocol.messages import Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
+from protocol.messages import Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
 from tests.conftest import tiny_model
 
 PROMPT = [5, 9, 13, 2, 7, 30, 11, 40, 41, 42]
@@ -17,7 +18,7 @@ def link(tmp_path):
     endpoint = f"ipc://{tmp_path}/drafter.sock"
     verifier = zmq.Context.instance().socket(zmq.ROUTER)
     verifier.bind(endpoint)
-    engine = DraftEngine(tiny_model("llama"), DrafterConfig(min_agreement=0.0, gamma=4, window=2, ngram=3))
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=4, window=2, ngram=3))
     server = DrafterServer(engine, endpoint, "fp", vocab_size=96)
     server.socket.connect(endpoint)
     server.send(server.hello)
@@ -60,7 +61,7 @@ def test_hello_ack_limits_the_vocabulary_and_a_refusal_stops_the_drafter(link):
 
 def test_an_open_request_is_drafted_at_its_committed_end(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, draft_length=4))
     draft = next_draft(server, verifier)
     assert (draft.request_id, draft.base_length, draft.base_tail) == ("r", len(PROMPT), PROMPT[-BASE_TAIL:])
     assert 4 <= len(draft.trunk) <= 32 - 1  # at least gamma, within the budget (max_new_tokens - 1)
@@ -68,13 +69,13 @@ def test_an_open_request_is_drafted_at_its_committed_end(link):
 
 def test_a_verdict_moves_the_drafts_on_and_close_forgets_the_request(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, draft_length=4))
     draft = next_draft(server, verifier)
     appended = draft.trunk[:1] + [3]  # the first trunk token accepted, then the target's own
     deliver(server, verifier, identity, Verdict(
         request_id="r", committed_length=len(PROMPT) + 2, appended=appended, num_trunk_verified=len(draft.trunk),
-        num_trunk_accepted=1, is_branch_taken=False, trunk_predictions=appended + [0] * (len(draft.trunk) - 1),
-        branch_predictions=[], wants_draft=True))
+        num_trunk_accepted=1, trunk_predictions=appended + [0] * (len(draft.trunk) - 1),
+        branch_predictions=[], draft_length=4))
     session = server.requests["r"].session
     assert session.num_committed == len(PROMPT) + 2 and session.tokens[: session.num_committed] == PROMPT + appended
     assert next_draft(server, verifier).base_length == len(PROMPT) + 2
@@ -84,34 +85,39 @@ def test_a_verdict_moves_the_drafts_on_and_close_forgets_the_request(link):
 
 def test_a_verdict_that_wants_no_draft_rests_the_request_until_one_does(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, draft_length=4))
     draft = next_draft(server, verifier)
     while verifier.poll(200):  # the pre-draft on its way too
         receive(verifier)
     appended = [draft.trunk[0] + 1]  # the first trunk token rejected: the pre-draft is void
-    verdict = dict(request_id="r", num_trunk_verified=len(draft.trunk), num_trunk_accepted=0, is_branch_taken=False,
+    verdict = dict(request_id="r", num_trunk_verified=len(draft.trunk), num_trunk_accepted=0, 
                    branch_predictions=[])
     deliver(server, verifier, identity, Verdict(committed_length=len(PROMPT) + 1, appended=appended,
-                                                trunk_predictions=appended, wants_draft=False, **verdict))
+                                                trunk_predictions=appended, draft_length=0, **verdict))
     session = server.requests["r"].session
     steps = session.cache_length
     for _ in range(20):
         server.advance()
-    assert not server.scheduler.is_busy() and not verifier.poll(200)  # no draft pass, no Draft: it sleeps
+    said = []
+    while verifier.poll(200):
+        said.append(receive(verifier)[1])
+    # no Draft: only what its rejected token says of the draft (it predicted another one there)
+    assert said == [Agreement(request_id="r", start=len(PROMPT), agreed=[0])]
+    assert not server.scheduler.is_busy()  # no draft pass: it sleeps
     assert session.cache_length == steps and session.num_committed == len(PROMPT) + 1  # still in step
     deliver(server, verifier, identity, Verdict(committed_length=len(PROMPT) + 2, appended=[3],
-                                                trunk_predictions=[3], wants_draft=True, **verdict))
+                                                trunk_predictions=[3], draft_length=4, **verdict))
     assert next_draft(server, verifier).base_length == len(PROMPT) + 2  # drafting again, at the new end
 
 
 def test_a_verdict_it_cannot_place_asks_for_a_resync(link):
     server, verifier, identity = link
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=True))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, draft_length=4))
     next_draft(server, verifier)
     deliver(server, verifier, identity, Verdict(
         request_id="r", committed_length=len(PROMPT) + 5, appended=[1, 2], num_trunk_verified=0,
-        num_trunk_accepted=0, is_branch_taken=False, trunk_predictions=[1], branch_predictions=[],
-        wants_draft=True))
+        num_trunk_accepted=0, trunk_predictions=[1], branch_predictions=[],
+        draft_length=4))
     msg = receive(verifier)[1]
     while isinstance(msg, Draft):  # drafts already on their way
         msg = receive(verifier)[1]
@@ -121,18 +127,36 @@ def test_a_verdict_it_cannot_place_asks_for_a_resync(link):
 def test_a_malformed_frame_is_dropped_and_the_loop_goes_on(link):
     server, verifier, identity = link
     deliver(server, verifier, identity, b"\x93not msgpack we know")
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=8, wants_draft=True))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=8, draft_length=4))
     assert "r" in server.requests
 
 
 def test_an_open_that_wants_no_draft_rests_from_the_start(link):
     server, verifier, identity = link  # the verifier runs the target alone: no draft pass may take its cores
-    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, wants_draft=False))
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=32, draft_length=0))
     for _ in range(20):
         server.advance()
     assert not server.scheduler.is_busy() and not verifier.poll(200)
     assert server.requests["r"].session.cache_length == 0  # not even its prompt was run through the draft
     deliver(server, verifier, identity, Verdict(
         request_id="r", committed_length=len(PROMPT) + 1, appended=[3], num_trunk_verified=0, num_trunk_accepted=0,
-        is_branch_taken=False, trunk_predictions=[3], branch_predictions=[], wants_draft=True))
+        trunk_predictions=[3], branch_predictions=[], draft_length=4))
     assert next_draft(server, verifier).base_length == len(PROMPT) + 1  # drafting once a verdict asks
+
+
+def test_a_resting_request_is_caught_up_in_one_pass_and_its_agreement_reported(link):
+    """Asked for no draft, the committed tokens still reach the draft: once CATCH_UP_TOKENS wait,
+    one pass feeds them all and every position gets its bit, in order."""
+    server, verifier, identity = link
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=64, draft_length=0))
+    session = server.requests["r"].session
+    text = [(7 * i + 3) % 96 for i in range(CATCH_UP_TOKENS)]
+    for n, token in enumerate(text, start=1):
+        deliver(server, verifier, identity, Verdict(
+            request_id="r", committed_length=len(PROMPT) + n, appended=[token], num_trunk_verified=0,
+            num_trunk_accepted=0, trunk_predictions=[token], branch_predictions=[], draft_length=0))
+        server.advance()
+    agreement = [receive(verifier)[1]]
+    assert agreement and agreement[0].start == len(PROMPT)  # from the first token on (the prompt was fed too)
+    assert len(agreement[0].agreed) == CATCH_UP_TOKENS and not verifier.poll(200)
+    assert session.cache_length == len(session.tokens) - 1 and not server.scheduler.is_busy()

@@ -99,10 +99,10 @@ def hostile_frames(rng: random.Random) -> list[bytes]:
                encode(Draft(request_id="nobody", base_length=10**6, base_tail=[], trunk=[1] * 60000,
                             branches=[[2] * 50] * 60)),
                encode(Verdict(request_id="nobody", committed_length=3, appended=[1], num_trunk_verified=0,
-                              num_trunk_accepted=0, is_branch_taken=False, trunk_predictions=[],
-                              branch_predictions=[], wants_draft=True)),
+                              num_trunk_accepted=0, trunk_predictions=[],
+                              branch_predictions=[], draft_length=4)),
                encode(Resync(request_id="nobody")),
-               encode(Hello(drafter_id="impostor", vocab_size=7, tokenizer_fingerprint="x"))]
+               encode(Hello(drafter_id="impostor", vocab_size=7, tokenizer_fingerprint="x", max_draft_length=4))]
     return frames
 
 

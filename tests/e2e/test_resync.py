@@ -68,7 +68,7 @@ def test_a_lost_verdict_is_recovered_by_a_resync(tmp_path):
     config = VerifierConfig(draft_timeout_s=5.0, is_width_fitted=False)
     verifier = VerifierServer(TargetEngine(target), tokenizer, config,
                               "tcp://127.0.0.1:0", verifier_link, tokenizer_fingerprint="fp")
-    drafter = DrafterServer(DraftEngine(draft, DrafterConfig(min_agreement=0.0, gamma=4)), proxy_link, "fp",
+    drafter = DrafterServer(DraftEngine(draft, DrafterConfig(gamma=4)), proxy_link, "fp",
                             len(tokenizer))
     proxy = DroppingProxy(ctx, verifier_link, proxy_link)
     loops = [threading.Thread(target=x.loop if x is proxy else x.serve_loop, daemon=True)

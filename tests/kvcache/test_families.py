@@ -40,7 +40,7 @@ def assert_cache_is_a_fresh_prefill(engine: TargetEngine, session) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_and_seeded_sampling_equal_the_target_alone(family, tokenizer):
     target, draft = family_pair(family, len(tokenizer))
-    engine, drafter = TargetEngine(target), DraftEngine(draft, DrafterConfig(min_agreement=0.0, gamma=6))
+    engine, drafter = TargetEngine(target), DraftEngine(draft, DrafterConfig(gamma=6))
     num_accepted = 0
     for text in PROMPTS:
         ids = encode(tokenizer, text)

@@ -36,7 +36,7 @@ def test_packed_engines_decode_what_hf_decodes_unpacked(family):
     expected = reference_greedy(target, ids, 40)
     engine = TargetEngine(packed_target)
     assert engine_alone(engine, ids, 40) == expected
-    result = generate(engine, DraftEngine(packed_draft, DrafterConfig(min_agreement=0.0)), ids, 40)
+    result = generate(engine, DraftEngine(packed_draft, DrafterConfig()), ids, 40)
     assert result.tokens == expected and result.metrics["accepted_tokens"] > 0
 
 

@@ -17,9 +17,8 @@ def test_defaults_are_the_configs_defaults():
 
 
 def test_a_child_parses_back_the_parents_configs():
-    changed = ["--gamma", "5", "--window", "2", "--min-agreement", "0.25", "--fixed-gamma", "--no-text-phrases",
-               "--draft-batch", "3", "--max-batch", "2", "--max-sessions", "4", "--draft-timeout", "0.75",
-               "--verify-all-drafts", "--own-lookup-tokens", "0"]
+    changed = ["--gamma", "5", "--window", "2", "--no-text-phrases", "--draft-batch", "3", "--max-batch", "2",
+               "--max-sessions", "4", "--draft-timeout", "0.75", "--own-lookup-tokens", "0"]
     parent = build_parser().parse_args(["serve", *changed])
     drafter = build_parser().parse_args(["drafter", "--connect", "ipc:///x", *cfg.algorithm_argv(parent)])
     verifier = build_parser().parse_args(["verifier", "--bind", "tcp://127.0.0.1:1", "--drafter-bind", "ipc:///x",
@@ -27,8 +26,8 @@ def test_a_child_parses_back_the_parents_configs():
     assert cfg.drafter_config(drafter) == cfg.drafter_config(parent)
     assert cfg.verifier_config(verifier) == cfg.verifier_config(parent)
     got = cfg.drafter_config(parent)
-    assert (got.gamma, got.adaptive, got.seed_pool_from_text, got.max_batch) == (5, False, False, 3)
-    assert cfg.verifier_config(parent).is_width_fitted is False
+    assert (got.gamma, got.window, got.seed_pool_from_text, got.max_batch) == (5, 2, False, 3)
+    assert cfg.verifier_config(parent).own_lookup_tokens == 0
 
 
 @pytest.mark.parametrize("config_type", [DrafterConfig, VerifierConfig])

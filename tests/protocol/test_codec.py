@@ -11,7 +11,7 @@ from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
     MAX_BRANCHES, MAX_FRAME_BYTES, MAX_TEXT_CHARS, MAX_TOKENS_PER_LIST, MESSAGE_TYPES,
-    PROTOCOL_VERSION, Cancel, Close, Done, Draft, Error, Generate, Hello, HelloAck, Open, Resync, Status,
+    PROTOCOL_VERSION, Agreement, Cancel, Close, Done, Draft, Error, Generate, Hello, HelloAck, Open, Resync, Status,
     StatusQuery, Tokens, Verdict,
 )
 
@@ -24,13 +24,14 @@ SAMPLES = [
     Done(request_id="r1", finish_reason="stop", prompt_tokens=3, completion_tokens=2, seed=-5,
          metrics={"acceptance_rate": 0.75, "tokens_per_round": 3.5}),
     Error(request_id="r1", code="invalid_request", message="empty prompt"),
-    Hello(drafter_id="d0", vocab_size=49152, tokenizer_fingerprint="0f3a"),
+    Hello(drafter_id="d0", vocab_size=49152, tokenizer_fingerprint="0f3a", max_draft_length=8),
     Draft(request_id="r1", base_length=10, base_tail=[7, 8, 9], trunk=[1, 2, 3],
           branches=[[4, 5], [], [6]]),
     HelloAck(vocab_size=49152),
-    Open(request_id="r1", token_ids=[1, 2, 3], max_new_tokens=64, wants_draft=False),
+    Open(request_id="r1", token_ids=[1, 2, 3], max_new_tokens=64, draft_length=0),
     Verdict(request_id="r1", committed_length=13, appended=[1, 2, 9], num_trunk_verified=3, num_trunk_accepted=2,
-            is_branch_taken=False, trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]], wants_draft=True),
+            trunk_predictions=[1, 2, 9, 4], branch_predictions=[[3], [4, 5]], draft_length=4),
+    Agreement(request_id="r1", start=12, agreed=[1, 1, 0, 1]),
     Resync(request_id="r1"),
     Close(request_id="r1"),
     StatusQuery(request_id="q1"),

@@ -1,0 +1,152 @@
+"""The speculation decision (verifier.speculation): behaviour under fixed cost models and scripted
+agreement. Each test asserts what is chosen, never a round count of a tuning."""
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from verifier.config import VerifierConfig
+from verifier.requests import ServerRequest
+from verifier.scheduler import Scheduler
+from verifier.speculation import HISTORY, MIN_EVIDENCE, AgreementTrace, SpeculationDecision
+
+GAMMA = 8
+CPU = (0.04, 0.004, 0.002)  # a + b*rows*width + d*rows: a small model on two CPU cores
+FLAT = (0.004, 0.00001, 0.0)  # a large model on a GPU: width costs almost nothing
+
+
+def decision(costs=CPU, wait_per_token=0.005, max_length=GAMMA) -> SpeculationDecision:
+    """Costs fitted exactly: passes of several sizes, drafts waited for at several lengths."""
+    a, b, d = costs
+    chosen = SpeculationDecision()
+    chosen.reset_drafter(max_length)
+    for rows in (1, 2, 8):
+        for width in (1, 3, 9):
+            chosen.observe_pass([width] * rows, a + b * rows * width + d * rows, is_drafting=width > 1)
+    for length in (0, 2, 8):
+        chosen.wait.observe(length, wait_per_token * length)
+    return chosen
+
+
+def agree(chosen: SpeculationDecision, request_id: str, pattern: list[int], num_positions: int) -> None:
+    """Scripted agreement: `pattern` repeated over the next `num_positions` committed positions."""
+    trace = chosen.traces[request_id]
+    start = trace.end if trace.end is not None else 100
+    chosen.observe_agreement(request_id, start, [pattern[i % len(pattern)] for i in range(num_positions)])
+
+
+def test_expected_accepted_counts_runs_and_open_runs_only_where_they_reach():
+    trace = AgreementTrace()
+    trace.add(10, [1, 1, 0, 1, 1, 1, 0, 0, 1, 1])  # runs 2 1 0 3 2 1 0 0, then an open 2 1
+    expected = trace.expected_accepted(4)
+    assert expected[0] == 0
+    assert expected[1] == pytest.approx(7 / 10)
+    assert expected[2] == pytest.approx(10 / 9)  # the open run of 1 says nothing about k = 2
+    trace.add(30, [1])  # a gap: the trace starts afresh
+    assert list(trace.bits) == [1]
+
+
+def test_a_draft_that_never_agrees_rests_and_speculation_returns_with_agreement():
+    chosen = decision()
+    chosen.open("r")
+    agree(chosen, "r", [0], HISTORY)
+    assert chosen.choose(["r"]) == [0]
+    agree(chosen, "r", [1], HISTORY // 2)  # agreement returns: half the window agrees now
+    assert chosen.choose(["r"])[0] > 0
+
+
+def test_one_that_always_agrees_gets_the_longest_draft():
+    chosen = decision()
+    chosen.open("r")
+    agree(chosen, "r", [1], HISTORY)
+    assert chosen.choose(["r"]) == [GAMMA]
+
+
+def test_a_growing_batch_moves_to_shorter_drafts_where_width_costs():
+    chosen = decision()
+    ids = [f"r{n}" for n in range(8)]
+    for request_id in ids:
+        chosen.open(request_id)
+        agree(chosen, request_id, [1, 1, 1, 0, 1, 1, 0, 1, 1, 0], HISTORY)  # agreement 0.7
+    alone = chosen.choose(ids[:1])[0]
+    batched = chosen.choose(ids)
+    assert 0 < max(batched) < alone
+    assert chosen.choose(ids[:1]) == [alone]
+
+
+def test_where_width_is_free_a_batch_drafts_as_far_as_its_runs_reach():
+    chosen = decision(FLAT, wait_per_token=0.0)
+    ids = [f"r{n}" for n in range(8)]
+    for request_id in ids:
+        chosen.open(request_id)
+        agree(chosen, request_id, [1] * 11 + [0], HISTORY)  # agreement 0.92, runs up to 11
+    assert chosen.choose(ids) == [GAMMA] * 8
+    chosen.open("short")
+    agree(chosen, "short", [1, 1, 1, 0], HISTORY)  # no run past 3: a longer draft adds nothing
+    assert chosen.choose(["short"]) == [3]
+
+
+def test_a_slow_draft_is_not_worth_waiting_for():
+    """The same agreement, but each draft token keeps the target waiting as long as a pass."""
+    chosen = decision(wait_per_token=0.05)
+    chosen.open("r")
+    agree(chosen, "r", [1, 1, 1, 0, 1, 1, 0, 1, 1, 0], HISTORY)
+    assert chosen.choose(["r"]) == [0]
+
+
+def test_each_request_by_its_own_agreement():
+    chosen = decision()
+    chosen.open("good")
+    chosen.open("bad")
+    agree(chosen, "good", [1], HISTORY)
+    agree(chosen, "bad", [0], HISTORY)
+    good, bad = chosen.choose(["good", "bad"])
+    assert good > 0 and bad == 0
+
+
+def test_a_new_request_borrows_the_latest_evidence_until_it_has_its_own():
+    chosen = decision()
+    chosen.open("old")
+    agree(chosen, "old", [0], HISTORY)
+    chosen.open("new")
+    assert chosen.choose(["new"]) == [0]  # like the text before it
+    agree(chosen, "new", [1], MIN_EVIDENCE)
+    assert chosen.choose(["new"])[0] > 0
+
+
+def test_unmeasured_costs_alternate_the_longest_draft_and_none():
+    chosen = SpeculationDecision()
+    chosen.reset_drafter(GAMMA)
+    chosen.open("r")
+    assert sorted(chosen.choose(["r"])[0] for _ in range(4)) == [0, 0, GAMMA, GAMMA]
+    assert SpeculationDecision().choose(["r"]) == [0]  # no drafter: nothing to ask for
+
+
+def test_a_mistaken_pair_is_flagged_once_and_a_new_drafter_afresh(caplog):
+    chosen = decision()
+    chosen.open("r")
+    with caplog.at_level(logging.WARNING, logger="ouroboros.verifier"):
+        agree(chosen, "r", [0], 200)
+        agree(chosen, "r", [0], 200)
+    assert len(caplog.records) == 1 and "agreed with the target on 0 of its first" in caplog.text
+    chosen.reset_drafter(GAMMA)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ouroboros.verifier"):
+        agree(chosen, "r", [1, 0, 0], 200)  # a weak draft, not a mistaken one
+    assert not caplog.records
+
+
+def test_the_scheduler_waits_only_for_drafts_asked_for():
+    scheduler = Scheduler(VerifierConfig())
+    request = ServerRequest("r", b"c", SimpleNamespace(tokens=[5, 6]), 64, frozenset(), False)
+    scheduler.add(request)
+    scheduler.clock = lambda: 1000.0  # an injected clock: the draft timeout never runs out here
+    request.waiting_since, request.is_on_drafter = 1000.0, True
+    request.draft_length = 4
+    assert scheduler.pick_ready(is_drafter_absent=False) == []  # its draft is coming
+    assert not scheduler.is_drafter_idle
+    request.draft_length = 0
+    assert scheduler.pick_ready(is_drafter_absent=False) == [request]  # none is coming
+    assert scheduler.is_drafter_idle
+    request.new_tokens = [1] * 63  # one token left: the target's own, no draft can help
+    assert scheduler.next_lengths([request]) == [0]

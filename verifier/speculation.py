@@ -1,0 +1,186 @@
+"""How many tokens each request drafts next round: the one owner of the speculation decision.
+
+Rule (goodput, after SmartSpec): after each pass, for the requests it verified, pick the draft
+lengths k_i that maximise the expected tokens committed per second of their next round,
+
+    sum_i (1 + E_i(k_i)) / (pass(B, 1 + k_i) + wait(max_i k_i)),
+
+where E_i(k) is how many tokens of a k-token greedy trunk the target is expected to accept,
+pass() the fitted cost of verifying those B rows (verifier.pass_cost), and wait(k) the fitted
+time the verifier stands idle for drafts of k tokens: the drafter's steps where they are on the
+critical path, near zero where a pre-draft was ready. k = 0 sends a request to the target
+alone; its drafter still feeds the committed text through the draft to keep its cache and its
+Agreement in step, so E_i stays known and drafting comes back as soon as it pays.
+
+E_i(k) is measured, never assumed: the mean, over the request's recent committed positions p,
+of min(run(p), k), where run(p) counts the draft's consecutive teacher-forced agreements from p
+(protocol.messages.Agreement). That is exactly what a greedy trunk drafted at p would have had
+accepted. A request with little evidence yet borrows the latest trace that has some.
+Candidates: every common length 0..max, with rows whose one-token yield is below a threshold
+at 0. Until the costs are fitted, rounds alternate between the longest draft and none, which
+measures both.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from verifier.pass_cost import COST_WINDOW, PassCostModel, least_squares
+
+log = logging.getLogger("ouroboros.verifier")
+
+HISTORY = 64  # committed positions of a request whose agreement is remembered: a few seconds of text, so a change shows soon
+MIN_EVIDENCE = 16  # judged positions before a request's own agreement is trusted over the latest trace
+WARN_AFTER = 48  # judged positions of a new drafter before it may be flagged as a mistaken pair
+NEAR_ZERO = 0.05  # agreement at or below this, on that evidence, cannot be a draft made for this target
+
+
+class AgreementTrace:
+    """One request's teacher-forced agreement bits over its latest committed positions."""
+
+    def __init__(self) -> None:
+        self.bits: deque[int] = deque(maxlen=HISTORY)
+        self.end: int | None = None  # the position after the last bit
+
+    def add(self, start: int, bits: list[int]) -> None:
+        if self.end is not None and start != self.end:  # a gap (a re-synced drafter): start afresh
+            self.bits.clear()
+        self.bits.extend(1 if bit else 0 for bit in bits)
+        self.end = start + len(bits)
+
+    def expected_accepted(self, max_length: int) -> list[float]:
+        """E(k) for k = 0..max_length. A run still going at the trace's end is only a lower
+        bound, so it counts for the k it already reaches; every other run counts for every k."""
+        closed: dict[int, int] = {}  # run length -> positions whose run ended with a disagreement
+        num_open, run = 0, 0  # the trailing ones: positions whose run is still going
+        for bit in reversed(self.bits):
+            run = run + 1 if bit else 0
+            if num_open == run - 1 and bit and not closed:
+                num_open = run
+            else:
+                closed[run] = closed.get(run, 0) + 1
+        expected = []
+        for k in range(max_length + 1):
+            counted = max(num_open - k + 1, 0) if k else num_open  # open runs already at least k long
+            total = k * counted + sum(min(r, k) * c for r, c in closed.items())
+            count = counted + sum(closed.values())
+            expected.append(total / count if count else float(k))
+        return expected
+
+
+class DraftWait:
+    """Seconds the verifier waits for a round's drafts, w(k) = a + b*k for the longest draft k
+    asked of the round, fitted to the last COST_WINDOW rounds that asked for a draft and the
+    last COST_WINDOW that did not (which anchor a), so neither kind pushes the other out."""
+
+    def __init__(self) -> None:
+        self.drafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
+        self.undrafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
+
+    def observe(self, draft_length: int, seconds: float) -> None:
+        (self.drafted if draft_length > 0 else self.undrafted).append((draft_length, max(seconds, 0.0)))
+
+    def estimate(self, draft_length: int) -> float | None:
+        """None until a round that asked for a draft was timed."""
+        if not self.drafted:
+            return None
+        samples = [*self.drafted, *self.undrafted]
+        fit = least_squares([(1.0, float(k)) for k, _ in samples], [s for _, s in samples])
+        if len({k for k, _ in samples}) < 2 or fit is None:  # one length seen: proportional to it
+            return draft_length * sum(s for _, s in self.drafted) / sum(k for k, _ in self.drafted)
+        a, b = fit
+        return max(a + max(b, 0.0) * draft_length, 0.0)
+
+
+class SpeculationDecision:
+    def __init__(self, skips_padding: bool = False) -> None:
+        self.max_length = 0  # the drafter's --gamma, from its Hello (0: no drafter yet)
+        self.skips_padding = skips_padding  # the engine computes only real tokens (kvcache.packed)
+        self.passes = PassCostModel()
+        self.wait = DraftWait()
+        self.traces: dict[str, AgreementTrace] = {}
+        self.latest: AgreementTrace | None = None  # the latest trace with evidence: a new request's prior
+        self.is_exploring_draft = False  # unfitted costs: rounds alternate between the longest draft and none
+        self.reset_drafter(0)
+
+    def reset_drafter(self, max_length: int) -> None:
+        """A (new) drafter drafts up to `max_length` tokens; it is judged afresh."""
+        self.max_length = max_length
+        self.num_judged = self.num_agreed = 0
+        self.is_warned = False
+
+    def open(self, request_id: str) -> None:
+        self.traces[request_id] = AgreementTrace()
+
+    def close(self, request_id: str) -> None:
+        self.traces.pop(request_id, None)
+
+    def observe_agreement(self, request_id: str, start: int, bits: list[int]) -> None:
+        trace = self.traces.get(request_id)
+        if trace is None:
+            return
+        trace.add(start, bits)
+        if len(trace.bits) >= MIN_EVIDENCE:
+            self.latest = trace
+        self._check_pair(bits)
+
+    def observe_pass(self, widths: list[int], seconds: float, is_drafting: bool) -> None:
+        computed, padding = self._size(widths)
+        self.passes.observe(len(widths), computed, seconds, padding, is_drafting)
+
+    def choose(self, request_ids: list[str]) -> list[int]:
+        """Each request's next draft length (0: the target alone), by the rule above."""
+        n, longest = len(request_ids), self.max_length
+        if n == 0 or longest == 0:
+            return [0] * n
+        if self.passes.coefficients is None or self.wait.estimate(longest) is None:
+            self.is_exploring_draft = not self.is_exploring_draft
+            return [longest if self.is_exploring_draft else 0] * n
+        expected = [self.expected(request_id) for request_id in request_ids]
+        best, best_rate = [0] * n, -1.0
+        for threshold in sorted({e[1] for e in expected}, reverse=True):  # a tie goes to fewer draft tokens
+            for length in range(longest + 1):
+                lengths = [length if e[1] >= threshold else 0 for e in expected]
+                rate = self.rate(lengths, expected)
+                if rate > best_rate:
+                    best, best_rate = lengths, rate
+        return best
+
+    def expected(self, request_id: str) -> list[float]:
+        """E(k), k = 0..max_length: the request's own, else the latest trace's, else k (unknown: a
+        draft is worth measuring)."""
+        trace = self.traces.get(request_id)
+        if trace is None or len(trace.bits) < MIN_EVIDENCE:
+            trace = self.latest if self.latest is not None and len(self.latest.bits) >= MIN_EVIDENCE else trace
+        if trace is None or not trace.bits:
+            return [float(k) for k in range(self.max_length + 1)]
+        return trace.expected_accepted(self.max_length)
+
+    def rate(self, lengths: list[int], expected: list[list[float]]) -> float:
+        committed = sum(1.0 + e[k] for k, e in zip(lengths, expected))
+        computed, padding = self._size([1 + k for k in lengths])
+        longest = max(lengths)
+        seconds = self.passes.estimate(len(lengths), computed, padding, is_drafting=longest > 0)
+        seconds += self.wait.estimate(longest) if longest else 0.0
+        return committed / max(seconds, 1e-9)
+
+    def _size(self, widths: list[int]) -> tuple[float, float]:
+        """(width the pass computes, padded slots): the widest row, or where padding is skipped
+        the mean, plus what the padding still costs (verifier.pass_cost.PassCostModel)."""
+        widest = max(widths)
+        if not self.skips_padding:
+            return float(widest), 0.0
+        return sum(widths) / len(widths), float(len(widths) * widest - sum(widths))
+
+    def _check_pair(self, bits: list[int]) -> None:
+        """Warn once when a new drafter's first WARN_AFTER judged tokens almost never agree: a
+        draft made for another model, or a tokenizer that differs past the fingerprint."""
+        if self.is_warned or self.num_judged >= WARN_AFTER:
+            return
+        self.num_judged += len(bits)
+        self.num_agreed += sum(bits)
+        if self.num_judged >= WARN_AFTER and self.num_agreed <= NEAR_ZERO * self.num_judged:
+            self.is_warned = True
+            log.warning("the draft agreed with the target on %d of its first %d judged tokens: check that the pair "
+                        "shares a tokenizer and that the draft was made for this target", self.num_agreed,
+                        self.num_judged)
