@@ -151,8 +151,8 @@ class SpeculationDecision:
         draft is worth measuring)."""
         trace = self.traces.get(request_id)
         if trace is None or len(trace.bits) < MIN_EVIDENCE:
-            trace = self.latest if self.latest is not None and len(self.latest.bits) >= MIN_EVIDENCE else trace
-        if trace is None or not trace.bits:
+            trace = self.latest
+        if trace is None or len(trace.bits) < MIN_EVIDENCE:
             return [float(k) for k in range(self.max_length + 1)]
         return trace.expected_accepted(self.max_length)
 

@@ -16,9 +16,7 @@ def serve_args(target: str, draft: str, *extra: str):
 
 @pytest.fixture(scope="module")
 def self_draft_pipeline(tiny_dirs):
-    """The pipeline with a target-identical draft: every pre-draft should hold. Every draft is
-    verified (--verify-all-drafts): with a draft as costly as the target, drafting gamma tokens
-    costs about what the target alone takes to decode them, so the solo switch (verifier.solo)
-    may rightly pick the target alone, by timing; these tests are about the drafts' path."""
-    with LocalPipeline(serve_args(tiny_dirs["target"], "layers:0", "--verify-all-drafts")) as pipeline:
+    """The pipeline with a draft that predicts exactly what the target does at an eighth of its
+    layers (tiny_dirs): a pair that clearly pays, so the default decision drafts."""
+    with LocalPipeline(serve_args(tiny_dirs["target"], "layers:0")) as pipeline:
         yield pipeline

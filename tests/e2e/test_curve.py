@@ -25,7 +25,7 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def secure_pipeline(tiny_dirs, keys):
-    args = serve_args(tiny_dirs["target"], "layers:0", "--curve-keys", str(keys), "--verify-all-drafts")
+    args = serve_args(tiny_dirs["target"], "layers:0", "--curve-keys", str(keys))
     with LocalPipeline(args) as pipeline:
         yield pipeline
 

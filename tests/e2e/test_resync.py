@@ -63,9 +63,7 @@ def test_a_lost_verdict_is_recovered_by_a_resync(tmp_path):
     target, draft = family_pair("llama", len(tokenizer))
     ctx = zmq.Context.instance()
     verifier_link, proxy_link = f"ipc://{tmp_path}/v.sock", f"ipc://{tmp_path}/p.sock"
-    # is_width_fitted=False (--verify-all-drafts): every round waits for a draft, so the rounds
-    # counted at the end are the re-sync's doing, not the solo switch's (verifier.solo)
-    config = VerifierConfig(draft_timeout_s=5.0, is_width_fitted=False)
+    config = VerifierConfig(draft_timeout_s=5.0)
     verifier = VerifierServer(TargetEngine(target), tokenizer, config,
                               "tcp://127.0.0.1:0", verifier_link, tokenizer_fingerprint="fp")
     drafter = DrafterServer(DraftEngine(draft, DrafterConfig(gamma=4)), proxy_link, "fp",

@@ -27,10 +27,10 @@ PROMPTS = ["def fibonacci(n):", "import os\nimport sys\n\n", "The quick brown fo
 
 @pytest.fixture(scope="module")
 def door(tiny_dirs):
-    # --verify-all-drafts: the counters below must see drafts verified on every request; by default
-    # the solo switch (verifier.solo) lets the target decode alone once it has timed that faster
+    # the draft predicts exactly what the target does, at an eighth of its layers (tiny_dirs): it
+    # clearly pays, so drafts are verified on every request by the default decision
     served = start_http_serve(tiny_dirs["target"], "--draft", "layers:0", "--api-key", API_KEY,
-                              "--max-sessions", "16", "--verify-all-drafts")
+                              "--max-sessions", "16")
     yield served
     stop(served.proc)
 
