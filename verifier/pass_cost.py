@@ -58,7 +58,7 @@ def _fit(samples: Sequence[tuple[int, float, float, float, bool]]) -> tuple[floa
     optional = [i for i in (3, 4) if len({s[i] for s in samples}) > 1]  # padding, drafting
     while True:
         xs = [(1.0, float(s[0] * s[1]), float(s[0]), *(float(s[i]) for i in optional)) for s in samples]
-        solved = least_squares(xs, ys)
+        solved = _least_squares(xs, ys)
         if solved is None:
             return None
         negative = [i for i, value in zip(optional, solved[3:]) if value < 0]
@@ -68,7 +68,7 @@ def _fit(samples: Sequence[tuple[int, float, float, float, bool]]) -> tuple[floa
         optional = [i for i in optional if i != negative[0]]
 
 
-def least_squares(xs: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...] | None:
+def _least_squares(xs: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...] | None:
     n = len(xs[0])
     matrix = [[sum(x[i] * x[j] for x in xs) + (RIDGE * len(xs) if i == j and i else 0.0) for j in range(n)]
               for i in range(n)]

@@ -257,7 +257,7 @@ class VerifierServer:
     def observe_wait(self, requests: list[ServerRequest]) -> None:
         """How long the target stood idle before this pass, prefills excluded: the cost on the
         critical path of the drafts these requests were asked for (the longest of them)."""
-        if self.last_round_end is not None:
+        if self.last_round_end is not None and not self.link.is_absent:
             idle = time.monotonic() - self.last_round_end - self.prefill_s
             self.speculation.wait.observe(max(request.draft_length for request in requests), idle)
         self.prefill_s = 0.0

@@ -18,14 +18,16 @@ of min(run(p), k), where run(p) counts the draft's consecutive teacher-forced ag
 accepted. A request with little evidence yet borrows the latest trace that has some.
 Candidates: every common length 0..max, with rows whose one-token yield is below a threshold
 at 0. Until the costs are fitted, rounds alternate between the longest draft and none, which
-measures both.
+measures both; a new drafter is timed afresh, and draft waits not timed for RETIME_AFTER rounds
+are timed again once.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
+from statistics import median
 
-from verifier.pass_cost import COST_WINDOW, PassCostModel, least_squares
+from verifier.pass_cost import COST_WINDOW, PassCostModel
 
 log = logging.getLogger("ouroboros.verifier")
 
@@ -33,6 +35,10 @@ HISTORY = 64  # committed positions of a request whose agreement is remembered: 
 MIN_EVIDENCE = 16  # judged positions before a request's own agreement is trusted over the latest trace
 WARN_AFTER = 48  # judged positions of a new drafter before it may be flagged as a mistaken pair
 NEAR_ZERO = 0.05  # agreement at or below this, on that evidence, cannot be a draft made for this target
+# Draft waits are timed only in rounds that draft: after this many rounds without one, if drafting
+# would pay at no extra wait, one round drafts to time it again (the load or the drafter may have
+# changed since). It costs at most one round's draft steps in this many.
+RETIME_AFTER = 256
 
 
 class AgreementTrace:
@@ -69,27 +75,30 @@ class AgreementTrace:
 
 
 class DraftWait:
-    """Seconds the verifier waits for a round's drafts, w(k) = a + b*k for the longest draft k
-    asked of the round, fitted to the last COST_WINDOW rounds that asked for a draft and the
-    last COST_WINDOW that did not (which anchor a), so neither kind pushes the other out."""
+    """Seconds the verifier stands idle before a pass, w(k) = a + b*k for the longest draft k
+    asked of the round: a is the median idle of rounds that asked for none, b the median of
+    (idle - a)/k over rounds that asked for k > 0, each over its last COST_WINDOW rounds, so
+    neither kind pushes the other out and a single stall (a drafter restarting, a preempted
+    process) does not move it."""
 
     def __init__(self) -> None:
         self.drafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
-        self.undrafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
+        self.undrafted: deque[float] = deque(maxlen=COST_WINDOW)
 
     def observe(self, draft_length: int, seconds: float) -> None:
-        (self.drafted if draft_length > 0 else self.undrafted).append((draft_length, max(seconds, 0.0)))
+        if draft_length > 0:
+            self.drafted.append((draft_length, max(seconds, 0.0)))
+        else:
+            self.undrafted.append(max(seconds, 0.0))
 
-    def estimate(self, draft_length: int) -> float | None:
-        """None until a round that asked for a draft was timed."""
+    def estimate(self, draft_length: int, is_stale: bool = False) -> float | None:
+        """None until a round that asked for a draft was timed; `is_stale`: as if drafts cost
+        no more waiting than rounds without (to see whether re-timing them could pay)."""
         if not self.drafted:
             return None
-        samples = [*self.drafted, *self.undrafted]
-        fit = least_squares([(1.0, float(k)) for k, _ in samples], [s for _, s in samples])
-        if len({k for k, _ in samples}) < 2 or fit is None:  # one length seen: proportional to it
-            return draft_length * sum(s for _, s in self.drafted) / sum(k for k, _ in self.drafted)
-        a, b = fit
-        return max(a + max(b, 0.0) * draft_length, 0.0)
+        base = median(self.undrafted) if self.undrafted else 0.0
+        per_token = 0.0 if is_stale else median(max(s - base, 0.0) / k for k, s in self.drafted)
+        return base + per_token * draft_length
 
 
 class SpeculationDecision:
@@ -97,15 +106,16 @@ class SpeculationDecision:
         self.max_length = 0  # the drafter's --gamma, from its Hello (0: no drafter yet)
         self.skips_padding = skips_padding  # the engine computes only real tokens (kvcache.packed)
         self.passes = PassCostModel()
-        self.wait = DraftWait()
         self.traces: dict[str, AgreementTrace] = {}
         self.latest: AgreementTrace | None = None  # the latest trace with evidence: a new request's prior
         self.is_exploring_draft = False  # unfitted costs: rounds alternate between the longest draft and none
+        self.num_undrafted_rounds = 0  # decisions in a row that asked for no draft (RETIME_AFTER)
         self.reset_drafter(0)
 
     def reset_drafter(self, max_length: int) -> None:
-        """A (new) drafter drafts up to `max_length` tokens; it is judged afresh."""
+        """A (new) drafter drafts up to `max_length` tokens; it is judged and timed afresh."""
         self.max_length = max_length
+        self.wait = DraftWait()
         self.num_judged = self.num_agreed = 0
         self.is_warned = False
 
@@ -137,11 +147,19 @@ class SpeculationDecision:
             self.is_exploring_draft = not self.is_exploring_draft
             return [longest if self.is_exploring_draft else 0] * n
         expected = [self.expected(request_id) for request_id in request_ids]
-        best, best_rate = [0] * n, -1.0
+        best = self.best(expected)
+        self.num_undrafted_rounds = 0 if any(best) else self.num_undrafted_rounds + 1
+        if self.num_undrafted_rounds >= RETIME_AFTER:
+            best = self.best(expected, is_stale=True)
+            self.num_undrafted_rounds = 0
+        return best
+
+    def best(self, expected: list[list[float]], is_stale: bool = False) -> list[int]:
+        best, best_rate = [0] * len(expected), -1.0
         for threshold in sorted({e[1] for e in expected}, reverse=True):  # a tie goes to fewer draft tokens
-            for length in range(longest + 1):
+            for length in range(self.max_length + 1):
                 lengths = [length if e[1] >= threshold else 0 for e in expected]
-                rate = self.rate(lengths, expected)
+                rate = self.rate(lengths, expected, is_stale)
                 if rate > best_rate:
                     best, best_rate = lengths, rate
         return best
@@ -156,12 +174,12 @@ class SpeculationDecision:
             return [float(k) for k in range(self.max_length + 1)]
         return trace.expected_accepted(self.max_length)
 
-    def rate(self, lengths: list[int], expected: list[list[float]]) -> float:
+    def rate(self, lengths: list[int], expected: list[list[float]], is_stale: bool = False) -> float:
         committed = sum(1.0 + e[k] for k, e in zip(lengths, expected))
         computed, padding = self._size([1 + k for k in lengths])
         longest = max(lengths)
         seconds = self.passes.estimate(len(lengths), computed, padding, is_drafting=longest > 0)
-        seconds += self.wait.estimate(longest) if longest else 0.0
+        seconds += self.wait.estimate(longest, is_stale)
         return committed / max(seconds, 1e-9)
 
     def _size(self, widths: list[int]) -> tuple[float, float]:

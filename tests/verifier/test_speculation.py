@@ -8,7 +8,7 @@ import pytest
 from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.speculation import HISTORY, MIN_EVIDENCE, AgreementTrace, SpeculationDecision
+from verifier.speculation import HISTORY, MIN_EVIDENCE, RETIME_AFTER, AgreementTrace, SpeculationDecision
 
 GAMMA = 8
 CPU = (0.04, 0.004, 0.002)  # a + b*rows*width + d*rows: a small model on two CPU cores
@@ -150,3 +150,23 @@ def test_the_scheduler_waits_only_for_drafts_asked_for():
     assert scheduler.is_drafter_idle
     request.new_tokens = [1] * 63  # one token left: the target's own, no draft can help
     assert scheduler.next_lengths([request]) == [0]
+
+
+def test_one_stalled_round_does_not_stop_drafting_and_a_new_drafter_is_timed_afresh():
+    chosen = decision()
+    chosen.open("r")
+    agree(chosen, "r", [1], HISTORY)
+    chosen.wait.observe(8, 2.0)  # a draft that waited out the timeout once (a drafter restarting)
+    assert chosen.choose(["r"]) == [GAMMA]
+    chosen.reset_drafter(GAMMA)
+    assert chosen.wait.estimate(GAMMA) is None  # unknown again: measured before it is judged
+
+
+def test_draft_waits_not_timed_for_long_are_timed_again_once():
+    """Drafts once cost too much waiting: rounds go without, and after RETIME_AFTER of them one
+    round drafts again (at no extra wait drafting would pay), to see whether that changed."""
+    chosen = decision(wait_per_token=0.05)
+    chosen.open("r")
+    agree(chosen, "r", [1, 1, 1, 0, 1, 1, 0, 1, 1, 0], HISTORY)
+    lengths = [chosen.choose(["r"])[0] for _ in range(2 * RETIME_AFTER)]
+    assert lengths.count(0) == 2 * RETIME_AFTER - 2 and lengths[RETIME_AFTER - 1] > 0
