@@ -13,7 +13,7 @@ PRE_DRAFT_MODES = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class DrafterConfig:
-    """Knobs of Ouroboros drafting (design.md §4). Each error names the CLI flag to change.
+    """Knobs of Ouroboros drafting (docs/architecture.md, "The algorithm"). Each error names the CLI flag to change.
     Defaults fit the built-in pair on a 2-core CPU, where every verified token costs target time
     (README, "What it does on this CPU"); on GPUs raise --branches and --gamma."""
 

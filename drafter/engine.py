@@ -63,7 +63,7 @@ class DraftBlock:
 
 
 class DraftEngine:
-    """Phrase-by-phrase drafting (Ouroboros, design.md §4) in the draft model."""
+    """Phrase-by-phrase drafting (Ouroboros; docs/architecture.md, "The algorithm") in the draft model."""
 
     def __init__(self, model: torch.nn.Module, config: DrafterConfig, pool: PhrasePool | None = None,
                  max_sessions: int = 16, max_len: int | None = None, cuda_graphs: bool = True) -> None:
@@ -86,7 +86,7 @@ class DraftEngine:
         self.graphs = GraphedPasses(model, self.kinds, self.slots) if cuda_graphs and self.device.type == "cuda" \
             else None
         self.token_ids: torch.Tensor | None = getattr(model, "draft_token_ids", None)
-        # a pair may differ by padding rows past the shared tokenizer (design.md §7): the draft
+        # a pair may differ by padding rows past the shared tokenizer (docs/architecture.md, "Models"): the draft
         # embeds only its own rows and proposes only ids the target has (see limit_vocab)
         self.num_embeddable = int(model.get_input_embeddings().num_embeddings)
         self.num_proposable: int | None = None
@@ -274,9 +274,9 @@ class DraftEngine:
         trunk_predictions: Sequence[int],
         branch_predictions: Sequence[Sequence[int]],
     ) -> None:
-        """Phrases from the target (design.md §4): after a rejection, the target's predictions
-        from the correction on form a phrase keyed by the correction; after a full trunk
-        accept, each branch is replaced by its target-corrected version."""
+        """Phrases from the target (docs/architecture.md, "The algorithm"): after a rejection, the
+        target's predictions from the correction on form a phrase keyed by the correction; after a
+        full trunk accept, each branch is replaced by its target-corrected version."""
         n = self.config.phrase_length
         if num_trunk_accepted < len(trunk):
             tail = trunk_predictions[num_trunk_accepted:]

@@ -146,7 +146,7 @@ class VerifierServer:
 
     # ---- handlers ----
     def handle_hello(self, identity: bytes, msg: Hello) -> None:
-        """Tokenizers are compared, not vocabulary sizes: padding rows may differ (design.md §7)."""
+        """Tokenizers are compared, not vocabulary sizes: padding rows may differ (docs/architecture.md, "Models")."""
         if msg.tokenizer_fingerprint != self.tokenizer_fingerprint:
             reason = ("the draft's tokenizer differs from the target's (vocabulary or merges): "
                       "pick a draft that shares the target's tokenizer")

@@ -15,7 +15,7 @@ Agreement in step, so E_i stays known and drafting comes back as soon as it pays
 E_i(k) is measured, never assumed: the mean, over the request's recent committed positions p,
 of min(run(p), k), where run(p) counts the draft's consecutive teacher-forced agreements from p
 (protocol.messages.Agreement). That is exactly what a greedy trunk drafted at p would have had
-accepted. A request with little evidence yet borrows the latest trace that has some.
+accepted. A request with little evidence yet leans on the latest trace that has some.
 Candidates: every common length 0..max, with rows whose one-token yield is below a threshold
 at 0. Until the costs are fitted, rounds alternate between the longest draft and none, which
 measures both; a new drafter is timed afresh, and draft waits not timed for RETIME_AFTER rounds
@@ -32,7 +32,9 @@ from verifier.pass_cost import COST_WINDOW, PassCostModel
 log = logging.getLogger("ouroboros.verifier")
 
 HISTORY = 64  # committed positions of a request whose agreement is remembered: a few seconds of text, so a change shows soon
-MIN_EVIDENCE = 16  # judged positions before a request's own agreement is trusted over the latest trace
+MIN_EVIDENCE = 16  # judged positions a request's trace needs to serve as the next request's prior
+PRIOR_POSITIONS = 8  # a request's own agreement is weighed against its prior as n judged positions to this many
+COIN_FLIP = 0.5  # the prior where nothing is known yet: a draft as likely right as wrong at each token
 WARN_AFTER = 48  # judged positions of a new drafter before it may be flagged as a mistaken pair
 NEAR_ZERO = 0.05  # agreement at or below this, on that evidence, cannot be a draft made for this target
 # Draft waits are timed only in rounds that draft: after this many rounds without one, if drafting
@@ -165,14 +167,20 @@ class SpeculationDecision:
         return best
 
     def expected(self, request_id: str) -> list[float]:
-        """E(k), k = 0..max_length: the request's own, else the latest trace's, else k (unknown: a
-        draft is worth measuring)."""
-        trace = self.traces.get(request_id)
-        if trace is None or len(trace.bits) < MIN_EVIDENCE:
-            trace = self.latest
-        if trace is None or len(trace.bits) < MIN_EVIDENCE:
-            return [float(k) for k in range(self.max_length + 1)]
-        return trace.expected_accepted(self.max_length)
+        """E(k), k = 0..max_length: the request's own trace of n judged positions, weighed
+        against its prior as n to PRIOR_POSITIONS. The prior is the latest trace with evidence
+        (the text before this one), else a coin flip at each token: E(k) = sum_j COIN_FLIP^j."""
+        longest = self.max_length
+        own = self.traces.get(request_id)
+        if self.latest is not None and self.latest is not own:
+            prior = self.latest.expected_accepted(longest)
+        else:
+            prior = [sum(COIN_FLIP ** j for j in range(1, k + 1)) for k in range(longest + 1)]
+        n = len(own.bits) if own is not None else 0
+        if n == 0:
+            return prior
+        mine = own.expected_accepted(longest)
+        return [(n * e + PRIOR_POSITIONS * p) / (n + PRIOR_POSITIONS) for e, p in zip(mine, prior)]
 
     def rate(self, lengths: list[int], expected: list[list[float]], is_stale: bool = False) -> float:
         committed = sum(1.0 + e[k] for k, e in zip(lengths, expected))

@@ -20,7 +20,7 @@ PROMPT = [7, 19, 23, 7, 19, 60, 61, 2, 44, 7, 19]
 
 
 def check_invariants(t_session, d_session, result):
-    """Asserted after every round in both engines (design.md §6)."""
+    """Asserted after every round in both engines (docs/architecture.md, "Caches in step")."""
     assert t_session.cache_length == len(t_session.tokens) - 1
     assert d_session.tokens[: d_session.num_committed] == t_session.tokens
     assert d_session.cache_length <= len(d_session.tokens) - 1
