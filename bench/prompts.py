@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 PROSE = Path(__file__).parent / "prompts" / "prose.jsonl"  # README and docstring paragraphs
+# chat requests of seven kinds (writing, rewriting, translation, summarization, questions,
+# arithmetic, code), each with its prompt in the built-in target's chat template
+CHAT = Path(__file__).parent / "prompts" / "chat.jsonl"
 
 
 def humaneval_prompts(limit: int | None = None) -> list[str]:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from launch import config as cfg
 from bench.prompts import load_prompts
 from bench.contenders import CONTENDERS, Outcome, build_contenders
+from bench.report import write_report
 
 DEFAULT_CONTENDERS = "target,target-1thread,hf-assisted,hf-prompt-lookup,sequential,pipeline"
 
@@ -37,6 +38,8 @@ def add_bench_parser(sub) -> None:
                        help="the pipeline's drafter threads (default --threads/2)")
     bench.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="write a bar chart of tokens/s")
+    bench.add_argument("--report", metavar="FILE.md", help="write this run as a section of a Markdown file (its "
+                       "command, commit and table, its chart beside the file), replacing the same command's section")
     bench.add_argument("--pass-costs", action="store_true",
                        help="instead: the cost of one pass by width and rows (engine and HF, target and draft), "
                             "on --threads/2 threads, as each pipeline process has")
@@ -119,6 +122,8 @@ def run_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2))
     if args.plot:
         plot(report, args.plot)
+    if args.report:
+        print(f"report: {write_report(args.report, report, plot)}")
     return 0
 
 

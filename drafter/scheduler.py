@@ -9,9 +9,10 @@ from protocol.rules import draft_budget
 
 MAX_AHEAD = 2  # drafts outstanding per request: the one being verified and one pre-draft
 # A request asked for no draft still has its committed tokens fed to the draft, to keep its
-# cache and its Agreement in step, in passes of at least this many: such a pass costs about
-# what a one-token pass does on a CPU, and the verifier's decision needs no fresher evidence.
-CATCH_UP_TOKENS = 16
+# cache and its Agreement in step, in passes of at least this many: on a shared CPU such a pass
+# takes a core from the target's pass beside it, so they stay few (about one per second of text
+# here), and the verifier's decision needs no fresher evidence than that.
+CATCH_UP_TOKENS = 32
 
 
 @dataclass

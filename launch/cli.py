@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("dir", help="directory for the server and client key pairs")
     keys.add_argument("--overwrite", action="store_true", help="replace keys already there")
 
-    demo = sub.add_parser("demo", help="the pipeline on a HumanEval prompt, beside the target alone")
+    demo = sub.add_parser("demo", help="the pipeline on two code and two chat prompts, each beside the target alone")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    demo.add_argument("--prompt-index", type=int, default=0, help="which HumanEval prompt")
+    demo.add_argument("--chart", default="ouroboros-demo.png", metavar="OUT.png", help="where the bar chart goes")
     add_serve_flags(demo)
     demo.set_defaults(port=0)
     return parser

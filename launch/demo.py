@@ -1,65 +1,106 @@
-"""`make demo`: the pipeline streams a HumanEval completion, then the target alone does the same."""
+"""`make demo`: the pipeline on four fixed prompts (the first two HumanEval prompts, the first two
+chat requests of bench/prompts/chat.jsonl through the target's chat template), each beside the
+target alone on the same two cores, with a table, a total line and a bar chart."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from bench.prompts import humaneval_prompts
+from bench.prompts import CHAT, humaneval_prompts
 from launch.serve import LocalPipeline
 from protocol.client import Client
 
-
-def humaneval_prompt(index: int) -> str:
-    prompts = humaneval_prompts()
-    if not 0 <= index < len(prompts):
-        raise ValueError(f"--prompt-index must be within 0..{len(prompts) - 1}")
-    return prompts[index]
-
-
-def run_pipeline(args: argparse.Namespace, prompt: str) -> tuple[list[int], float, dict]:
-    print(f"starting the pipeline: target {args.target}, draft {args.draft} (one process each) ...", file=sys.stderr)
-    with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=300, curve_keys=args.curve_keys) as client:
-        client.generate("def warm_up():", max_new_tokens=4)  # first-touch costs stay out of the timing
-        print("\n===== pipeline completion (streamed) =====\n" + prompt, end="", flush=True)
-        start = time.perf_counter()
-        stream = client.stream(prompt, max_new_tokens=args.max_new_tokens)
-        for chunk in stream:
-            print(chunk.text, end="", flush=True)
-        elapsed = time.perf_counter() - start
-    print("\n")
-    return stream.completion.token_ids, elapsed, stream.completion.metrics
+def demo_prompts(tokenizer) -> list[tuple[str, str]]:
+    """(label, prompt text): fixed by rule, not chosen for how they come out."""
+    code = [(f"HumanEval {i}", prompt) for i, prompt in enumerate(humaneval_prompts(2))]
+    requests = [json.loads(line)["request"] for line in CHAT.read_text().splitlines()[:2]]
+    chat = [(f"chat: {r[:28]}...", tokenizer.apply_chat_template([{"role": "user", "content": r}], tokenize=False,
+                                                                    add_generation_prompt=True)) for r in requests]
+    return code + chat
 
 
-def run_target_alone(args: argparse.Namespace, prompt: str) -> tuple[list[int], float]:
+def load_target(args: argparse.Namespace):
     from launch.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(args.target)
+    return tokenizer, load_model(args.target, args.target_device, args.dtype)
+
+
+def run_target_alone(model, tokenizer, prompt: str, max_new_tokens: int, threads: int) -> tuple[list[int], float]:
     from launch.reference import target_alone
 
-    torch.set_num_threads(2)  # the same two cores the pipeline's two processes used
-    tokenizer = load_tokenizer(args.target)
-    model = load_model(args.target, args.target_device, args.dtype)
+    torch.set_num_threads(threads)  # the cores the pipeline's two processes hold together
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    target_alone(model, ids[:8], 4)  # first-touch costs stay out of the timing
     start = time.perf_counter()
-    tokens = target_alone(model, ids, args.max_new_tokens, stops)
+    tokens = target_alone(model, ids, max_new_tokens, stops)
     return tokens, time.perf_counter() - start
 
 
+def run_pipeline(client: Client, prompt: str, max_new_tokens: int, is_shown: bool) -> tuple[list[int], float, dict]:
+    start = time.perf_counter()
+    stream = client.stream(prompt, max_new_tokens=max_new_tokens)
+    for chunk in stream:
+        if is_shown:
+            print(chunk.text, end="", flush=True)
+    return stream.completion.token_ids, time.perf_counter() - start, stream.completion.metrics
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    prompt = humaneval_prompt(args.prompt_index)
-    tokens, elapsed, metrics = run_pipeline(args, prompt)
-    print("running the target alone on the same prompt (2 threads) ...", file=sys.stderr)
-    ref_tokens, ref_elapsed = run_target_alone(args, prompt)
-    speed, ref_speed = len(tokens) / elapsed, len(ref_tokens) / ref_elapsed
-    print("===== speed, same prompt, same two cores =====")
-    print(f"{'':24}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
-    print(f"{'pipeline (2 processes)':24}{len(tokens):>8}{elapsed:>9.2f}{speed:>10.1f}")
-    print(f"{'target alone':24}{len(ref_tokens):>8}{ref_elapsed:>9.2f}{ref_speed:>10.1f}")
-    print(f"speedup {speed / ref_speed:.2f}x; output identical to the target alone: {tokens == ref_tokens}")
-    print(f"tokens per target pass {metrics['tokens_per_round']:.2f}, acceptance rate "
-          f"{metrics['acceptance_rate']:.2f}, pre-drafts used {metrics['predrafts_used']:.0f}, "
-          f"branch hits {metrics['branch_hits']:.0f}")
-    return 0 if tokens == ref_tokens else 1
+    print(f"loading the target ({args.target}) here, then the pipeline's two processes ...", file=sys.stderr, flush=True)
+    tokenizer, model = load_target(args)
+    threads = args.threads_per_process * 2
+    rows = []
+    with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=300, curve_keys=args.curve_keys) as client:
+        client.generate("def warm_up():", max_new_tokens=4)  # first-touch costs stay out of the timing
+        run_target_alone(model, tokenizer, "def warm_up():", 4, threads)
+        for n, (label, prompt) in enumerate(demo_prompts(tokenizer)):
+            if n == 0:
+                print(f"===== {label}: the pipeline's completion, streamed =====\n{prompt}", end="", flush=True)
+            else:
+                print(f"running {label} ...", file=sys.stderr, flush=True)
+            tokens, seconds, metrics = run_pipeline(client, prompt, args.max_new_tokens, n == 0)
+            if n == 0:
+                print("\n")
+            ref_tokens, ref_seconds = run_target_alone(model, tokenizer, prompt, args.max_new_tokens, threads)
+            rows.append((label, len(tokens), seconds, len(ref_tokens), ref_seconds, metrics["tokens_per_round"],
+                         tokens == ref_tokens))
+    print_table(rows, threads)
+    chart(rows, Path(args.chart))
+    print(f"bar chart: {Path(args.chart).resolve()}")
+    return 0 if all(row[-1] for row in rows) else 1
+
+
+def print_table(rows: list[tuple], threads: int) -> None:
+    print(f"===== tokens/s, each prompt, the same {threads} cores (pipeline: two processes) =====")
+    print(f"{'prompt':36}{'pipeline':>10}{'target':>9}{'speedup':>9}{'tok/pass':>10}  identical")
+    for label, n, seconds, ref_n, ref_seconds, per_pass, is_same in rows:
+        print(f"{label:36}{n / seconds:>10.1f}{ref_n / ref_seconds:>9.1f}{(n / seconds) / (ref_n / ref_seconds):>8.2f}x"
+              f"{per_pass:>10.2f}  {is_same}")
+    speed = sum(r[1] for r in rows) / sum(r[2] for r in rows)
+    ref_speed = sum(r[3] for r in rows) / sum(r[4] for r in rows)
+    print(f"{'total':36}{speed:>10.1f}{ref_speed:>9.1f}{speed / ref_speed:>8.2f}x{'':>10}  "
+          f"{all(r[-1] for r in rows)}")
+
+
+def chart(rows: list[tuple], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row[0] for row in rows]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r[3] / r[4] for r in rows], width=0.4, label="target alone")
+    ax.bar([x + 0.2 for x in xs], [r[1] / r[2] for r in rows], width=0.4, label="pipeline")
+    ax.set_xticks(list(xs), labels, rotation=15, fontsize=8)
+    ax.set_ylabel("tokens/s")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)

@@ -80,6 +80,8 @@ def generate(
         started = time.perf_counter()
         result = target.verify(t_session, trunk, branches, sampling)
         decision.observe_pass([result.num_nodes], time.perf_counter() - started, is_drafting=False)
+        # no trunk: the drafter's prompt-lookup branch sits at the root, as the verifier's own does
+        decision.observe_lookup("", len(t_session.tokens) - len(result.appended), 0 if trunk else result.num_accepted)
         stats.record(len(trunk), result)
         drafter.sync(d_session, result.appended)
         judged = drafter.take_agreement(d_session)

@@ -242,6 +242,9 @@ class VerifierServer:
             return
         widths, seconds = [r.num_nodes for r in results], time.perf_counter() - started
         self.speculation.observe_pass(widths, seconds, is_drafting=not is_solo_pass)
+        for request, plan, result in zip(requests, plans, results):
+            self.speculation.observe_lookup(request.request_id, request.committed_length - len(result.appended),
+                                            _num_matching(plan.lookup, result.appended))
         lengths = self.scheduler.next_lengths(requests)
         log.debug("pass of %d rows x %d tokens (%d real): %.0f ms, %d committed; next drafts %s", len(requests),
                   max(widths), sum(widths), 1000 * seconds, sum(len(result.appended) for result in results), lengths)
@@ -350,3 +353,11 @@ class VerifierServer:
 
     def reply(self, identity: bytes, msg) -> bool:
         return self.client_link.send(identity, msg)
+
+
+def _num_matching(guess, text) -> int:
+    """Leading tokens of `guess` that `text` has too."""
+    n = 0
+    while n < min(len(guess), len(text)) and guess[n] == text[n]:
+        n += 1
+    return n

@@ -5,21 +5,22 @@ lengths k_i that maximise the expected tokens committed per second of their next
 
     sum_i (1 + E_i(k_i)) / (pass(B, 1 + k_i) + wait(max_i k_i)),
 
-where E_i(k) is how many tokens of a k-token greedy trunk the target is expected to accept,
-pass() the fitted cost of verifying those B rows (verifier.pass_cost), and wait(k) the fitted
-time the verifier stands idle for drafts of k tokens: the drafter's steps where they are on the
-critical path, near zero where a pre-draft was ready. k = 0 sends a request to the target
-alone; its drafter still feeds the committed text through the draft to keep its cache and its
-Agreement in step, so E_i stays known and drafting comes back as soon as it pays.
+where E_i(k) is how many tokens past its own the target is expected to accept from a k-token
+greedy trunk and the verifier's root lookup, pass() the fitted cost of verifying those B rows
+(verifier.pass_cost), and wait(k) the time the verifier stands idle for drafts of k tokens: the
+drafter's steps where they are on the critical path, near zero where a pre-draft was ready.
+k = 0 sends a request to the target alone; its drafter still feeds the committed text through
+the draft to keep its cache and its Agreement in step, so E_i stays known and drafting comes
+back as soon as it pays.
 
-E_i(k) is measured, never assumed: the mean, over the request's recent committed positions p,
-of min(run(p), k), where run(p) counts the draft's consecutive teacher-forced agreements from p
-(protocol.messages.Agreement). That is exactly what a greedy trunk drafted at p would have had
-accepted. A request with little evidence yet leans on the latest trace that has some.
-Candidates: every common length 0..max, with rows whose one-token yield is below a threshold
-at 0. Until the costs are fitted, rounds alternate between the longest draft and none, which
-measures both; a new drafter is timed afresh, and draft waits not timed for RETIME_AFTER rounds
-are timed again once.
+E_i(k) is measured, never assumed: the mean, over the request's recent round starts p, of
+max(min(run(p), k), m(p)), where run(p) counts the draft's consecutive teacher-forced
+agreements from p (protocol.messages.Agreement: exactly what a greedy trunk drafted at p would
+have had accepted) and m(p) the root lookup's tokens that were right there. A request with
+little evidence yet leans on the latest trace that has some. Candidates: every common length
+0..max, with rows whose one-token yield is below a threshold at 0. Until the costs are fitted,
+rounds alternate between the longest draft and none, which measures both; a new drafter is
+timed afresh, and draft waits not timed for RETIME_AFTER rounds are timed again once.
 """
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ RETIME_AFTER = 256
 
 
 class AgreementTrace:
-    """One request's teacher-forced agreement bits over its latest committed positions."""
+    """One request's teacher-forced agreement bits over its latest committed positions, and at
+    its latest round starts how many tokens the verifier's own prompt lookup got right there."""
 
     def __init__(self) -> None:
         self.bits: deque[int] = deque(maxlen=HISTORY)
         self.end: int | None = None  # the position after the last bit
+        self.lookups: deque[tuple[int, int]] = deque(maxlen=HISTORY // 2)  # (round start, lookup tokens right)
 
     def add(self, start: int, bits: list[int]) -> None:
         if self.end is not None and start != self.end:  # a gap (a re-synced drafter): start afresh
@@ -56,9 +59,30 @@ class AgreementTrace:
         self.bits.extend(1 if bit else 0 for bit in bits)
         self.end = start + len(bits)
 
+    def run_at(self, position: int) -> int | None:
+        """The draft's run of agreements from `position` (a lower bound where it reaches the
+        trace's end); None where the trace does not cover it."""
+        if self.end is None or not self.end - len(self.bits) <= position < self.end:
+            return None
+        run, index = 0, position - (self.end - len(self.bits))
+        while index + run < len(self.bits) and self.bits[index + run]:
+            run += 1
+        return run
+
+    def expected_committed(self, max_length: int) -> list[float]:
+        """C(k) - 1 for k = 0..max_length, over the recent round starts p: a k-token trunk and
+        the root lookup are verified side by side, so a round accepts max(min(run(p), k), m(p)).
+        Without round starts covered yet, over every judged position with no lookup."""
+        samples = [(run, matched) for p, matched in self.lookups if (run := self.run_at(p)) is not None]
+        if not samples:
+            return self.expected_accepted(max_length)
+        return [sum(max(min(run, k), matched) for run, matched in samples) / len(samples)
+                for k in range(max_length + 1)]
+
     def expected_accepted(self, max_length: int) -> list[float]:
-        """E(k) for k = 0..max_length. A run still going at the trace's end is only a lower
-        bound, so it counts for the k it already reaches; every other run counts for every k."""
+        """E(k) for k = 0..max_length over every judged position. A run still going at the
+        trace's end is only a lower bound, so it counts for the k it already reaches; every other
+        run counts for every k."""
         closed: dict[int, int] = {}  # run length -> positions whose run ended with a disagreement
         num_open, run = 0, 0  # the trailing ones: positions whose run is still going
         for bit in reversed(self.bits):
@@ -136,6 +160,13 @@ class SpeculationDecision:
             self.latest = trace
         self._check_pair(bits)
 
+    def observe_lookup(self, request_id: str, position: int, num_matched: int) -> None:
+        """The round that began at committed length `position`: its root lookup's tokens that
+        were the target's (verifier.requests.RoundPlan.lookup against what was appended)."""
+        trace = self.traces.get(request_id)
+        if trace is not None:
+            trace.lookups.append((position, num_matched))
+
     def observe_pass(self, widths: list[int], seconds: float, is_drafting: bool) -> None:
         computed, padding = self._size(widths)
         self.passes.observe(len(widths), computed, seconds, padding, is_drafting)
@@ -173,13 +204,13 @@ class SpeculationDecision:
         longest = self.max_length
         own = self.traces.get(request_id)
         if self.latest is not None and self.latest is not own:
-            prior = self.latest.expected_accepted(longest)
+            prior = self.latest.expected_committed(longest)
         else:
             prior = [sum(COIN_FLIP ** j for j in range(1, k + 1)) for k in range(longest + 1)]
         n = len(own.bits) if own is not None else 0
         if n == 0:
             return prior
-        mine = own.expected_accepted(longest)
+        mine = own.expected_committed(longest)
         return [(n * e + PRIOR_POSITIONS * p) / (n + PRIOR_POSITIONS) for e, p in zip(mine, prior)]
 
     def rate(self, lengths: list[int], expected: list[list[float]], is_stale: bool = False) -> float:

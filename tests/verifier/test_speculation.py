@@ -173,3 +173,17 @@ def test_draft_waits_not_timed_for_long_are_timed_again_once():
     agree(chosen, "r", [1, 1, 1, 0, 1, 1, 0, 1, 1, 0], HISTORY)
     lengths = [chosen.choose(["r"])[0] for _ in range(2 * RETIME_AFTER)]
     assert lengths.count(0) == 2 * RETIME_AFTER - 2 and lengths[RETIME_AFTER - 1] > 0
+
+
+def test_where_the_verifiers_own_lookup_already_gets_the_tokens_a_draft_adds_nothing():
+    """Text the root lookup copies (prose quoting its prompt): a draft that agrees half the
+    time would mostly re-find the same tokens, so waiting for it does not pay; where the
+    lookup finds nothing, the same draft is worth its wait."""
+    chosen = decision()
+    for request_id, matched in (("copied", 4), ("fresh", 0)):
+        chosen.open(request_id)
+        agree(chosen, request_id, [1, 1, 0, 1, 0, 1, 1, 1, 0, 0], HISTORY)
+        for p in range(100, 100 + HISTORY, 2):
+            chosen.observe_lookup(request_id, p, matched)
+    assert chosen.choose(["copied"]) == [0]
+    assert chosen.choose(["fresh"])[0] > 0
