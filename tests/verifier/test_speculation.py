@@ -8,7 +8,7 @@ import pytest
 from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.speculation import HISTORY, MIN_EVIDENCE, RETIME_AFTER, AgreementTrace, SpeculationDecision
+from verifier.speculation import HISTORY, PRIOR_POSITIONS, RETIME_AFTER, AgreementTrace, SpeculationDecision
 
 GAMMA = 8
 CPU = (0.04, 0.004, 0.002)  # a + b*rows*width + d*rows: a small model on two CPU cores
@@ -107,14 +107,18 @@ def test_each_request_by_its_own_agreement():
     assert good > 0 and bad == 0
 
 
-def test_a_new_request_borrows_the_latest_evidence_until_it_has_its_own():
+def test_a_new_request_starts_with_short_drafts_and_follows_its_own_evidence():
+    """Nothing known yet: the coin-flip prior asks for a short draft, cheap where it is wrong;
+    a few rounds of evidence either way decide."""
     chosen = decision()
-    chosen.open("old")
-    agree(chosen, "old", [0], HISTORY)
     chosen.open("new")
-    assert chosen.choose(["new"]) == [0]  # like the text before it
-    agree(chosen, "new", [1], MIN_EVIDENCE)
-    assert chosen.choose(["new"])[0] > 0
+    first = chosen.choose(["new"])[0]
+    assert 0 < first < GAMMA
+    agree(chosen, "new", [1], 4 * PRIOR_POSITIONS)
+    assert chosen.choose(["new"])[0] > first
+    chosen.open("other")
+    agree(chosen, "other", [0], 2 * PRIOR_POSITIONS)
+    assert chosen.choose(["other"]) == [0]
 
 
 def test_unmeasured_costs_alternate_the_longest_draft_and_none():
