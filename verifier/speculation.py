@@ -7,8 +7,9 @@ lengths k_i that maximise the expected tokens committed per second of their next
 
 where E_i(k) is how many tokens past its own the target is expected to accept from a k-token
 greedy trunk and the verifier's root lookup, pass() the fitted cost of verifying those B rows
-(verifier.pass_cost), and wait(k) the time the verifier stands idle for drafts of k tokens: the
-drafter's steps where they are on the critical path, near zero where a pre-draft was ready.
+(verifier.pass_cost), and wait(k) the time the verifier stands idle for drafts of k tokens (a
+line fitted to the rounds: the drafter's steps where they are on the critical path, near zero
+where a pre-draft was ready).
 k = 0 sends a request to the target alone; its drafter still feeds the committed text through
 the draft to keep its cache and its Agreement in step, so E_i stays known and drafting comes
 back as soon as it pays.
@@ -101,21 +102,30 @@ class AgreementTrace:
 
 
 class DraftWait:
-    """Seconds the verifier stands idle before a pass, w(k) = a + b*k for the longest draft k
-    asked of the round: a is the median idle of rounds that asked for none, b the median of
-    (idle - a)/k over rounds that asked for k > 0, each over its last COST_WINDOW rounds, so
-    neither kind pushes the other out and a single stall (a drafter restarting, a preempted
-    process) does not move it."""
+    """Seconds the verifier stands idle before a pass, for the longest draft k asked of the
+    round: w(0) = the median idle of rounds that asked for none; w(k) = c + b*k for k > 0, a
+    Theil-Sen line (median of pairwise slopes, then the median intercept) through the median
+    idle at each length asked, since any draft costs a pass or so of the drafter's plus its tokens.
+    Each kind keeps its last COST_WINDOW rounds, so neither pushes the other out, and medians
+    leave a single stall (a drafter restarting, a preempted process) without weight."""
 
     def __init__(self) -> None:
         self.drafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
         self.undrafted: deque[float] = deque(maxlen=COST_WINDOW)
+        self.line = (0.0, 0.0)  # (c, b), refitted as drafted rounds come
 
     def observe(self, draft_length: int, seconds: float) -> None:
-        if draft_length > 0:
-            self.drafted.append((draft_length, max(seconds, 0.0)))
-        else:
+        if draft_length <= 0:
             self.undrafted.append(max(seconds, 0.0))
+            return
+        self.drafted.append((draft_length, max(seconds, 0.0)))
+        by_length: dict[int, list[float]] = {}
+        for k, waited in self.drafted:
+            by_length.setdefault(k, []).append(waited)
+        points = sorted((k, median(waits)) for k, waits in by_length.items())  # one per length asked
+        slopes = [(s2 - s1) / (k2 - k1) for i, (k1, s1) in enumerate(points) for k2, s2 in points[i + 1 :]]
+        slope = max(median(slopes), 0.0) if slopes else points[0][1] / points[0][0]
+        self.line = (max(median(w - slope * k for k, w in points), 0.0) if slopes else 0.0, slope)
 
     def estimate(self, draft_length: int, is_stale: bool = False) -> float | None:
         """None until a round that asked for a draft was timed; `is_stale`: as if drafts cost
@@ -123,8 +133,10 @@ class DraftWait:
         if not self.drafted:
             return None
         base = median(self.undrafted) if self.undrafted else 0.0
-        per_token = 0.0 if is_stale else median(max(s - base, 0.0) / k for k, s in self.drafted)
-        return base + per_token * draft_length
+        if draft_length == 0 or is_stale:
+            return base
+        fixed, per_token = self.line
+        return max(fixed + per_token * draft_length, base)
 
 
 class SpeculationDecision:

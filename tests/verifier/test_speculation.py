@@ -8,7 +8,7 @@ import pytest
 from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.speculation import HISTORY, PRIOR_POSITIONS, RETIME_AFTER, AgreementTrace, SpeculationDecision
+from verifier.speculation import HISTORY, PRIOR_POSITIONS, RETIME_AFTER, AgreementTrace, DraftWait, SpeculationDecision
 
 GAMMA = 8
 CPU = (0.04, 0.004, 0.002)  # a + b*rows*width + d*rows: a small model on two CPU cores
@@ -23,8 +23,9 @@ def decision(costs=CPU, wait_per_token=0.005, max_length=GAMMA, skips_padding=Fa
     for rows in (1, 2, 8):
         for width in (1, 3, 9):
             chosen.observe_pass([width] * rows, a + b * rows * width + d * rows, is_drafting=width > 1)
-    for length in (0, 2, 8):
-        chosen.wait.observe(length, wait_per_token * length)
+    for _ in range(5):
+        for length in (0, 2, 8):
+            chosen.wait.observe(length, wait_per_token * length)
     return chosen
 
 
@@ -191,3 +192,16 @@ def test_where_the_verifiers_own_lookup_already_gets_the_tokens_a_draft_adds_not
             chosen.observe_lookup(request_id, p, matched)
     assert chosen.choose(["copied"]) == [0]
     assert chosen.choose(["fresh"])[0] > 0
+
+
+def test_a_draft_wait_is_a_fixed_cost_plus_a_cost_per_token():
+    """Any draft costs the drafter a pass or so, then each token its share: the line through the
+    waits at each length says so, and one stall among many rounds does not move it."""
+    wait = DraftWait()
+    for _ in range(4):
+        for length in (1, 2, 8):
+            wait.observe(length, 0.010 + 0.002 * length)
+        wait.observe(0, 0.0001)
+    wait.observe(8, 2.0)
+    assert wait.estimate(4) == pytest.approx(0.018, abs=1e-6)
+    assert wait.estimate(0) == pytest.approx(0.0001)
