@@ -60,25 +60,29 @@ class AgreementTrace:
         self.bits.extend(1 if bit else 0 for bit in bits)
         self.end = start + len(bits)
 
-    def run_at(self, position: int) -> int | None:
-        """The draft's run of agreements from `position` (a lower bound where it reaches the
-        trace's end); None where the trace does not cover it."""
+    def run_at(self, position: int) -> tuple[int, bool] | None:
+        """(the draft's run of agreements from `position`, whether it is still going at the
+        trace's end, so only a lower bound); None where the trace does not cover it."""
         if self.end is None or not self.end - len(self.bits) <= position < self.end:
             return None
         run, index = 0, position - (self.end - len(self.bits))
         while index + run < len(self.bits) and self.bits[index + run]:
             run += 1
-        return run
+        return run, index + run == len(self.bits)
 
     def expected_committed(self, max_length: int) -> list[float]:
         """C(k) - 1 for k = 0..max_length, over the recent round starts p: a k-token trunk and
         the root lookup are verified side by side, so a round accepts max(min(run(p), k), m(p)).
+        A run still going counts only for the k it already reaches (as in expected_accepted).
         Without round starts covered yet, over every judged position with no lookup."""
-        samples = [(run, matched) for p, matched in self.lookups if (run := self.run_at(p)) is not None]
+        samples = [(*found, matched) for p, matched in self.lookups if (found := self.run_at(p)) is not None]
         if not samples:
             return self.expected_accepted(max_length)
-        return [sum(max(min(run, k), matched) for run, matched in samples) / len(samples)
-                for k in range(max_length + 1)]
+        expected = []
+        for k in range(max_length + 1):
+            known = [max(min(run, k), matched) for run, is_open, matched in samples if not is_open or run >= k]
+            expected.append(sum(known) / len(known) if known else float(k))
+        return expected
 
     def expected_accepted(self, max_length: int) -> list[float]:
         """E(k) for k = 0..max_length over every judged position. A run still going at the

@@ -86,4 +86,3 @@ def test_a_lost_verdict_is_recovered_by_a_resync(tmp_path):
     assert completion.token_ids == reference_greedy(target, ids, 48, stop=[tokenizer.eos_token_id])
     assert proxy.num_verdicts > DROP_VERDICT + 1 and proxy.resync_at == DROP_VERDICT + 1  # asked at the next one
     assert proxy.verified_after_resync > 0  # drafts were verified again after the re-sync
-    assert completion.metrics["target_only_rounds"] < completion.metrics["rounds"] / 2
