@@ -18,8 +18,8 @@ E_i(k) is measured, never assumed: the mean, over the request's recent round sta
 max(min(run(p), k), m(p)), where run(p) counts the draft's consecutive teacher-forced
 agreements from p (protocol.messages.Agreement: exactly what a greedy trunk drafted at p would
 have had accepted) and m(p) the root lookup's tokens that were right there. A request with
-little evidence yet leans on a coin-flip prior, which asks for short drafts: cheap to be wrong
-about, and each accepted one brings several tokens of evidence. Candidates: every common length
+little evidence yet leans on a prior: the latest trace with evidence (the text before it), else
+a coin flip per token, which asks for short drafts. Candidates: every common length
 0..max, with rows whose one-token yield is below a threshold at 0. Until the costs are fitted,
 rounds alternate between the longest draft and none, which measures both; a new drafter is
 timed afresh, and draft waits not timed for RETIME_AFTER rounds are timed again once.
@@ -35,8 +35,9 @@ from verifier.pass_cost import COST_WINDOW, PassCostModel
 log = logging.getLogger("ouroboros.verifier")
 
 HISTORY = 64  # committed positions of a request whose agreement is remembered: a few seconds of text, so a change shows soon
+MIN_EVIDENCE = 16  # judged positions a request's trace needs to serve as the next request's prior
 PRIOR_POSITIONS = 4  # a request's own agreement is weighed against its prior as n judged positions to this many
-COIN_FLIP = 0.5  # the prior: a draft as likely right as wrong at each token
+COIN_FLIP = 0.5  # the prior before any evidence: a draft as likely right as wrong at each token
 WARN_AFTER = 48  # judged positions of a new drafter before it may be flagged as a mistaken pair
 NEAR_ZERO = 0.05  # agreement at or below this, on that evidence, cannot be a draft made for this target
 # Draft waits are timed only in rounds that draft: after this many rounds without one, if drafting
@@ -149,6 +150,7 @@ class SpeculationDecision:
         self.skips_padding = skips_padding  # the engine computes only real tokens (kvcache.packed)
         self.passes = PassCostModel()
         self.traces: dict[str, AgreementTrace] = {}
+        self.latest: AgreementTrace | None = None  # the latest trace with evidence: a new request's prior
         self.is_exploring_draft = False  # unfitted costs: rounds alternate between the longest draft and none
         self.num_undrafted_rounds = 0  # decisions in a row that asked for no draft (RETIME_AFTER)
         self.reset_drafter(0)
@@ -171,6 +173,8 @@ class SpeculationDecision:
         if trace is None:
             return
         trace.add(start, bits)
+        if len(trace.bits) >= MIN_EVIDENCE:
+            self.latest = trace
         self._check_pair(bits)
 
     def observe_lookup(self, request_id: str, position: int, num_matched: int) -> None:
@@ -212,10 +216,14 @@ class SpeculationDecision:
 
     def expected(self, request_id: str) -> list[float]:
         """E(k), k = 0..max_length: the request's own trace of n judged positions, weighed
-        against the prior E(k) = sum_j COIN_FLIP^j as n to PRIOR_POSITIONS."""
+        against its prior as n to PRIOR_POSITIONS: the latest other trace with evidence, else
+        E(k) = sum_j COIN_FLIP^j."""
         longest = self.max_length
-        prior = [sum(COIN_FLIP ** j for j in range(1, k + 1)) for k in range(longest + 1)]
         own = self.traces.get(request_id)
+        if self.latest is not None and self.latest is not own:
+            prior = self.latest.expected_committed(longest)
+        else:
+            prior = [sum(COIN_FLIP ** j for j in range(1, k + 1)) for k in range(longest + 1)]
         n = len(own.bits) if own is not None else 0
         if n == 0:
             return prior

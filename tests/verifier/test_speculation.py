@@ -108,18 +108,20 @@ def test_each_request_by_its_own_agreement():
     assert good > 0 and bad == 0
 
 
-def test_a_new_request_starts_with_short_drafts_and_follows_its_own_evidence():
-    """Nothing known yet: the coin-flip prior asks for a short draft, cheap where it is wrong;
-    a few rounds of evidence either way decide."""
+def test_a_new_request_starts_from_the_latest_evidence_and_follows_its_own():
+    """Nothing known at all: the coin-flip prior asks for a short draft, cheap where it is wrong.
+    A later request starts from the latest trace with evidence, and a few rounds of its own
+    decide."""
     chosen = decision()
-    chosen.open("new")
-    first = chosen.choose(["new"])[0]
+    chosen.open("first")
+    first = chosen.choose(["first"])[0]
     assert 0 < first < GAMMA
-    agree(chosen, "new", [1], 4 * PRIOR_POSITIONS)
-    assert chosen.choose(["new"])[0] > first
-    chosen.open("other")
-    agree(chosen, "other", [0], 2 * PRIOR_POSITIONS)
-    assert chosen.choose(["other"]) == [0]
+    agree(chosen, "first", [1], 4 * PRIOR_POSITIONS)
+    assert chosen.choose(["first"])[0] > first
+    chosen.open("next")
+    assert chosen.choose(["next"])[0] > first  # like the text before it
+    agree(chosen, "next", [0], 8 * PRIOR_POSITIONS)
+    assert chosen.choose(["next"]) == [0]
 
 
 def test_unmeasured_costs_alternate_the_longest_draft_and_none():
