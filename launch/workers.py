@@ -26,7 +26,7 @@ def add_worker_parsers(sub) -> None:
     ver.add_argument("--solo-threads", type=int, default=None,
                      help="torch threads while the drafter rests on every request (default --threads)")
     ver.add_argument("--takes-turns", action="store_true",
-                     help="the drafter drafts only while this verifier waits (--no-pre-drafts): a pass with every "
+                     help="the drafter drafts only while this verifier waits (--pre-drafts off): a pass with every "
                           "wanted draft in hand runs on --solo-threads")
     ver.add_argument("--ready-timeout", type=float, default=600.0,
                      help="seconds to wait for the drafter's handshake before serving alone")

@@ -36,7 +36,7 @@ class VerifierServer:
                  threads: int | None = None, solo_threads: int | None = None, takes_turns: bool = False) -> None:
         """`threads` for passes while the drafter drafts, `solo_threads` while it rests on every
         request or is absent (the cores it leaves free); None: leave torch's setting alone.
-        `takes_turns`: the drafter drafts only while we wait (--no-pre-drafts), so a pass with every
+        `takes_turns`: the drafter drafts only while we wait (--pre-drafts off), so a pass with every
         wanted draft in hand has its cores too."""
         self.engine = engine
         self.threads = threads
