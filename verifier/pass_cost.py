@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from statistics import median
 
 COST_WINDOW = 64  # recent passes (and draft waits) the cost models are fitted to
 RIDGE = 1e-9  # keeps the fit defined when every pass had the same number of rows
@@ -51,14 +52,21 @@ class PassCostModel:
 def _fit(samples: Sequence[tuple[int, float, float, float, bool]]) -> tuple[float, ...] | None:
     """Least squares for seconds ~ a + b*(rows*width) + d*rows [+ p*padding] [+ s*drafting]
     (normal equations, ridge on all but a): an optional term only where the passes vary in it,
-    and only if its coefficient comes out >= 0."""
+    and only if its coefficient comes out >= 0. Each size counts as the median of its passes,
+    weighed by their number, so one slow pass (a cold kernel, a preempted process) of a size
+    run a few times cannot make that size look slow."""
     if len({rows * width for rows, width, *_ in samples}) < 2:
         return None  # no spread in size: no slope to speak of
-    ys = [seconds for _, _, seconds, _, _ in samples]
-    optional = [i for i in (3, 4) if len({s[i] for s in samples}) > 1]  # padding, drafting
+    groups: dict[tuple[int, float, float, bool], list[float]] = {}
+    for rows, width, seconds, padding, is_drafting in samples:
+        groups.setdefault((rows, width, padding, is_drafting), []).append(seconds)
+    points = [(rows, width, median(times), padding, is_drafting) for (rows, width, padding, is_drafting), times in groups.items()]
+    weights = [float(len(times)) for times in groups.values()]
+    ys = [seconds for _, _, seconds, _, _ in points]
+    optional = [i for i in (3, 4) if len({s[i] for s in points}) > 1]  # padding, drafting
     while True:
-        xs = [(1.0, float(s[0] * s[1]), float(s[0]), *(float(s[i]) for i in optional)) for s in samples]
-        solved = _least_squares(xs, ys)
+        xs = [(1.0, float(s[0] * s[1]), float(s[0]), *(float(s[i]) for i in optional)) for s in points]
+        solved = _least_squares(xs, ys, weights)
         if solved is None:
             return None
         negative = [i for i, value in zip(optional, solved[3:]) if value < 0]
@@ -68,11 +76,11 @@ def _fit(samples: Sequence[tuple[int, float, float, float, bool]]) -> tuple[floa
         optional = [i for i in optional if i != negative[0]]
 
 
-def _least_squares(xs: list[tuple[float, ...]], ys: list[float]) -> tuple[float, ...] | None:
-    n = len(xs[0])
-    matrix = [[sum(x[i] * x[j] for x in xs) + (RIDGE * len(xs) if i == j and i else 0.0) for j in range(n)]
-              for i in range(n)]
-    return _solve(matrix, [sum(x[i] * y for x, y in zip(xs, ys)) for i in range(n)])
+def _least_squares(xs: list[tuple[float, ...]], ys: list[float], weights: list[float]) -> tuple[float, ...] | None:
+    n, total = len(xs[0]), sum(weights)
+    matrix = [[sum(w * x[i] * x[j] for x, w in zip(xs, weights)) + (RIDGE * total if i == j and i else 0.0)
+               for j in range(n)] for i in range(n)]
+    return _solve(matrix, [sum(w * x[i] * y for x, y, w in zip(xs, ys, weights)) for i in range(n)])
 
 
 def _solve(m: list[list[float]], v: list[float]) -> tuple[float, ...] | None:

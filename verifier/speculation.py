@@ -20,8 +20,9 @@ agreements from p (protocol.messages.Agreement: exactly what a greedy trunk draf
 have had accepted) and m(p) the root lookup's tokens that were right there. A request with
 little evidence yet leans on a prior: the latest trace with evidence (the text before it), else
 a coin flip per token, which asks for short drafts. Candidates: every common length
-0..max, with rows whose one-token yield is below a threshold at 0. Until the costs are fitted,
-rounds alternate between the longest draft and none, which measures both; a new drafter is
+0..max, with rows whose one-token yield is below a threshold at 0. Until both kinds of round
+were timed MIN_TIMED times, rounds alternate between the longest draft and none, which measures
+both (one slow round alone, a cold kernel say, cannot switch drafting off); a new drafter is
 timed afresh, and draft waits not timed for RETIME_AFTER rounds are timed again once.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from verifier.pass_cost import COST_WINDOW, PassCostModel
 log = logging.getLogger("ouroboros.verifier")
 
 HISTORY = 64  # committed positions of a request whose agreement is remembered: a few seconds of text, so a change shows soon
+MIN_TIMED = 4  # rounds with and without a draft a drafter is timed in before the decision trusts its costs
 MIN_EVIDENCE = 16  # judged positions a request's trace needs to serve as the next request's prior
 PRIOR_POSITIONS = 4  # a request's own agreement is weighed against its prior as n judged positions to this many
 COIN_FLIP = 0.5  # the prior before any evidence: a draft as likely right as wrong at each token
@@ -151,7 +153,7 @@ class SpeculationDecision:
         self.passes = PassCostModel()
         self.traces: dict[str, AgreementTrace] = {}
         self.latest: AgreementTrace | None = None  # the latest trace with evidence: a new request's prior
-        self.is_exploring_draft = False  # unfitted costs: rounds alternate between the longest draft and none
+        self.is_exploring_draft = False  # untimed costs: rounds alternate between the longest draft and none
         self.num_undrafted_rounds = 0  # decisions in a row that asked for no draft (RETIME_AFTER)
         self.reset_drafter(0)
 
@@ -193,7 +195,7 @@ class SpeculationDecision:
         n, longest = len(request_ids), self.max_length
         if n == 0 or longest == 0:
             return [0] * n
-        if self.passes.coefficients is None or self.wait.estimate(longest) is None:
+        if self.passes.coefficients is None or min(len(self.wait.drafted), len(self.wait.undrafted)) < MIN_TIMED:
             self.is_exploring_draft = not self.is_exploring_draft
             return [longest if self.is_exploring_draft else 0] * n
         expected = [self.expected(request_id) for request_id in request_ids]

@@ -50,6 +50,18 @@ def test_unknown_until_two_sizes_and_an_outlier_fades():
     assert cost.estimate(0, 0) > 0  # never zero or negative
 
 
+def test_one_stalled_pass_of_a_size_seldom_run_is_left_out_of_the_fit():
+    """Mostly 2-token passes and a few 8-token ones, one of which stalled (a cold kernel): the
+    8-token estimate follows the typical 8-token pass, not the stall."""
+    cost = PassCostModel()
+    for i in range(24):
+        cost.observe(1, 2, 0.006 + 0.0002 * (i % 3))
+    for seconds in (0.048, 0.009, 0.0095, 0.009):
+        cost.observe(1, 8, seconds)
+    assert cost.estimate(1, 8) == pytest.approx(0.009, abs=1e-3)
+    assert cost.estimate(1, 2) == pytest.approx(0.0062, abs=5e-4)
+
+
 def test_what_skipped_padding_still_costs_is_fitted_and_weighed():
     """60 ms + 10 ms a computed token + 4 ms a padded slot (attention, norms and rotary still
     run on rows x widest): the fit recovers it from ragged and even passes alike."""
