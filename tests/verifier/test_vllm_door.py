@@ -1,0 +1,112 @@
+"""The vLLM door without vLLM: a real drafter process on a real socket, driven the way vLLM's
+runner drives `propose` (rows of committed tokens after each step), each step verified by the
+real target greedily as vLLM's rejection sampler would."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from launch.models import load_model, load_tokenizer, tokenizer_fingerprint
+from tests.conftest import reference_greedy
+from verifier.vllm_door import DrafterDoor
+
+PROMPTS = ["def add(a, b):", "Once upon a time", "import numpy as np\n"]
+
+
+@pytest.fixture(scope="module")
+def target(tiny_dirs):
+    return load_model(tiny_dirs["target"]).eval()
+
+
+def start_drafter(endpoint: str, target_dir: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "launch.cli", "drafter", "--connect", endpoint, "--target", target_dir,
+                             "--draft", "layers:0", "--gamma", "6"], stderr=subprocess.DEVNULL)
+
+
+def wait_for_drafter(door: DrafterDoor, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while door.is_absent and time.monotonic() < deadline:
+        door.drain()
+        time.sleep(0.05)
+    assert not door.is_absent, "no drafter said Hello"
+
+
+def verify(target, row: list[int], draft: list[int]) -> list[int]:
+    """One target step on row + draft: the accepted draft prefix and the target's own next token."""
+    with torch.no_grad():
+        predicted = target(torch.tensor([row + draft])).logits[0, len(row) - 1 :].argmax(-1).tolist()
+    accepted = 0
+    while accepted < len(draft) and draft[accepted] == predicted[accepted]:
+        accepted += 1
+    return draft[:accepted] + [predicted[accepted]]
+
+
+def decode(door: DrafterDoor, target, prompts: list[list[int]], num_new: int) -> tuple[list[list[int]], int]:
+    """The rows decoded together until each has num_new tokens; (texts, draft tokens accepted)."""
+    rows, accepted = [list(p) for p in prompts], 0
+    drafts: list[list[int]] = [[] for _ in rows]
+    while any(len(r) - len(p) < num_new for r, p in zip(rows, prompts)):
+        live = [i for i, (r, p) in enumerate(zip(rows, prompts)) if len(r) - len(p) < num_new]
+        for i in live:
+            appended = verify(target, rows[i], drafts[i])
+            accepted += len(appended) - 1
+            rows[i] += appended
+        proposed = door.step([rows[i] for i in live])
+        drafts = [[] for _ in rows]
+        for i, draft in zip(live, proposed):
+            drafts[i] = draft
+    return [r[len(p) : len(p) + num_new] for r, p in zip(rows, prompts)], accepted
+
+
+@pytest.fixture
+def door(tiny_dirs):
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    door = DrafterDoor("tcp://127.0.0.1:0", tokenizer_fingerprint(tokenizer), len(tokenizer), 6, draft_timeout_s=0.5)
+    yield door
+    door.socket.close()
+
+
+def test_drafts_are_accepted_and_finished_rows_are_closed(door, target, tiny_dirs):
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    drafter = start_drafter(door.endpoint, tiny_dirs["target"])
+    try:
+        wait_for_drafter(door)
+        texts, accepted = decode(door, target, prompts, 64)
+        assert texts == [reference_greedy(target, p, 64) for p in prompts]
+        assert 0 < door.counters["accepted_tokens"] <= accepted  # it learns of a row's last step only if the row stays
+        door.step([])  # the next step, without the finished rows: their sessions are closed
+        assert len(door.sessions) == 0
+    finally:
+        drafter.kill()
+        drafter.wait()
+
+
+def test_a_killed_drafter_costs_one_timeout_and_a_restarted_one_is_re_synced(door, target, tiny_dirs):
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    prompt = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    drafter = start_drafter(door.endpoint, tiny_dirs["target"])
+    wait_for_drafter(door)
+    row = prompt + verify(target, prompt, [])
+    door.step([row])
+    drafter.kill()
+    drafter.wait()
+    started = time.monotonic()
+    for _ in range(20):  # vLLM goes on decoding alone: at most one wait of the timeout
+        draft = door.step([row])[0]
+        row += verify(target, row, draft)
+    assert time.monotonic() - started < 0.5 + 5.0 and door.is_absent
+    restarted = start_drafter(door.endpoint, tiny_dirs["target"])
+    try:
+        wait_for_drafter(door)
+        before = door.counters["accepted_tokens"]
+        texts, _ = decode(door, target, [row], 48)
+        assert texts[0] == reference_greedy(target, row, 48)
+        assert door.counters["handshakes"] == 2 and door.counters["accepted_tokens"] > before
+    finally:
+        restarted.kill()
+        restarted.wait()

@@ -1,0 +1,276 @@
+"""vLLM verifies, our drafter drafts: the link between vLLM's proposer hook and a drafter process.
+
+vLLM (`speculative_config={"method": "custom_class", "model":
+"verifier.vllm_door.OuroborosProposer", ...}`) calls `propose` after every engine step with the
+tokens each row of its batch has committed; it verifies what we return with its own rejection
+sampler. To our drafter this link is a verifier like ours (protocol.messages): it binds the
+endpoint the drafter connects to, opens a session per request, sends each step's committed
+tokens as a Verdict and collects the Drafts.
+
+Rules:
+- vLLM passes no request ids, so a row is matched to the session whose tokens are a prefix of
+  the row's committed tokens (rows with equal text draft alike anyway); a row no session
+  matches is opened, a session no row matched is closed.
+- Draft lengths per row come from the speculation decision (verifier.speculation), timed on
+  vLLM's own steps: the time between two `propose` calls is a pass of the rows' widths.
+- `propose` never waits longer than the draft timeout: a drafter slow, absent or dead yields
+  empty drafts, so vLLM decodes alone and nothing is lost; a drafter that says Hello again is
+  re-synced from the rows' text.
+Imports neither torch nor vLLM: it runs inside vLLM's process beside vLLM's own torch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import zmq
+
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
+from protocol.rules import is_usable_at
+from protocol.sockets import make_socket, recv_routed
+from verifier.speculation import SpeculationDecision
+
+log = logging.getLogger("ouroboros.vllm")
+
+ENDPOINT_ENV = "OUROBOROS_DRAFTER_ENDPOINT"  # where the link binds; the drafter connects there
+FINGERPRINT_ENV = "OUROBOROS_TOKENIZER_FINGERPRINT"  # launch.models.tokenizer_fingerprint of the target
+TIMEOUT_ENV = "OUROBOROS_DRAFT_TIMEOUT"  # seconds a step may wait for drafts (--draft-timeout)
+DEFAULT_TIMEOUT_S = 0.5
+MATCH_KEY = 16  # leading tokens that key the sessions (a row is then checked in full)
+
+
+@dataclass
+class Session:
+    request_id: str
+    tokens: list[int]
+    asked: int = 0  # draft tokens asked for the round that starts at len(tokens)
+    proposed: list[int] = field(default_factory=list)  # what vLLM was given to verify
+    drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> the latest draft there
+
+
+class DrafterDoor:
+    """The sockets and sessions behind `OuroborosProposer` (usable without vLLM: tests drive
+    `step` with rows of committed tokens, as vLLM's runner does)."""
+
+    def __init__(self, endpoint: str, fingerprint: str, vocab_size: int, max_tokens: int,
+                 draft_timeout_s: float = DEFAULT_TIMEOUT_S, max_model_len: int = 1 << 20) -> None:
+        self.fingerprint, self.vocab_size, self.max_tokens = fingerprint, vocab_size, max_tokens
+        self.draft_timeout_s, self.max_model_len = draft_timeout_s, max_model_len
+        self.socket = make_socket(zmq.Context.instance(), zmq.ROUTER, hwm=10_000)
+        self.socket.bind(endpoint)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.identity: bytes | None = None
+        self.is_absent = True
+        self.sessions: dict[str, Session] = {}
+        self.by_key: dict[tuple[int, ...], list[str]] = {}
+        self.decision = SpeculationDecision(skips_padding=True)
+        self.last_return: float | None = None  # when the previous step handed vLLM its drafts
+        self.last_widths: list[int] = []
+        self.counters = {"steps": 0, "drafts_asked": 0, "drafts_served": 0, "draft_tokens": 0,
+                         "accepted_tokens": 0, "handshakes": 0, "timeouts": 0}
+        log.info("waiting for a drafter at %s", self.endpoint)
+
+    # ---- one vLLM step ----
+    def step(self, rows: list[list[int] | None]) -> list[list[int]]:
+        """rows[i]: row i's committed tokens, or None where it has nothing to draft for (a
+        prefill in progress). Returns each row's draft tokens (maybe none)."""
+        started = time.monotonic()
+        self.drain()
+        matched = self.match(rows)
+        if self.last_return is not None and self.last_widths and all(
+                session is not None and session.asked >= 0 for session in matched):
+            self.decision.observe_pass(self.last_widths, started - self.last_return, is_drafting=False)
+        live = [(i, s) for i, s in enumerate(matched) if s is not None]
+        lengths = self.decision.choose([s.request_id for _, s in live]) if not self.is_absent else [0] * len(live)
+        for (i, session), length in zip(live, lengths):
+            self.advance(session, rows[i], min(length, self.max_tokens, self.max_model_len - len(rows[i]) - 1))
+        waited = self.wait_for_drafts([s for _, s in live if s.asked > 0])
+        if live and not self.is_absent:
+            self.decision.wait.observe(max(max(s.asked, 0) for _, s in live), waited)
+        drafts: list[list[int]] = [[] for _ in rows]
+        for i, session in live:
+            drafts[i] = session.proposed = self.usable(session)
+        self.counters["steps"] += 1
+        self.last_widths = [1 + len(drafts[i]) for i, _ in live]
+        self.last_return = time.monotonic()
+        return drafts
+
+    def match(self, rows: list[list[int] | None]) -> list[Session | None]:
+        """Each row's session (opened where none matches); sessions left unmatched are closed."""
+        claimed: set[str] = set()
+        matched: list[Session | None] = []
+        for row in rows:
+            if row is None:
+                matched.append(None)
+                continue
+            candidates = [self.sessions[r] for r in self.by_key.get(tuple(row[:MATCH_KEY]), ())
+                          if r not in claimed and len(self.sessions[r].tokens) <= len(row)]
+            found = max((s for s in candidates if row[: len(s.tokens)] == s.tokens), key=lambda s: len(s.tokens),
+                        default=None)
+            if found is None:
+                found = self.open(row)
+            claimed.add(found.request_id)
+            matched.append(found)
+        for request_id in [r for r in self.sessions if r not in claimed]:
+            self.close(request_id)
+        return matched
+
+    def open(self, row: list[int]) -> Session:
+        session = Session(uuid.uuid4().hex, list(row), asked=-1)  # -1: not yet opened on the drafter
+        self.sessions[session.request_id] = session
+        self.by_key.setdefault(tuple(row[:MATCH_KEY]), []).append(session.request_id)
+        self.decision.open(session.request_id)
+        return session
+
+    def close(self, request_id: str) -> None:
+        session = self.sessions.pop(request_id)
+        key = tuple(session.tokens[:MATCH_KEY])
+        self.by_key[key].remove(request_id)
+        if not self.by_key[key]:
+            del self.by_key[key]
+        self.decision.close(request_id)
+        self.send(Close(request_id=request_id))
+
+    def advance(self, session: Session, row: list[int], length: int) -> None:
+        """Tell the drafter what the row committed since (or open it there) and ask for a draft."""
+        length = max(length, 0)
+        if session.asked < 0:
+            self.send(Open(request_id=session.request_id, token_ids=row, max_new_tokens=self.max_model_len - len(row),
+                           draft_length=length))
+        else:
+            appended = row[len(session.tokens):]
+            if not appended:  # nothing new (vLLM re-ran the row): the same draft still stands
+                return
+            accepted = _common_prefix(session.proposed, appended)
+            self.counters["draft_tokens"] += len(session.proposed)
+            self.counters["accepted_tokens"] += min(accepted, len(appended) - 1)
+            self.send(Verdict(
+                request_id=session.request_id, committed_length=len(row), appended=appended,
+                num_trunk_verified=len(session.proposed), num_trunk_accepted=min(accepted, len(appended) - 1),
+                # the target's tokens up to its correction: what vLLM's rejection sampler tells
+                trunk_predictions=appended[: min(accepted, len(appended) - 1) + 1], branch_predictions=[],
+                draft_length=length,
+            ))
+            session.drafts = {b: d for b, d in session.drafts.items() if is_usable_at(b, len(d.trunk), len(row))
+                              or b > len(row)}  # still usable, or drafted ahead of the text
+        session.tokens, session.asked, session.proposed = list(row), length, []
+
+    def usable(self, session: Session) -> list[int]:
+        """The trunk of a draft usable at the committed end (the rebase rule, its tokens up to
+        the end equal to the committed ones) from the end on, at most what was asked; [] if none."""
+        trunk = self.find(session)[: max(session.asked, 0)]
+        self.counters["drafts_served"] += bool(trunk)
+        return trunk
+
+    def find(self, session: Session) -> list[int]:
+        end = len(session.tokens)
+        for base, draft in sorted(session.drafts.items(), reverse=True):
+            if is_usable_at(base, len(draft.trunk), end) and draft.trunk[: end - base] == session.tokens[base:end]:
+                return draft.trunk[end - base :]
+        return []
+
+    def wait_for_drafts(self, waiting: list[Session]) -> float:
+        """Seconds spent waiting, at most the draft timeout, for a usable draft for each session."""
+        started = time.monotonic()
+        self.counters["drafts_asked"] += len(waiting)
+        if self.is_absent:
+            return 0.0
+        while any(not self.find(s) for s in waiting):
+            left = self.draft_timeout_s - (time.monotonic() - started)
+            if left <= 0:
+                self.is_absent = True
+                self.counters["timeouts"] += 1
+                log.warning("no draft within %.1f s: vLLM decodes alone until the drafter speaks", self.draft_timeout_s)
+                break
+            if self.socket.poll(max(int(left * 1000), 1)):
+                self.drain()
+        return time.monotonic() - started
+
+    # ---- the drafter's messages ----
+    def drain(self, limit: int = 1024) -> None:
+        for _ in range(limit):
+            try:
+                identity, frame = recv_routed(self.socket)
+                msg = decode(frame)
+            except zmq.Again:
+                return
+            except (ValueError, ProtocolError) as exc:
+                log.warning("dropped a malformed message from the drafter: %s", exc)
+                continue
+            if isinstance(msg, Hello):
+                self.hello(identity, msg)
+            elif identity != self.identity:
+                continue  # a drafter that was replaced
+            elif isinstance(msg, Draft):
+                self.is_absent = False
+                session = self.sessions.get(msg.request_id)
+                if session is not None and msg.trunk and max(msg.trunk) < self.vocab_size:
+                    session.drafts[msg.base_length] = msg
+            elif isinstance(msg, Agreement):
+                self.is_absent = False
+                self.decision.observe_agreement(msg.request_id, msg.start, msg.agreed)
+            elif isinstance(msg, Resync) and msg.request_id in self.sessions:
+                self.sessions[msg.request_id].asked = -1  # re-opened at the next step
+
+    def hello(self, identity: bytes, msg: Hello) -> None:
+        if msg.tokenizer_fingerprint != self.fingerprint:
+            reason = "the draft's tokenizer differs from the target's: pick a draft that shares the target's tokenizer"
+            log.error("refused drafter %s: %s", msg.drafter_id, reason)
+            self.send(Error(request_id="", code=ErrorCode.REFUSED, message=reason), identity)
+            return
+        is_new = identity != self.identity
+        self.identity, self.is_absent = identity, False
+        self.send(HelloAck(vocab_size=self.vocab_size))
+        if is_new:
+            self.counters["handshakes"] += 1
+            self.decision.reset_drafter(min(max(msg.max_draft_length, 0), self.max_tokens))
+            log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.sessions))
+            for session in self.sessions.values():
+                session.asked = -1
+                session.drafts.clear()
+
+    def send(self, msg, identity: bytes | None = None) -> None:
+        identity = identity or self.identity
+        if identity is None:
+            return
+        try:
+            self.socket.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not send %s to the drafter: %s", type(msg).__name__, exc)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+class OuroborosProposer:
+    """vLLM's custom_class proposer: `Class(vllm_config)`, then `propose` after every step."""
+
+    def __init__(self, vllm_config) -> None:
+        missing = [name for name in (ENDPOINT_ENV, FINGERPRINT_ENV) if not os.environ.get(name)]
+        if missing:
+            raise RuntimeError(f"{' and '.join(missing)} not set: start vLLM with our drafter through "
+                               "`ouroboros serve --verifier vllm`, which sets them")
+        spec = vllm_config.speculative_config
+        model = vllm_config.model_config
+        self.door = DrafterDoor(
+            os.environ[ENDPOINT_ENV], os.environ[FINGERPRINT_ENV],
+            int(model.get_vocab_size()), int(spec.num_speculative_tokens),
+            float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), int(model.max_model_len),
+        )
+
+    def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
+        rows = [token_ids_cpu[i, : int(num_tokens_no_spec[i])].tolist() if len(sampled) else None
+                for i, sampled in enumerate(sampled_token_ids)]
+        return self.door.step(rows)
+
+    def load_model(self, *args, **kwargs) -> None:
+        """No model on vLLM's side: the draft lives in the drafter process."""
