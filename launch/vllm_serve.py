@@ -1,0 +1,129 @@
+"""`ouroboros serve --verifier vllm`: vLLM's OpenAI server verifies with our proposer
+(verifier.vllm_door) and our drafter process drafts; this process starts both, prints one ready
+line, restarts a drafter that dies, and stops both on Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from launch import config as cfg
+from launch.workers import REFUSED_EXIT_CODE
+
+VLLM_VERSION = "0.32.0"  # the vLLM CPU build the door is tested against (make install-vllm)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+PROPOSER = "verifier.vllm_door.OuroborosProposer"
+
+
+def vllm_python(args: argparse.Namespace) -> str:
+    """--vllm-python, else $OUROBOROS_VLLM_PYTHON, else the venv `make install-vllm` makes."""
+    python = args.vllm_python or os.environ.get("OUROBOROS_VLLM_PYTHON") or str(DEFAULT_VLLM_PYTHON)
+    if not os.access(python, os.X_OK):
+        raise ValueError(f"--vllm-python {python}: no such interpreter (run `make install-vllm`, which sets up vLLM "
+                         f"{VLLM_VERSION} in {DEFAULT_VLLM_PYTHON.parent.parent})")
+    return python
+
+
+def vllm_command(args: argparse.Namespace, python: str, model_dir: str) -> list[str]:
+    spec = {"method": "custom_class", "model": PROPOSER, "num_speculative_tokens": args.gamma}
+    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
+            args.target, "--host", args.http_host, "--port", str(args.http), "--dtype", args.dtype,
+            *(["--max-model-len", str(args.max_len)] if args.max_len else []),
+            "--speculative-config", json.dumps(spec), *args.vllm_args]
+
+
+def vllm_env(args: argparse.Namespace, drafter_endpoint: str, fingerprint: str) -> dict[str, str]:
+    from verifier.vllm_door import ENDPOINT_ENV, FINGERPRINT_ENV, TIMEOUT_ENV
+
+    env = dict(os.environ)
+    timeout = cfg.verifier_config(args).draft_timeout_s
+    env.update({ENDPOINT_ENV: drafter_endpoint, FINGERPRINT_ENV: fingerprint, TIMEOUT_ENV: str(timeout),
+                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)})
+    if args.target_device == "cpu":  # vLLM's CPU build: its threads on every core, a small KV cache
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    return env
+
+
+def drafter_command(args: argparse.Namespace, endpoint: str) -> list[str]:
+    threads = args.drafter_threads or args.threads_per_process
+    return [sys.executable, "-m", "launch.cli", "drafter", "--connect", endpoint, "--device", args.draft_device,
+            "--threads", str(threads), *cfg.model_argv(args), *cfg.algorithm_argv(args),
+            *(["--pool-file", args.pool_file] if args.pool_file else [])]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def run_vllm_serve(args: argparse.Namespace) -> int:
+    from launch.models import load_tokenizer, resolve_path, tokenizer_fingerprint
+
+    if args.http is None:
+        raise ValueError("--verifier vllm serves vLLM's OpenAI API: give --http PORT")
+    if args.gamma < 1:
+        raise ValueError(f"--gamma must be >= 1 with --verifier vllm, got {args.gamma}")
+    python = vllm_python(args)
+    model_dir = resolve_path(args.target)
+    fingerprint = tokenizer_fingerprint(load_tokenizer(args.target))
+    drafter_endpoint = f"tcp://127.0.0.1:{free_port()}"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    vllm = subprocess.Popen(vllm_command(args, python, model_dir), env=vllm_env(args, drafter_endpoint, fingerprint))
+    drafter = subprocess.Popen(drafter_command(args, drafter_endpoint))
+    restarts, is_ready = 0, False
+    health = f"http://{args.http_host}:{args.http}/health"
+    deadline = time.monotonic() + args.ready_timeout
+    try:
+        while not stop.is_set():
+            if vllm.poll() is not None:
+                print(f"ouroboros: vLLM exited with code {vllm.returncode}; stopping", file=sys.stderr, flush=True)
+                return vllm.returncode or 1
+            if drafter.poll() is not None:
+                if drafter.returncode == REFUSED_EXIT_CODE:  # a restart cannot help
+                    print("ouroboros: the drafter was refused; vLLM decodes alone", file=sys.stderr, flush=True)
+                else:
+                    restarts += 1
+                    print(f"ouroboros: the drafter exited with code {drafter.returncode}; restarting it "
+                          f"(restart {restarts})", file=sys.stderr, flush=True)
+                    drafter = subprocess.Popen(drafter_command(args, drafter_endpoint))
+            if not is_ready and is_healthy(health):
+                is_ready = True
+                print(f"ouroboros: vLLM {VLLM_VERSION} serving http://{args.http_host}:{args.http}/v1 with our drafter "
+                      f"on {args.draft_device} (Ctrl-C to stop)", flush=True)
+            elif not is_ready and time.monotonic() > deadline:
+                print(f"ouroboros: vLLM not up after {args.ready_timeout:.0f} s (--ready-timeout); stopping",
+                      file=sys.stderr, flush=True)
+                return 1
+            stop.wait(0.5)
+        return 0
+    finally:
+        for child in (drafter, vllm):
+            if child.poll() is None:
+                child.terminate()
+        for child in (drafter, vllm):
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
