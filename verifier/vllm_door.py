@@ -48,6 +48,7 @@ MATCH_KEY = 16  # leading tokens that key the sessions (a row is then checked in
 class Session:
     request_id: str
     tokens: list[int]
+    key: tuple[int, ...] = ()  # its first MATCH_KEY tokens (fewer for a shorter prompt)
     asked: int = 0  # draft tokens asked for the round that starts at len(tokens)
     proposed: list[int] = field(default_factory=list)  # what vLLM was given to verify
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> the latest draft there
@@ -68,6 +69,7 @@ class DrafterDoor:
         self.is_absent = True
         self.sessions: dict[str, Session] = {}
         self.by_key: dict[tuple[int, ...], list[str]] = {}
+        self.key_lengths: set[int] = set()  # the lengths of the keys in by_key
         self.decision = SpeculationDecision(skips_padding=True)
         self.last_return: float | None = None  # when the previous step handed vLLM its drafts
         self.last_widths: list[int] = []
@@ -108,7 +110,8 @@ class DrafterDoor:
             if row is None:
                 matched.append(None)
                 continue
-            candidates = [self.sessions[r] for r in self.by_key.get(tuple(row[:MATCH_KEY]), ())
+            keys = {tuple(row[:n]) for n in self.key_lengths}
+            candidates = [self.sessions[r] for key in keys for r in self.by_key.get(key, ())
                           if r not in claimed and len(self.sessions[r].tokens) <= len(row)]
             found = max((s for s in candidates if row[: len(s.tokens)] == s.tokens), key=lambda s: len(s.tokens),
                         default=None)
@@ -121,18 +124,19 @@ class DrafterDoor:
         return matched
 
     def open(self, row: list[int]) -> Session:
-        session = Session(uuid.uuid4().hex, list(row), asked=-1)  # -1: not yet opened on the drafter
+        session = Session(uuid.uuid4().hex, list(row), tuple(row[:MATCH_KEY]), asked=-1)  # -1: not opened there yet
         self.sessions[session.request_id] = session
-        self.by_key.setdefault(tuple(row[:MATCH_KEY]), []).append(session.request_id)
+        self.by_key.setdefault(session.key, []).append(session.request_id)
+        self.key_lengths = {len(key) for key in self.by_key}
         self.decision.open(session.request_id)
         return session
 
     def close(self, request_id: str) -> None:
         session = self.sessions.pop(request_id)
-        key = tuple(session.tokens[:MATCH_KEY])
-        self.by_key[key].remove(request_id)
-        if not self.by_key[key]:
-            del self.by_key[key]
+        self.by_key[session.key].remove(request_id)
+        if not self.by_key[session.key]:
+            del self.by_key[session.key]
+            self.key_lengths = {len(key) for key in self.by_key}
         self.decision.close(request_id)
         self.send(Close(request_id=request_id))
 

@@ -110,3 +110,15 @@ def test_a_killed_drafter_costs_one_timeout_and_a_restarted_one_is_re_synced(doo
     finally:
         restarted.kill()
         restarted.wait()
+
+
+def test_rows_keep_their_sessions_by_text_and_rows_alike_get_one_each(door):
+    """vLLM names no request: a row is the session whose text it extends, short prompts too."""
+    short, long_ = [5, 6, 7], list(range(100, 140))
+    door.step([short, long_, list(long_)])
+    ids = set(door.sessions)
+    assert len(ids) == 3
+    door.step([long_ + [1], short + [9, 9], long_ + [2]])
+    assert set(door.sessions) == ids  # each row found its own session again
+    door.step([short + [9, 9, 4]])
+    assert len(door.sessions) == 1 and door.sessions.popitem()[1].tokens == short + [9, 9, 4]
