@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bench.prompts import humaneval_prompts
 from launch.models import resolve_path
-from launch.vllm_serve import DEFAULT_VLLM_PYTHON, free_port
+from launch.vllm_serve import DEFAULT_VLLM_PYTHON, cpu_env, free_port
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
@@ -59,13 +59,18 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument("--limit", type=int, default=8, help="HumanEval prompts (each client count runs them all)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--servers", default="vllm,vllm-ngram,vllm+ouroboros", help="which, comma-separated")
     parser.add_argument("--door-flags", default="", help="extra flags for `serve --verifier vllm`, in one string")
     args = parser.parse_args()
     prompts = humaneval_prompts(args.limit)
     counts = [int(c) for c in args.clients.split(",")]
     texts: dict[tuple[str, int], list[str]] = {}
+    chosen = args.servers.split(",")
     for name, command in servers(args, port := free_port()).items():
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if name not in chosen:
+            continue
+        process = subprocess.Popen(command, env=cpu_env(dict(os.environ)), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         try:
             wait_healthy(port, process)
             complete(port, prompts[0], 8)  # warm
@@ -75,7 +80,7 @@ def main() -> int:
                     done = list(pool.map(lambda p: complete(port, p, args.max_new_tokens), prompts))
                 rate = sum(n for n, _ in done) / (time.perf_counter() - started)
                 texts[name, clients] = [t for _, t in done]
-                same = texts[name, clients] == texts["vllm", clients]
+                same = texts[name, clients] == texts.get(("vllm", clients), texts[name, clients])
                 print(f"{name:16s} {clients} clients: {rate:7.1f} tok/s; text equals vllm's: {same}", flush=True)
         finally:
             process.terminate()

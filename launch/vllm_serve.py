@@ -48,14 +48,25 @@ def vllm_env(args: argparse.Namespace, drafter_endpoint: str, fingerprint: str) 
     timeout = cfg.verifier_config(args).draft_timeout_s
     env.update({ENDPOINT_ENV: drafter_endpoint, FINGERPRINT_ENV: fingerprint, TIMEOUT_ENV: str(timeout),
                 "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)})
-    if args.target_device == "cpu":  # vLLM's CPU build: its threads on every core, a small KV cache
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
-        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    return cpu_env(env) if args.target_device == "cpu" else env
+
+
+def cpu_env(env: dict[str, str]) -> dict[str, str]:
+    """For vLLM's CPU build, unless set: its threads on every core, none held back, a 2 GiB KV cache."""
+    env = dict(env)
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     return env
 
 
 def drafter_command(args: argparse.Namespace, endpoint: str) -> list[str]:
+    """As `serve` starts its drafter: where it shares the CPU with vLLM, it drafts only while vLLM
+    waits in `propose` (--pre-drafts auto = off there), never beside vLLM's step."""
+    from launch.serve import takes_turns
+
+    shares_cpu = args.target_device == "cpu" and args.draft_device == "cpu"
+    args.pre_drafts = "off" if takes_turns(args, shares_cpu) else "on"
     threads = args.drafter_threads or args.threads_per_process
     return [sys.executable, "-m", "launch.cli", "drafter", "--connect", endpoint, "--device", args.draft_device,
             "--threads", str(threads), *cfg.model_argv(args), *cfg.algorithm_argv(args),

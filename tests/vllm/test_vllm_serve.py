@@ -18,7 +18,7 @@ import pytest
 
 from bench.prompts import humaneval_prompts
 from launch.models import resolve_path
-from launch.vllm_serve import DEFAULT_VLLM_PYTHON
+from launch.vllm_serve import DEFAULT_VLLM_PYTHON, cpu_env
 
 PYTHON = os.environ.get("OUROBOROS_VLLM_PYTHON") or str(DEFAULT_VLLM_PYTHON)
 pytestmark = pytest.mark.skipif(not os.access(PYTHON, os.X_OK), reason="vLLM's venv is missing: run `make install-vllm`")
@@ -77,8 +77,7 @@ def stop(process: subprocess.Popen) -> None:
 def reference() -> dict[str, str]:
     """vLLM's own greedy text, without speculation."""
     port = free_port()
-    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=f"0-{(os.cpu_count() or 1) - 1}", VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-               VLLM_CPU_KVCACHE_SPACE="2")
+    env = cpu_env(dict(os.environ))
     process = subprocess.Popen([PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_path("smollm2-135m"),
                                 "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port),
                                 "--dtype", "float32", "--max-model-len", "2048"], env=env,
