@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from protocol.codec import decode, encode
+from protocol.codec import decode
 from protocol.errors import ProtocolError
 from protocol.messages import Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
 from protocol.rules import is_usable_at
-from protocol.sockets import make_socket, recv_routed
+from protocol.sockets import recv_routed
+from verifier.drafter_link import DrafterLink
 from verifier.speculation import SpeculationDecision
 
 log = logging.getLogger("ouroboros.vllm")
@@ -62,10 +63,10 @@ class DrafterDoor:
                  draft_timeout_s: float = DEFAULT_TIMEOUT_S, max_model_len: int = 1 << 20) -> None:
         self.fingerprint, self.vocab_size, self.max_tokens = fingerprint, vocab_size, max_tokens
         self.draft_timeout_s, self.max_model_len = draft_timeout_s, max_model_len
-        self.socket = make_socket(zmq.Context.instance(), zmq.ROUTER, hwm=10_000)
+        self.link = DrafterLink(zmq.Context.instance(), draft_timeout_s)  # its socket and who the drafter is
+        self.socket = self.link.socket
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.identity: bytes | None = None
         self.is_absent = True
         self.sessions: dict[str, Session] = {}
         self.by_key: dict[tuple[int, ...], list[str]] = {}
@@ -208,7 +209,7 @@ class DrafterDoor:
                 continue
             if isinstance(msg, Hello):
                 self.hello(identity, msg)
-            elif identity != self.identity:
+            elif identity != self.link.identity:
                 continue  # a drafter that was replaced
             elif isinstance(msg, Draft):
                 self.is_absent = False
@@ -227,8 +228,8 @@ class DrafterDoor:
             log.error("refused drafter %s: %s", msg.drafter_id, reason)
             self.send(Error(request_id="", code=ErrorCode.REFUSED, message=reason), identity)
             return
-        is_new = identity != self.identity
-        self.identity, self.is_absent = identity, False
+        is_new = identity != self.link.identity
+        self.link.identity, self.is_absent = identity, False
         self.send(HelloAck(vocab_size=self.vocab_size))
         if is_new:
             self.counters["handshakes"] += 1
@@ -239,13 +240,7 @@ class DrafterDoor:
                 session.drafts.clear()
 
     def send(self, msg, identity: bytes | None = None) -> None:
-        identity = identity or self.identity
-        if identity is None:
-            return
-        try:
-            self.socket.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.warning("could not send %s to the drafter: %s", type(msg).__name__, exc)
+        self.link.send(msg, identity)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
