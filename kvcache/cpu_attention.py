@@ -6,15 +6,30 @@ layer of every verification pass. torch's SDPA takes the groups itself (enable_g
 same result; on this CPU a layer of 8 rows x 6 tokens over 156 keys (SmolLM2: 9 query heads, 3
 key/value heads) took 195 us that way against 479 us with the copy, and 1 row x 16 tokens 56
 against 92 us. The model's own modules and masks stay; only the attention function is swapped
-(HF's AttentionInterface), and only where the model used sdpa."""
+(HF's AttentionInterface), and only where the model used sdpa.
+
+A bfloat16 model takes our batch-invariant attention kernel instead (kvcache/cpu_attention.cpp,
+AVX-512): each query's output is bit for bit the same whatever other queries, rows or padding
+share the pass, so a verification pass and one-token decoding agree exactly. It reads the cache
+in place (bfloat16) and sums in float32. Calls it does not cover (float masks only; no attention
+sinks, no dropout) go to sdpa, said once in the log."""
 from __future__ import annotations
+
+import ctypes
+import logging
 
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from kvcache import cpu_gemm
+
+log = logging.getLogger(__name__)
+
 NAME = "ouroboros_cpu_sdpa"
+EXACT_NAME = "ouroboros_cpu_exact"
+_said: set[str] = set()
 
 
 def sdpa_without_copies(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -32,11 +47,61 @@ def sdpa_without_copies(module: torch.nn.Module, query: torch.Tensor, key: torch
                                   **kwargs)
 
 
+def _exact_refusal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, dropout: float, kwargs) -> str | None:
+    library = cpu_gemm.kernel()
+    if library is None:
+        return "our CPU kernels are off"
+    if query.dtype != torch.bfloat16 or key.dtype != query.dtype:
+        return f"{query.dtype} queries with {key.dtype} keys"
+    if query.shape[-1] > library.ouro_attention_max_head_dim() or key.stride(-1) != 1 or value.stride() != key.stride():
+        return f"head dim {query.shape[-1]}, a strided head or keys and values laid out apart"
+    if attention_mask is not None and (attention_mask.dtype != query.dtype or attention_mask.shape[1] != 1):
+        return f"a {attention_mask.dtype} mask of shape {tuple(attention_mask.shape)}"
+    if dropout or kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None or kwargs.get("position_bias") is not None:
+        return "dropout, attention sinks or a position bias"
+    return None
+
+
+def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                    softcap: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Batch-invariant attention (see the module docstring); HF's attention-function signature:
+    query (B, H, Q, D), key and value (B, Hkv, S, D), returns (B, Q, H, D)."""
+    refusal = _exact_refusal(query, key, value, attention_mask, dropout, kwargs)
+    if refusal is not None:
+        if refusal not in _said:
+            _said.add(refusal)
+            log.warning("attention falls back to sdpa for %s: a wide pass may round differently from a one-token pass",
+                        refusal)
+        return sdpa_without_copies(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                   softcap=softcap, **kwargs)
+    batch, heads, queries, dim = query.shape
+    query = query.contiguous()
+    out = torch.empty(batch, queries, heads, dim, dtype=torch.float32)
+    mask_strides = None
+    if attention_mask is not None:
+        mask = attention_mask.expand(batch, 1, queries, key.shape[2])
+        mask_strides = (ctypes.c_int64 * 3)(mask.stride(0), mask.stride(2), mask.stride(3))
+    kv_strides = (ctypes.c_int64 * 3)(key.stride(0), key.stride(1), key.stride(2))
+    scale = scaling if scaling is not None else dim ** -0.5
+    cpu_gemm.kernel().ouro_attention(1, query.data_ptr(), batch, heads, queries, dim, key.data_ptr(), value.data_ptr(),
+                                     key.shape[1], key.shape[2], kv_strides,
+                                     None if attention_mask is None else mask.data_ptr(), mask_strides,
+                                     float(scale), float(softcap or 0.0), out.data_ptr())
+    return out.to(query.dtype), None
+
+
 def use_cpu_attention(model: torch.nn.Module) -> bool:
-    """Swap the attention of a CPU model that uses sdpa for sdpa_without_copies; True if swapped."""
+    """Swap the attention of a CPU model that uses sdpa: exact_attention for bfloat16 where our
+    kernels run, else sdpa_without_copies; True if swapped."""
     parameter = next(model.parameters())
     if parameter.device.type != "cpu" or getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
+    if parameter.dtype == torch.bfloat16 and cpu_gemm.kernel() is not None:
+        AttentionInterface.register(EXACT_NAME, exact_attention)
+        AttentionMaskInterface.register(EXACT_NAME, sdpa_mask)
+        model.set_attn_implementation(EXACT_NAME)
+        return model.config._attn_implementation == EXACT_NAME
     if not any(getattr(module, "num_key_value_groups", 1) > 1 for module in model.modules()):
         return False  # no grouped-query attention: HF's sdpa copies nothing
     AttentionInterface.register(NAME, sdpa_without_copies)

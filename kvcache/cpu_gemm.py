@@ -1,11 +1,17 @@
-"""Our float32 GEMM for small M on AVX-512 CPUs (kvcache/cpu_gemm.cpp), built on first use.
+"""Our CPU kernels for AVX-512 machines, built on first use: the GEMM for small M
+(kvcache/cpu_gemm.cpp, float32 and bfloat16) and the batch-invariant attention
+(kvcache/cpu_attention.cpp, used through kvcache.cpu_attention).
 
 oneDNN's and MKL's kernels read the weights more than once or run far below the core's peak for
 the 4-48 rows of a verification pass; ours streams each weight once (measured on this repo's
 2-core Xeon, 1 thread, the built-in target's 210 decoder linears: 30 / 34 / 38 / 45 ms at 1 / 4
 / 8 / 16 rows, against oneDNN packed 42 / 46 / 53 / 64 ms and plain 35 / 55 / 72 / 76 ms).
 
-The C++ source is compiled with the system's C++ compiler ($CXX, else g++) against the running
+bfloat16 needs AVX512-BF16 (`bf16_unusable_reason`). Both kernels compute each row's result in
+the same order whatever else is in the call, so a wide pass gives a row bit for bit what a
+one-row pass gives it.
+
+The C++ sources are compiled with the system's C++ compiler ($CXX, else g++) against the running
 torch's headers into a cache folder ($OUROBOROS_KERNEL_DIR, else $XDG_CACHE_HOME/ouroboros/kernels,
 by default ~/.cache/ouroboros/kernels), named by a hash of the source, flags and torch version,
 so every process and every later run reuses it. Where it cannot be built or run (no AVX-512, no
@@ -26,14 +32,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_gemm.cpp")
+SOURCES = (Path(__file__).with_name("cpu_gemm.cpp"), Path(__file__).with_name("cpu_attention.cpp"))
 _ptr, _int = ctypes.c_void_p, ctypes.c_int64
 
 
 def _flags() -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch.compiled_with_cxx11_abi())
-    return ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC",
+    return ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}"]
 
 
@@ -60,11 +66,19 @@ def unusable_reason() -> str | None:
     return None
 
 
+def bf16_unusable_reason() -> str | None:
+    """Why this machine cannot run the bfloat16 GEMM, or None."""
+    reason = unusable_reason()
+    if reason is None and not torch.cpu._is_avx512_bf16_supported():
+        reason = "the CPU has no AVX512-BF16"
+    return reason
+
+
 def build() -> Path:
     """Compile the kernel unless a build of this very source already sits in the cache; returns
     the shared library's path. Raises RuntimeError with the compiler's words on failure."""
     compiler = os.environ.get("CXX", "g++")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join(_flags() + _libs()).encode() + torch.__version__.encode()).hexdigest()[:16]
     target = _cache_dir() / f"cpu_gemm-{key}.so"
     if target.exists():
@@ -73,10 +87,10 @@ def build() -> Path:
     handle, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        done = subprocess.run([compiler, *_flags(), str(SOURCE), "-o", scratch, *_libs()],
+        done = subprocess.run([compiler, *_flags(), *map(str, SOURCES), "-o", scratch, *_libs()],
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"building {SOURCE.name} failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"building {', '.join(path.name for path in SOURCES)} failed:\n{done.stderr[-2000:]}")
         os.replace(scratch, target)  # atomic: a process building beside us finds a whole file
     finally:
         if os.path.exists(scratch):
@@ -97,27 +111,45 @@ def kernel() -> ctypes.CDLL | None:
             library.ouro_pack.argtypes = [_ptr, _int, _int, _ptr]
             library.ouro_linear.argtypes = [_ptr, _int, _int, _ptr, _int, _ptr, _ptr]
             library.ouro_panel_width.restype = _int
+            library.ouro_pack_bf16.argtypes = [_ptr, _int, _int, _ptr]
+            library.ouro_linear_bf16.argtypes = [_ptr, _int, _int, _ptr, _int, _ptr, _ptr]
+            library.ouro_attention.argtypes = [ctypes.c_int, _ptr, _int, _int, _int, _int, _ptr, _ptr, _int, _int,
+                                               _ptr, _ptr, _ptr, ctypes.c_float, ctypes.c_float, _ptr]
+            library.ouro_attention_max_head_dim.restype = _int
             return library
     log.info("our CPU GEMM is off (%s): linear layers use oneDNN", reason)
     return None
 
 
 def pack(library: ctypes.CDLL, weight: torch.Tensor) -> torch.Tensor:
-    """The N x K float32 weight in the kernel's panel layout (a new flat tensor)."""
+    """The N x K float32 or bfloat16 weight in the kernel's panel layout (a new flat tensor; for
+    bfloat16, int32 pairs of consecutive k)."""
     weight = weight.detach().contiguous()
     out_features, in_features = weight.shape
     width = library.ouro_panel_width()
-    packed = torch.empty(-(-out_features // width) * width * in_features, dtype=torch.float32)
+    panels = -(-out_features // width) * width
+    if weight.dtype == torch.bfloat16:
+        packed = torch.empty(panels * -(-in_features // 2), dtype=torch.int32)
+        library.ouro_pack_bf16(weight.data_ptr(), out_features, in_features, packed.data_ptr())
+        return packed
+    packed = torch.empty(panels * in_features, dtype=torch.float32)
     library.ouro_pack(weight.data_ptr(), out_features, in_features, packed.data_ptr())
     return packed
 
 
 def linear(library: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, out_features: int,
            bias: torch.Tensor | None) -> torch.Tensor:
-    """x W^T + bias through the kernel, for a float32 CPU x of any leading shape."""
+    """x W^T + bias through the kernel, for a CPU x of any leading shape: float32 with a float32
+    `packed`, or bfloat16 with a bfloat16 one (float32 sums rounded once to bfloat16 at the end)."""
     in_features = x.shape[-1]
     rows = x.numel() // in_features
     flat = x.reshape(rows, in_features).contiguous()
+    if packed.dtype == torch.int32:
+        bias = None if bias is None else bias.float().contiguous()
+        out = torch.empty(rows, out_features, dtype=torch.bfloat16)
+        library.ouro_linear_bf16(flat.data_ptr(), rows, in_features, packed.data_ptr(), out_features,
+                                 None if bias is None else bias.data_ptr(), out.data_ptr())
+        return out.view(*x.shape[:-1], out_features)
     out = torch.empty(rows, out_features, dtype=torch.float32)
     library.ouro_linear(flat.data_ptr(), rows, in_features, packed.data_ptr(), out_features,
                         None if bias is None else bias.data_ptr(), out.data_ptr())

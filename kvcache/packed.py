@@ -7,17 +7,26 @@ aside), so any architecture keeps working. Its packed copy is, where the machine
 float32 kernel's panel layout (kvcache.cpu_gemm: AVX-512, streams each weight once), else
 oneDNN's blocked layout. Inference only: packed layers have no gradient.
 
+bfloat16 weights take our bfloat16 kernel where the CPU has AVX512-BF16, for every number of
+rows: a row's result is then the same bits whatever else is in the pass (batch invariance), which
+a verification pass needs to agree with one-token decoding. Elsewhere they take oneDNN, which does
+not promise it (logged once).
+
 Padding costs nothing here (only_tokens): a batched pass pads every row to the widest, and
 inside it the packed layers compute the real tokens only; a padding token's outputs are zeros,
 which keep it finite through every later layer, and no real token ever attends to it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+from functools import lru_cache
 
 import torch
 
 from kvcache import cpu_gemm
+
+log = logging.getLogger(__name__)
 
 
 def can_pack(model: torch.nn.Module) -> bool:
@@ -65,8 +74,9 @@ class PackedLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the same Parameter: a tied weight stays tied
         self.bias = linear.bias
-        library = cpu_gemm.kernel() if use_kernel and linear.weight.dtype == torch.float32 else None
+        library = cpu_gemm.kernel() if use_kernel and _kernel_takes(linear.weight.dtype) else None
         self.backend = "kernel" if library is not None else "onednn"
+        self.invariant = library is not None and linear.weight.dtype == torch.bfloat16
         if library is not None:
             packed = cpu_gemm.pack(library, linear.weight)
         else:
@@ -86,6 +96,8 @@ class PackedLinear(torch.nn.Module):
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.detach()
         if self.backend == "kernel":
+            if self.invariant and x.dtype == torch.bfloat16:
+                return cpu_gemm.linear(cpu_gemm.kernel(), x, self.packed_weight, self.out_features, bias)
             if x.numel() <= KERNEL_MAX_ROWS * self.in_features and x.dtype == torch.float32:
                 return cpu_gemm.linear(cpu_gemm.kernel(), x, self.packed_weight, self.out_features, bias)
             return torch.nn.functional.linear(x, self.weight, self.bias)
@@ -95,6 +107,23 @@ class PackedLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.backend}"
+
+
+def _kernel_takes(dtype: torch.dtype) -> bool:
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        reason = cpu_gemm.bf16_unusable_reason()
+        if reason is not None:
+            _say_once(f"bfloat16 linear layers use oneDNN ({reason}): a wide verification pass may round differently "
+                      "from a one-token pass, so greedy text can differ from decoding without drafts at near-ties")
+        return reason is None
+    return False
+
+
+@lru_cache(maxsize=None)
+def _say_once(message: str) -> None:
+    log.warning(message)
 
 
 @torch.inference_mode()

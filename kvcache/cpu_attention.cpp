@@ -1,0 +1,199 @@
+// Attention over a KV cache on AVX-512 CPUs whose every query's result is independent of the
+// other queries, rows and padding in the call: out[b, q, h] depends only on that query, the keys
+// its mask allows and their values, bit for bit. So a token verified in a 16-token tree pass gets
+// the numbers a 1-token pass gives it (kvcache/cpu_attention.py).
+//
+// Per query (one work item, one thread, fixed order): s_j = scale * q.k_j (16-lane FMAs over the
+// head dimension, then a fixed lane reduction), optionally soft-capped, plus the mask, for the keys
+// the mask allows (a mask value below -1e30 skips the key: it is never read); m = max s_j;
+// p_j = exp(s_j - m) (exp16, our own, the same bits on every machine); out = sum_j p_j v_j / sum_j p_j, summed in key order, all in float32.
+// A query that may see no key gets zeros.
+//
+// Inputs are float32 or bfloat16 (E): q (B, H, Q, D) contiguous; k, v (B, Hkv, S, D) with strides
+// in elements (the last dimension contiguous); the additive mask (B, Q, S) with strides, or null
+// for causal: query i sees keys j <= S - Q + i. Output: float32 (B, Q, H, D).
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMaxVectors = 16;  // head dim up to 256
+constexpr float kSkip = -1e30f;
+
+inline __m512 load(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline __m512 load(const uint16_t* p, __mmask16 mask) {
+  __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline float scalar(float x) { return x; }
+inline float scalar(uint16_t x) {
+  uint32_t bits = uint32_t(x) << 16;
+  float out;
+  __builtin_memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+struct Strides {
+  int64_t batch, head, seq;
+};
+
+// exp(x) for 16 lanes: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by its degree-6 Taylor polynomial
+// (Horner), times 2^n; -inf and anything below -87 give 0. A fixed sequence of operations, so the
+// same x always gives the same bits.
+inline __m512 exp16(__m512 x) {
+  const __m512 low = _mm512_set1_ps(-87.f);
+  __mmask16 tiny = _mm512_cmp_ps_mask(x, low, _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, low), _mm512_set1_ps(88.f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 poly = _mm512_set1_ps(1.f / 720);
+  const float coefficients[] = {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f};
+  for (float c : coefficients) poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
+  return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(poly, n));
+}
+
+struct Query {  // one query of a block: its vector, mask row and visible end, output, scores
+  const void* q;
+  const void* mask;
+  int64_t visible_end;
+  float* out;
+  float* scores;
+};
+
+// QB queries that read the same keys and values (one kv head of one row): each key and value is
+// loaded once for all of them, and each query's numbers are computed exactly as alone.
+// V: vectors of 16 lanes that hold the head dim (a power of two, masked past D).
+template <class E, int QB, int V>
+void query_block(const Query* block, const E* k, const E* v, Strides kv, int64_t mask_seq, int64_t S, int64_t D,
+                 float scale, float softcap) {
+  constexpr int64_t vectors = V;
+  __mmask16 lanes[kMaxVectors];
+  for (int64_t c = 0; c < vectors; ++c) {
+    int64_t left = D - 16 * c;
+    lanes[c] = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+  }
+  const int64_t padded = (S + 15) / 16 * 16;
+  float best[QB];
+  __m512 query[QB][V];
+  for (int b = 0; b < QB; ++b) {
+    best[b] = -INFINITY;
+    for (int64_t c = 0; c < vectors; ++c) query[b][c] = load((const E*)block[b].q + 16 * c, lanes[c]);
+  }
+  for (int64_t j = 0; j < S; ++j) {  // scores; a skipped key's is -inf
+    __m512 key[kMaxVectors];
+    for (int64_t c = 0; c < vectors; ++c) key[c] = load(k + j * kv.seq + 16 * c, lanes[c]);
+    for (int b = 0; b < QB; ++b) {
+      const E* mask = (const E*)block[b].mask;
+      float bias = mask ? scalar(mask[j * mask_seq]) : (j < block[b].visible_end ? 0.f : -INFINITY);
+      float* scores = block[b].scores;
+      scores[j] = -INFINITY;
+      if (!(bias > kSkip)) continue;
+      __m512 dot = _mm512_setzero_ps();
+      for (int64_t c = 0; c < vectors; ++c) dot = _mm512_fmadd_ps(query[b][c], key[c], dot);
+      float score = _mm512_reduce_add_ps(dot) * scale;
+      if (softcap > 0.f) score = tanhf(score / softcap) * softcap;
+      scores[j] = score + bias;
+      best[b] = scores[j] > best[b] ? scores[j] : best[b];
+    }
+  }
+  float total[QB];
+  for (int b = 0; b < QB; ++b) {  // weights exp(s_j - max), in place; a query that sees no key gets zeros
+    float* scores = block[b].scores;
+    for (int64_t j = S; j < padded; ++j) scores[j] = -INFINITY;
+    const __m512 shift = _mm512_set1_ps(best[b] == -INFINITY ? 0.f : best[b]);
+    for (int64_t j = 0; j < padded; j += 16)
+      _mm512_storeu_ps(scores + j, exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + j), shift)));
+    total[b] = 0.f;
+  }
+  __m512 acc[QB][kMaxVectors];
+  for (int b = 0; b < QB; ++b)
+    for (int64_t c = 0; c < vectors; ++c) acc[b][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < S; ++j) {  // weighted values, in key order
+    __m512 value[kMaxVectors];
+    for (int64_t c = 0; c < vectors; ++c) value[c] = load(v + j * kv.seq + 16 * c, lanes[c]);
+    for (int b = 0; b < QB; ++b) {
+      float p = block[b].scores[j];
+      if (p == 0.f) continue;  // skipped (or negligible: adding 0 v_j changes nothing)
+      total[b] += p;
+      __m512 weight = _mm512_set1_ps(p);
+      for (int64_t c = 0; c < vectors; ++c) acc[b][c] = _mm512_fmadd_ps(weight, value[c], acc[b][c]);
+    }
+  }
+  for (int b = 0; b < QB; ++b) {
+    __m512 inverse = _mm512_set1_ps(total[b] > 0.f ? 1.f / total[b] : 0.f);
+    for (int64_t c = 0; c < vectors; ++c)
+      _mm512_mask_storeu_ps(block[b].out + 16 * c, lanes[c], _mm512_mul_ps(acc[b][c], inverse));
+  }
+}
+
+constexpr int kQueryBlock = 4;
+
+template <class E>
+using BlockFn = void (*)(const Query*, const E*, const E*, Strides, int64_t, int64_t, int64_t, float, float);
+template <class E, int QB>
+constexpr BlockFn<E> kByVectors[5] = {query_block<E, QB, 1>, query_block<E, QB, 2>, query_block<E, QB, 4>,
+                                      query_block<E, QB, 8>, query_block<E, QB, 16>};
+template <class E>
+constexpr const BlockFn<E>* kBlocks[kQueryBlock] = {kByVectors<E, 1>, kByVectors<E, 2>, kByVectors<E, 3>,
+                                                    kByVectors<E, 4>};
+
+inline int vector_index(int64_t D) {  // 1, 2, 4, 8, 16 vectors
+  int index = 0;
+  while ((16 << index) < D) ++index;
+  return index;
+}
+
+template <class E>
+void attention(const E* q, int64_t B, int64_t H, int64_t Q, int64_t D, const E* k, const E* v, int64_t Hkv,
+               int64_t S, Strides kv, const E* mask, Strides mask_strides, float scale, float softcap, float* out) {
+  // work item: (row b, kv head g, block of the group's queries); query n of a group is head
+  // g * groups + n / Q at position n % Q
+  const int64_t groups = H / Hkv, per_group = groups * Q, blocks = (per_group + kQueryBlock - 1) / kQueryBlock;
+  const int64_t padded = (S + 15) / 16 * 16;
+  at::parallel_for(0, B * Hkv * blocks, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;
+    scores.resize(kQueryBlock * padded);
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t b = item / (Hkv * blocks), g = item / blocks % Hkv, first = item % blocks * kQueryBlock;
+      int64_t count = per_group - first < kQueryBlock ? per_group - first : kQueryBlock;
+      Query block[kQueryBlock];
+      for (int64_t n = 0; n < count; ++n) {
+        int64_t h = g * groups + (first + n) / Q, i = (first + n) % Q;
+        block[n] = {q + ((b * H + h) * Q + i) * D,
+                    mask ? mask + b * mask_strides.batch + i * mask_strides.head : nullptr, S - Q + i + 1,
+                    out + ((b * Q + i) * H + h) * D, scores.data() + n * padded};
+      }
+      const E* keys = k + b * kv.batch + g * kv.head;
+      const E* values = v + b * kv.batch + g * kv.head;
+      kBlocks<E>[count - 1][vector_index(D)](block, keys, values, kv, mask_strides.seq, S, D, scale, softcap);
+    }
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+int64_t ouro_attention_max_head_dim() { return 16 * kMaxVectors; }
+
+// kv_strides and mask_strides: {batch, head (mask: query), seq}, in elements. bf16: every input is
+// bfloat16 bits, else float32.
+void ouro_attention(int bf16, const void* q, int64_t B, int64_t H, int64_t Q, int64_t D, const void* k,
+                    const void* v, int64_t Hkv, int64_t S, const int64_t* kv_strides, const void* mask,
+                    const int64_t* mask_strides, float scale, float softcap, float* out) {
+  if (B <= 0 || H <= 0 || Q <= 0 || D <= 0 || D > 16 * kMaxVectors || Hkv <= 0 || H % Hkv) return;
+  Strides kv{kv_strides[0], kv_strides[1], kv_strides[2]};
+  Strides ms = mask ? Strides{mask_strides[0], mask_strides[1], mask_strides[2]} : Strides{0, 0, 0};
+  if (bf16)
+    attention((const uint16_t*)q, B, H, Q, D, (const uint16_t*)k, (const uint16_t*)v, Hkv, S, kv,
+              (const uint16_t*)mask, ms, scale, softcap, out);
+  else
+    attention((const float*)q, B, H, Q, D, (const float*)k, (const float*)v, Hkv, S, kv, (const float*)mask, ms,
+              scale, softcap, out);
+}
+
+}  // extern "C"
