@@ -41,7 +41,7 @@ def command_line(argv: list[str]) -> str:
 
 
 def section(report: dict, command: str, chart: str) -> str:
-    rows = ["| contender | tokens/s | vs target | tokens per pass | acceptance | identical |", "|---|---|---|---|---|---|"]
+    rows = [f"| contender | tokens/s | vs {report.get('reference', 'target')} | tokens per pass | acceptance | identical |", "|---|---|---|---|---|---|"]
     for r in report["results"]:
         mean = f"{r['mean_accepted']:.2f}" if r["mean_accepted"] is not None else "-"
         rate = f"{r['acceptance_rate']:.2f}" if r["acceptance_rate"] is not None else "-"

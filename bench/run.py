@@ -31,6 +31,10 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"comma list of {', '.join(CONTENDERS)}; pipeline@DRAFT is the pipeline "
                        "with another draft (e.g. pipeline@layers:0,1), beside the one --draft names")
+    bench.add_argument("--reference", default="target", metavar="NAME",
+                       help="the contender every speedup and every identity check is measured against (run if not "
+                            "listed): target (HF generate), or target-engine for our engine without drafts, which is "
+                            "what speculation reproduces bit for bit in bfloat16 (README: what identical means)")
     bench.add_argument("--threads", type=int, default=2, help="cores every contender gets in total")
     bench.add_argument("--verifier-threads", type=int, default=None,
                        help="the pipeline's verifier threads (default --threads/2)")
@@ -93,8 +97,11 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in CONTENDERS and not (n.startswith("pipeline@") and len(n) > 9)]
     if unknown:
         raise ValueError(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")
-    if "target" not in names:
-        names.insert(0, "target")  # the baseline every ratio and identity is measured against
+    if args.reference not in CONTENDERS:
+        raise ValueError(f"--reference: unknown {args.reference!r}; choose from {', '.join(CONTENDERS)}")
+    if args.reference in names:
+        names.remove(args.reference)
+    names.insert(0, args.reference)  # the baseline every ratio and identity is measured against
     contenders, notes = build_contenders(args, names)
     tallies = {c.name: Tally(c.name) for c in contenders}
     try:
@@ -113,9 +120,9 @@ def run_bench(args: argparse.Namespace) -> int:
     finally:
         for contender in contenders:
             contender.close()
-    baseline = tallies["target"].num_tokens / tallies["target"].seconds
+    baseline = tallies[args.reference].num_tokens / tallies[args.reference].seconds
     results = [tallies[c.name].row(baseline) for c in contenders]
-    report = {"device": _device_name(), "threads": args.threads, "prompts": len(prompts),
+    report = {"device": _device_name(), "threads": args.threads, "prompts": len(prompts), "reference": args.reference,
               "max_new_tokens": args.max_new_tokens, "results": results}
     print_table(report, notes)
     if args.json:
@@ -136,7 +143,8 @@ def _device_name() -> str:
 
 
 def print_table(report: dict, notes: list[str]) -> None:
-    print(f"\n{report['prompts']} prompts, {report['max_new_tokens']} new tokens, {report['device']}")
+    print(f"\n{report['prompts']} prompts, {report['max_new_tokens']} new tokens, {report['device']}; speedup and "
+          f"identical: against {report['reference']}")
     print(f"{'contender':18}{'tokens/s':>10}{'speedup':>9}{'tok/pass':>10}{'accept':>8}{'identical':>11}")
     for r in report["results"]:
         mean = f"{r['mean_accepted']:.2f}" if r["mean_accepted"] is not None else "-"

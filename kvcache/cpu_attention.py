@@ -92,16 +92,19 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 
 
 def use_cpu_attention(model: torch.nn.Module) -> bool:
-    """Swap the attention of a CPU model that uses sdpa: exact_attention for bfloat16 where our
-    kernels run, else sdpa_without_copies; True if swapped."""
+    """Swap the attention of a CPU model: exact_attention for bfloat16 (sdpa or eager models)
+    where our kernels run, else sdpa_without_copies for sdpa models; True if swapped."""
     parameter = next(model.parameters())
-    if parameter.device.type != "cpu" or getattr(model.config, "_attn_implementation", None) != "sdpa":
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if parameter.device.type != "cpu" or implementation not in ("sdpa", "eager"):
         return False
-    if parameter.dtype == torch.bfloat16 and cpu_gemm.kernel() is not None:
+    if parameter.dtype == torch.bfloat16 and cpu_gemm.kernel() is not None:  # eager too (Gemma 2's soft cap)
         AttentionInterface.register(EXACT_NAME, exact_attention)
         AttentionMaskInterface.register(EXACT_NAME, sdpa_mask)
         model.set_attn_implementation(EXACT_NAME)
         return model.config._attn_implementation == EXACT_NAME
+    if implementation != "sdpa":
+        return False
     if not any(getattr(module, "num_key_value_groups", 1) > 1 for module in model.modules()):
         return False  # no grouped-query attention: HF's sdpa copies nothing
     AttentionInterface.register(NAME, sdpa_without_copies)

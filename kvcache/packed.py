@@ -118,6 +118,10 @@ def _kernel_takes(dtype: torch.dtype) -> bool:
             _say_once(f"bfloat16 linear layers use oneDNN ({reason}): a wide verification pass may round differently "
                       "from a one-token pass, so greedy text can differ from decoding without drafts at near-ties")
         return reason is None
+    if dtype == torch.float16:
+        _say_once("float16 linear layers use oneDNN (our kernels take float32 and bfloat16): a wide verification pass "
+                  "may round differently from a one-token pass, so greedy text can differ from decoding without drafts "
+                  "at near-ties; --dtype bfloat16 is exact")
     return False
 
 
