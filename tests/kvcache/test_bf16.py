@@ -143,3 +143,14 @@ def test_ragged_batched_passes_decode_what_the_engine_decodes_alone(family, toke
         engine.verify_batch(work)
     for session, prompt, ref in zip(sessions, prompts, refs):
         assert session.tokens[len(prompt) : len(prompt) + NEW_TOKENS] == ref, family
+
+
+def test_seeded_sampling_follows_the_engine_alone(tokenizer):
+    from verifier.sampling import SamplingParams
+
+    target, draft = bf16_pair("qwen2", tokenizer)
+    engine, drafter = TargetEngine(target), DraftEngine(draft, DrafterConfig(gamma=6))
+    ids = tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
+    sampling = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=7)
+    result = generate(engine, drafter, ids, NEW_TOKENS, sampling=sampling)
+    assert result.tokens == engine_alone(engine, ids, NEW_TOKENS, sampling=sampling)
