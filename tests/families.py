@@ -124,3 +124,21 @@ def save_pair(root: Path, family: str, tokenizer: PreTrainedTokenizerFast) -> tu
 
 
 SCALE = 3.0
+
+
+def verify_ragged_rounds(engine, sessions: list, prompts: list[list[int]], refs: list[list[int]], new_tokens: int,
+                         vocab: int, seed: int = 0) -> None:
+    """Verify the sessions together round after round until each has `new_tokens` past its
+    prompt: trunks right (per `refs`) for a random number of tokens, then a random token, and a
+    branch, so ragged batched passes accept and reject."""
+    import random
+
+    rng = random.Random(seed)
+    while any(len(s.tokens) - len(p) < new_tokens for s, p in zip(sessions, prompts)):
+        work = []
+        for session, prompt, ref in zip(sessions, prompts, refs):
+            done = len(session.tokens) - len(prompt)
+            if done < new_tokens:
+                right = ref[done : done + rng.randrange(0, 6)]
+                work.append((session, right + [rng.randrange(vocab)], [right[:1] + [3]], None))
+        engine.verify_batch(work)

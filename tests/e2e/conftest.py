@@ -20,3 +20,24 @@ def self_draft_pipeline(tiny_dirs):
     layers (tiny_dirs): a pair that clearly pays, so the default decision drafts."""
     with LocalPipeline(serve_args(tiny_dirs["target"], "layers:0")) as pipeline:
         yield pipeline
+
+
+def generate_concurrently(endpoint: str, prompts: list[list[int]], max_new_tokens: int) -> list:
+    """One client thread per prompt, all at once (so the verifier batches them); each prompt's
+    result, or None for one that did not finish."""
+    import threading
+
+    from protocol.client import Client
+
+    results: dict[int, object] = {}
+
+    def run(i: int, ids: list[int]) -> None:
+        with Client(endpoint, timeout=60) as client:
+            results[i] = client.generate(ids, max_new_tokens=max_new_tokens)
+
+    threads = [threading.Thread(target=run, args=(i, ids)) for i, ids in enumerate(prompts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return [results.get(i) for i in range(len(prompts))]

@@ -1,7 +1,5 @@
 """bfloat16 through the real two-process pipeline: with batch-invariant passes (our CPU kernels)
 it streams exactly what our engine decodes without drafts, several requests at once."""
-import threading
-
 import pytest
 import torch
 
@@ -9,8 +7,7 @@ from kvcache import cpu_gemm
 from launch.models import for_engine, load_model
 from launch.sequential import engine_alone
 from launch.serve import LocalPipeline
-from protocol.client import Client
-from tests.e2e.conftest import serve_args
+from tests.e2e.conftest import generate_concurrently, serve_args
 from tests.families import make_tokenizer, save_pair
 from verifier.engine import TargetEngine
 
@@ -28,16 +25,7 @@ def test_the_bf16_pipeline_equals_the_engine_alone(family, tmp_path):
     assert next(engine.model.parameters()).dtype == torch.bfloat16
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     refs = [engine_alone(engine, ids, NEW_TOKENS) for ids in prompts]
-    results: dict[int, object] = {}
     with LocalPipeline(serve_args(target_dir, draft_dir, "--dtype", "bfloat16")) as pipeline:
-        def run(i: int, ids: list[int]) -> None:
-            with Client(pipeline.endpoint, timeout=60) as client:
-                results[i] = client.generate(ids, max_new_tokens=NEW_TOKENS)
-
-        threads = [threading.Thread(target=run, args=(i, ids)) for i, ids in enumerate(prompts)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    assert [results[i].token_ids if i in results else None for i in range(len(prompts))] == refs, family
-    assert sum(results[i].metrics["accepted_tokens"] for i in results) > 0, "no draft was ever accepted"
+        results = generate_concurrently(pipeline.endpoint, prompts, NEW_TOKENS)
+    assert [r.token_ids if r else None for r in results] == refs, family
+    assert sum(r.metrics["accepted_tokens"] for r in results if r) > 0, "no draft was ever accepted"

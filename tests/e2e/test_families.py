@@ -1,8 +1,6 @@
 """The family matrix through the real two-process pipeline: each tiny pair (windows that slide,
 a padded vocabulary) streams exactly what the target alone decodes, greedy and seeded sampling,
 with several requests at once so passes are batched."""
-import threading
-
 import pytest
 
 from launch.models import load_model
@@ -10,7 +8,7 @@ from launch.reference import target_alone
 from launch.serve import LocalPipeline
 from protocol.client import Client
 from tests.conftest import reference_greedy
-from tests.e2e.conftest import serve_args
+from tests.e2e.conftest import generate_concurrently, serve_args
 from tests.families import FAMILIES, make_tokenizer, save_pair
 from verifier.sampling import SamplingParams
 
@@ -35,21 +33,11 @@ def test_pipeline_equals_the_target_alone(family, family_dirs):
     sampling = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=5)
     greedy_refs = [reference_greedy(target, ids, NEW_TOKENS, stop=eos) for ids in prompts]
     sampled_ref = target_alone(target, prompts[0], NEW_TOKENS, eos, sampling)
-    results: dict[int, object] = {}
-
     with LocalPipeline(serve_args(target_dir, draft_dir)) as pipeline:
-        def run(i: int, ids: list[int]) -> None:
-            with Client(pipeline.endpoint, timeout=60) as client:
-                results[i] = client.generate(ids, max_new_tokens=NEW_TOKENS)
-
-        threads = [threading.Thread(target=run, args=(i, ids)) for i, ids in enumerate(prompts)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        results = generate_concurrently(pipeline.endpoint, prompts, NEW_TOKENS)
         with Client(pipeline.endpoint, timeout=60) as client:
             sampled = client.generate(prompts[0], max_new_tokens=NEW_TOKENS, temperature=0.8, top_k=50, top_p=0.9,
                                       seed=5)
-    assert [results[i].token_ids if i in results else None for i in range(len(prompts))] == greedy_refs, family
-    assert sum(results[i].metrics["accepted_tokens"] for i in results) > 0, "no draft was ever accepted"
+    assert [r.token_ids if r else None for r in results] == greedy_refs, family
+    assert sum(r.metrics["accepted_tokens"] for r in results if r) > 0, "no draft was ever accepted"
     assert sampled.token_ids == sampled_ref, family

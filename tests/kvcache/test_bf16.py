@@ -15,7 +15,7 @@ from kvcache.cpu_attention import EXACT_NAME, exact_attention
 from kvcache.packed import PackedLinear
 from launch.models import for_engine
 from launch.sequential import engine_alone, generate
-from tests.families import FAMILIES, family_pair, make_tokenizer
+from tests.families import FAMILIES, verify_ragged_rounds, family_pair, make_tokenizer
 from verifier.engine import TargetEngine
 
 pytestmark = pytest.mark.skipif(cpu_gemm.bf16_unusable_reason() is not None,
@@ -132,15 +132,7 @@ def test_ragged_batched_passes_decode_what_the_engine_decodes_alone(family, toke
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in PROMPTS]
     refs = [engine_alone(engine, p, NEW_TOKENS) for p in prompts]
     sessions = [engine.open(p) for p in prompts]
-    rng = random.Random(0)
-    while any(len(s.tokens) - len(p) < NEW_TOKENS for s, p in zip(sessions, prompts)):
-        work = []
-        for session, prompt, ref in zip(sessions, prompts, refs):
-            done = len(session.tokens) - len(prompt)
-            if done < NEW_TOKENS:
-                right = ref[done : done + rng.randrange(0, 6)]
-                work.append((session, right + [rng.randrange(len(tokenizer))], [right[:1] + [3]], None))
-        engine.verify_batch(work)
+    verify_ragged_rounds(engine, sessions, prompts, refs, NEW_TOKENS, len(tokenizer))
     for session, prompt, ref in zip(sessions, prompts, refs):
         assert session.tokens[len(prompt) : len(prompt) + NEW_TOKENS] == ref, family
 

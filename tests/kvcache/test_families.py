@@ -1,7 +1,5 @@
 """The family matrix, in one process: tiny random pairs of every supported family decode exactly
 what the target alone decodes (HF greedy generate; the keyed sampler), with windows that slide."""
-import random
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from kvcache.attention import CHUNKED, FULL, SLIDING, AttentionKind, attention_k
 from launch.reference import target_alone
 from launch.sequential import generate
 from tests.conftest import reference_greedy
-from tests.families import FAMILIES, WINDOW, family_pair, make_tokenizer
+from tests.families import FAMILIES, verify_ragged_rounds, WINDOW, family_pair, make_tokenizer
 from verifier.engine import TargetEngine
 from verifier.sampling import SamplingParams
 
@@ -63,15 +61,7 @@ def test_three_requests_in_batched_passes_decode_exactly(family, tokenizer):
     prompts = [encode(tokenizer, text) for text in PROMPTS]
     refs = [reference_greedy(target, p, NEW_TOKENS) for p in prompts]
     sessions = [engine.open(p) for p in prompts]
-    rng = random.Random(0)
-    while any(len(s.tokens) - len(p) < NEW_TOKENS for s, p in zip(sessions, prompts)):
-        work = []
-        for session, prompt, ref in zip(sessions, prompts, refs):
-            done = len(session.tokens) - len(prompt)
-            if done < NEW_TOKENS:
-                right = ref[done : done + rng.randrange(0, 6)]
-                work.append((session, right + [rng.randrange(len(tokenizer))], [right[:1] + [3]], None))
-        engine.verify_batch(work)
+    verify_ragged_rounds(engine, sessions, prompts, refs, NEW_TOKENS, len(tokenizer))
     for session, prompt, ref in zip(sessions, prompts, refs):
         assert session.tokens[len(prompt) : len(prompt) + NEW_TOKENS] == ref
         assert_cache_is_a_fresh_prefill(engine, session)
