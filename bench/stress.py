@@ -58,16 +58,30 @@ class KillState:
 
 
 def references(args: argparse.Namespace, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids and the target-alone greedy output for each, computed first, in-process."""
-    from launch.models import load_model, load_tokenizer
-    from launch.reference import target_alone
+    """Prompt ids and what the pipeline must answer for each, computed first, in-process: the
+    target alone (HF greedy) in float32, our engine without drafts in other dtypes (README: what
+    identical means)."""
+    import os
 
-    torch.set_num_threads(2)
+    from launch.models import for_engine, load_model, load_tokenizer
+    from launch.reference import target_alone
+    from launch.sequential import engine_alone
+    from verifier.engine import TargetEngine
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     tokenizer = load_tokenizer(args.target)
     model = load_model(args.target, "cpu", args.dtype)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    outs = [target_alone(model, i, args.max_new_tokens, stops) for i in tqdm(ids, desc="references", file=sys.stderr)]
+    if args.dtype == "float32":
+        def decode(prompt_ids: list[int]) -> list[int]:
+            return target_alone(model, prompt_ids, args.max_new_tokens, stops)
+    else:
+        engine = TargetEngine(for_engine(model, packed=not args.no_packed_weights), max_sessions=1)
+
+        def decode(prompt_ids: list[int]) -> list[int]:
+            return engine_alone(engine, prompt_ids, args.max_new_tokens, stops)
+    outs = [decode(i) for i in tqdm(ids, desc="references", file=sys.stderr)]
     return ids, outs
 
 

@@ -38,6 +38,14 @@ class PassCostModel:
         if fitted is not None:  # a window of one size (every pass alike, lately) keeps the last fit
             self.coefficients, self.padding_cost, self.drafting_cost = fitted[:3], fitted[3], fitted[4]
 
+    def one_token_pass(self) -> float | None:
+        """What a one-token pass of one row costs: the fit's estimate, else the quickest pass
+        timed so far (an upper bound), else None (nothing timed yet)."""
+        estimate = self.estimate(1, 1)
+        if estimate is not None:
+            return estimate
+        return min((seconds for *_, seconds, _, _ in self.samples), default=None)
+
     def estimate(self, num_rows: int, width: float, padding: float = 0.0, is_drafting: bool = False) -> float | None:
         """c(B, w) + p*P (+ s while drafting), never below a microsecond; None until passes of
         two sizes were timed. w is the width the pass computes: its widest row, or its mean

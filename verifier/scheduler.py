@@ -9,7 +9,6 @@ from verifier.config import VerifierConfig
 from verifier.requests import RoundPlan, ServerRequest
 from verifier.speculation import SpeculationDecision
 
-UNMEASURED_PASS_S = 0.06  # a one-token pass until one is timed (sets the gathering window)
 
 
 class Scheduler:
@@ -72,10 +71,10 @@ class Scheduler:
         """Hold a part batch while a request whose verdict just went out may still join it.
         Rule: a row that joins costs the pass a little (one more row); one left out later
         costs a pass of its own (at least c(1, 1)) and splits the batch again, so wait for it
-        up to half the measured cost of a one-token pass."""
+        up to half the measured cost of a one-token pass (no wait before a pass was timed)."""
         if not ready or len(ready) >= self.config.max_batch or is_drafter_absent:
             return False
-        window = 0.5 * (self.speculation.passes.estimate(1, 1) or UNMEASURED_PASS_S)
+        window = 0.5 * (self.speculation.passes.one_token_pass() or 0.0)
         now = self.clock()
         ready_ids = {request.request_id for request in ready}
         waiting = [r for r in self.requests.values() if r.request_id not in ready_ids]

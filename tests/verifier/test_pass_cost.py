@@ -6,7 +6,7 @@ import pytest
 from verifier.config import VerifierConfig
 from verifier.pass_cost import COST_WINDOW, PassCostModel, cut_draft
 from verifier.requests import RoundPlan, ServerRequest
-from verifier.scheduler import UNMEASURED_PASS_S, Scheduler
+from verifier.scheduler import Scheduler
 
 
 def model(points: dict[tuple[int, int], float]) -> PassCostModel:
@@ -112,8 +112,13 @@ def test_a_part_batch_waits_briefly_for_a_request_whose_verdict_just_went_out():
     scheduler = scheduler_with(2)
     scheduler.clock = lambda: 1000.0  # an injected clock: no real time passes in this test
     ready, straggler = scheduler.requests["r0"], scheduler.requests["r1"]
-    straggler.waiting_since = 1000.0 - 0.49 * UNMEASURED_PASS_S  # within half a one-token pass
+    straggler.waiting_since = 1000.0 - 0.001
+    assert not scheduler.is_gathering([ready], is_drafter_absent=False)  # no pass timed yet: no wait
+    one_token = 0.02
+    scheduler.speculation.passes.observe(1, 1, one_token)
+    scheduler.speculation.passes.observe(1, 4, 0.03)
+    straggler.waiting_since = 1000.0 - 0.49 * one_token  # within half a one-token pass
     assert scheduler.is_gathering([ready], is_drafter_absent=False)
     assert not scheduler.is_gathering([ready], is_drafter_absent=True)
-    straggler.waiting_since = 1000.0 - 0.51 * UNMEASURED_PASS_S  # past it
+    straggler.waiting_since = 1000.0 - 0.51 * one_token  # past it
     assert not scheduler.is_gathering([ready], is_drafter_absent=False)
