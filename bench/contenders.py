@@ -128,7 +128,7 @@ class Shared:
     """Models loaded once for every in-process contender."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from launch.models import load_pair
+        from models.loading import load_pair
         from verifier.sampling import SamplingParams
 
         self.args = args
@@ -144,7 +144,7 @@ class Shared:
     def _engine_copy(self, model: torch.nn.Module) -> torch.nn.Module:
         """The engines get their own copies, packed as the pipeline's are; HF's contenders keep
         the plain models."""
-        from launch.models import for_engine
+        from models.loading import for_engine
 
         return for_engine(copy.deepcopy(model), packed=not self.args.no_packed_weights)
 

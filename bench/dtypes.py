@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from bench.prompts import load_prompts
-from launch.models import for_engine, load_model, load_tokenizer
+from models.loading import for_engine, load_model, load_tokenizer
 from launch.sequential import engine_alone
 from verifier.engine import TargetEngine
 

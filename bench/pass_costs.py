@@ -170,7 +170,7 @@ class HFPasses(_Passes):
 
 def measure(models: dict[str, torch.nn.Module], packed: bool, progress=None) -> list[dict]:
     """Every pass of the curve for each model, via our engine and via HF."""
-    from launch.models import for_engine
+    from models.loading import for_engine
 
     passes = []
     for name, model in models.items():
@@ -206,7 +206,7 @@ def format_table(passes: list[dict]) -> str:
 
 
 def run_pass_costs(args: argparse.Namespace) -> int:
-    from launch.models import load_pair
+    from models.loading import load_pair
 
     threads = max(1, args.threads // 2)  # what each process of the pipeline gets
     torch.set_num_threads(threads)

@@ -63,7 +63,7 @@ def references(args: argparse.Namespace, prompts: list[str]) -> tuple[list[list[
     identical means)."""
     import os
 
-    from launch.models import for_engine, load_model, load_tokenizer
+    from models.loading import for_engine, load_model, load_tokenizer
     from launch.reference import target_alone
     from launch.sequential import engine_alone
     from verifier.engine import TargetEngine
@@ -256,7 +256,7 @@ def run_stress(args: argparse.Namespace) -> int:
     try:
         doors = [ZmqDoor(endpoint, args)]
         if args.http:
-            from launch.models import load_tokenizer
+            from models.loading import load_tokenizer
 
             tokenizer = load_tokenizer(args.target)
             door_proc, url = start_door_process(args, endpoint)

@@ -17,7 +17,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.prompts import humaneval_prompts
-from launch.models import resolve_path
+from models.loading import resolve_path
 from launch.vllm_serve import DEFAULT_VLLM_PYTHON, cpu_env, free_port
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}

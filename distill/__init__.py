@@ -1,1 +1,1 @@
-"""Draft training and evaluation: train-draft, eval-draft."""
+"""Draft training and evaluation: draft-data, train-draft, eval-draft."""

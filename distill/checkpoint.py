@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from distill.data import Cursor
-from distill.draft_model import atomic_write, shipped_state
+from models.draft import atomic_write, shipped_state
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 1

@@ -62,9 +62,14 @@ def summarize(vectors: list[list[bool]]) -> dict:
             "prompts": len(vectors), "tokens": len(matches)}
 
 
+def teacher_forced_agreement(draft: torch.nn.Module, items: list[tuple[list[int], list[int]]]) -> float:
+    """Fraction of continuation tokens the draft's argmax predicts, given the true prefix."""
+    return summarize(match_vectors(draft, items))["agreement"]
+
+
 def draft_step_ratio(target: torch.nn.Module, draft: torch.nn.Module) -> float:
     """A 1-token draft pass over a 1-token target pass, both through our engine, on this thread count."""
-    from launch.models import for_engine
+    from models.loading import for_engine
     from bench.pass_costs import EnginePasses
     import copy
 
@@ -104,7 +109,7 @@ def add_eval_draft_parser(sub) -> None:
 
 def run_eval_draft(args: argparse.Namespace) -> int:
     from bench.run import load_prompts
-    from launch.models import load_pair
+    from models.loading import load_pair
     from distill.data import target_continuations
 
     if args.max_new_tokens < 1:

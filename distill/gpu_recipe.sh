@@ -7,7 +7,7 @@
 #   usage: distill/gpu_recipe.sh OUT_DIR [DATA_MINUTES] [TRAIN_MINUTES] [MORE_MINUTES]
 # MORE_MINUTES > 0 then resumes the 4-layer draft alone for that long at half the learning rate
 # (the shipped draft: 1.5, 4.0 and 2.9 minutes on one H100).
-# OUROBOROS may name another way to run the CLI (e.g. "python3 -m launch.cli").
+# OUROBOROS may name another way to run the CLI (e.g. "python3 -m ouroboros").
 set -euo pipefail
 out=${1:?usage: distill/gpu_recipe.sh OUT_DIR [DATA_MINUTES] [TRAIN_MINUTES] [MORE_MINUTES]}
 data_minutes=${2:-1.5}

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from distill.data import EXCLUDED_PACKAGES, extra_sources, read_text, site_package_sources
-from launch.models import BUILTIN_TARGET, load_model, load_tokenizer
+from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
 
 KINDS = ("code", "prose", "chat")
 PROSE_SUFFIXES = (".md", ".rst", ".txt")

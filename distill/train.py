@@ -13,17 +13,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distill.draft_model import (
-    build_student, check_layers, expected_tokens_per_round, save_draft, target_fingerprint, teacher_forced_agreement,
-)
-from launch.models import BUILTIN_TARGET, load_model, load_tokenizer
 from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
 from distill.data import ChunkStream, coverage, eval_continuations, frequent_vocab, prefetched, training_files
+from distill.evaluate import teacher_forced_agreement
+from models.draft import build_student, check_layers, save_draft, target_fingerprint
+from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
 
 WARMUP_STEPS = 10
 SCHEDULES = ("constant", "cosine")
 FINAL_LR_FRACTION = 0.1  # where the cosine schedule ends, as a share of --lr
-GAMMAS = (4, 8)
 
 
 @dataclass(frozen=True)
@@ -171,8 +169,8 @@ def run_train_draft(args: argparse.Namespace) -> int:
 
 def initial_draft(config: TrainConfig, target) -> torch.nn.Module:
     """--init: the draft to start from, which must have the run's layers and vocabulary size."""
-    from distill.draft_model import load_draft_dir
-    from launch.models import BUILTIN_DRAFT, BUILTIN_DRAFT_DIR
+    from models.draft import load_draft_dir
+    from models.loading import BUILTIN_DRAFT, BUILTIN_DRAFT_DIR
 
     path = BUILTIN_DRAFT_DIR if config.init == BUILTIN_DRAFT else Path(config.init)
     student = load_draft_dir(path, target, config.device, "float32", target_name=config.target)
@@ -275,13 +273,12 @@ def report(config: TrainConfig, target, student, items, progress: Progress, toke
 
     evaluation = evaluate(target, student.eval(), items) if items else None
     agreement = evaluation["agreement"] if evaluation else None
-    expected = {str(g): round(expected_tokens_per_round(agreement, g), 3) for g in GAMMAS} if items else {}
     meta = {
         "steps": progress.step, "tokens": progress.tokens_seen, "minutes": round(progress.minutes, 2),
         "tokens_per_s_last_run": round(tokens_per_s, 1), "device": config.device, "threads": config.threads,
         "lr": config.lr, "schedule": config.schedule, "seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
         "vocab_coverage_train_sample": round(progress.vocab_coverage, 4), "eval_prompts": len(items),
-        "agreement_start": progress.agreement_start, "agreement": agreement, "expected_tokens_per_round": expected,
+        "agreement_start": progress.agreement_start, "agreement": agreement,
         "evaluation": evaluation,  # distill.evaluate: what `ouroboros eval-draft` reports
     }
     save_draft(student, config.out, config.target, list(config.layers), meta, fingerprint=target_fingerprint(target))

@@ -1,1 +1,2 @@
-"""Bringing processes up: CLI, configuration, model loading and placement, local launch."""
+"""Bringing processes up: the launch commands, configuration, the sequential loop, serve, workers,
+torchrun, the HTTP door process and vLLM."""

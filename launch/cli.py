@@ -1,34 +1,40 @@
-"""The `ouroboros` command line."""
+"""The launch commands of the `ouroboros` command line: generate, serve, the process roles
+(verifier, drafter, http-door) and keys. The whole command, with bench, stress, the draft
+tools and demo, is ouroboros.cli; the processes launch spawns run `python -m launch.cli`."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 import time
+from collections.abc import Callable
 
 from launch import config as cfg
+from launch.http_door import add_http_door_parser
+from launch.serve import add_serve_flags, add_serve_parser
+from launch.workers import add_worker_parsers
 from protocol.errors import OuroborosError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from launch.serve import add_serve_flags, add_serve_parser
-    from bench.run import add_bench_parser
-    from bench.stress import add_stress_parser
-    from distill.train import add_train_draft_parser
-    from distill.evaluate import add_eval_draft_parser
-    from distill.onpolicy import add_draft_data_parser
-    from launch.http_door import add_http_door_parser
-    from launch.workers import add_worker_parsers
-
+def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="ouroboros", description="Lossless Ouroboros speculative decoding")
-    sub = parser.add_subparsers(dest="command", required=True)
+    return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = new_parser()
+    add_launch_commands(sub)
+    return parser
+
+
+def add_launch_commands(sub: argparse._SubParsersAction) -> None:
 
     gen = sub.add_parser("generate", help="complete one prompt (spawns the pipeline unless --connect)")
     gen.add_argument("prompt", help="prompt text (completed as is, no chat template)")
@@ -37,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--spawn", action="store_true", help="start the pipeline for this prompt (the default)")
     mode.add_argument("--in-process", action="store_true", help="both engines in this process (sequential)")
     mode.add_argument("--target-only", action="store_true", help="the target alone (the reference)")
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    gen.add_argument("--threads", type=_positive_int, default=2, help="torch threads for in-process runs")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=128)
+    gen.add_argument("--threads", type=positive_int, default=2, help="torch threads for in-process runs")
     gen.add_argument("--timeout", type=float, default=120.0, help="seconds of server silence before giving up")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -50,41 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
     add_worker_parsers(sub)
-    add_train_draft_parser(sub)
-    add_eval_draft_parser(sub)
-    add_draft_data_parser(sub)
     add_http_door_parser(sub)
-    add_bench_parser(sub)
-    add_stress_parser(sub)
 
     keys = sub.add_parser("keys", help="make CURVE keys for --curve-keys (cross-node links)")
     keys.add_argument("dir", help="directory for the server and client key pairs")
     keys.add_argument("--overwrite", action="store_true", help="replace keys already there")
 
-    demo = sub.add_parser("demo", help="the pipeline on two code and two chat prompts, each beside the target alone")
-    demo.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    demo.add_argument("--chart", default="ouroboros-demo.png", metavar="OUT.png", help="where the bar chart goes")
-    add_serve_flags(demo)
-    demo.set_defaults(port=0)
-    return parser
 
-
-# each command's entry point, imported only when it runs (module, function)
+# each command's entry point, imported only when it runs (module, function): a command loads
+# only what it needs (the process roles start without the HTTP door's or vLLM's imports)
 HANDLERS = {
-    "serve": ("launch.serve", "run_serve"), "stress": ("bench.stress", "run_stress"),
-    "bench": ("bench.run", "run_bench"), "eval-draft": ("distill.evaluate", "run_eval_draft"),
-    "train-draft": ("distill.train", "run_train_draft"), "http-door": ("launch.http_door", "run_http_door"),
-    "draft-data": ("distill.onpolicy", "run_draft_data"), "demo": ("launch.demo", "run_demo"),
+    "serve": ("launch.serve", "run_serve"), "http-door": ("launch.http_door", "run_http_door"),
     "verifier": ("launch.workers", "run_verifier"), "drafter": ("launch.workers", "run_drafter"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: Callable[[], argparse.ArgumentParser] = build_parser,
+         handlers: dict[str, tuple[str, str]] = HANDLERS) -> int:
+    """Parse and run one command of `parser` (handlers: command -> (module, function))."""
     argv, passed = list(sys.argv[1:] if argv is None else argv), []
     if argv[:1] == ["serve"] and "--" in argv:  # what follows `--` is vLLM's own flags
         cut = argv.index("--")
         argv, passed = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
+    args = parser().parse_args(argv)
     if args.command == "serve":
         args.vllm_args = passed
     try:
@@ -98,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "keys":
             return cmd_keys(args)
-        module, function = HANDLERS[args.command]
+        module, function = handlers[args.command]
         return getattr(importlib.import_module(module), function)(args)
     except (ValueError, RuntimeError, OSError, OuroborosError) as exc:
         print(f"ouroboros: error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ def add_http_flags(parser: argparse.ArgumentParser, port_flag: str) -> None:
 
 def add_http_door_parser(sub) -> None:
     from launch.config import add_security_flags
-    from launch.models import BUILTIN_TARGET
+    from models.loading import BUILTIN_TARGET
 
     door = sub.add_parser("http-door", help="the OpenAI-compatible HTTP door for a running verifier")
     door.add_argument("--connect", required=True, metavar="ADDR", help="the verifier's client endpoint")
@@ -49,7 +49,7 @@ def start_http_door(target: str, port: int, host: str, api_key: str | None, curv
         from gateway.app import HttpDoor, serve_in_thread
     except ImportError as exc:
         raise RuntimeError(f"the HTTP door needs the HTTP extra: pip install '.[http]' ({exc})") from None
-    from launch.models import load_tokenizer
+    from models.loading import load_tokenizer
 
     door = HttpDoor(target, load_tokenizer(target), api_key=api_key, curve_keys=curve_keys, timeout_s=timeout_s)
     door.endpoint = endpoint

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from launch.models import ModelPair, for_engine, load_model, load_pair, load_tokenizer
+from models.loading import ModelPair, for_engine, load_model, load_pair, load_tokenizer
 from launch.reference import target_alone
 from launch.sequential import generate
 from verifier.sampling import SamplingParams

@@ -88,7 +88,7 @@ def is_healthy(url: str) -> bool:
 
 
 def run_vllm_serve(args: argparse.Namespace) -> int:
-    from launch.models import load_tokenizer, resolve_path, tokenizer_fingerprint
+    from models.loading import load_tokenizer, resolve_path, tokenizer_fingerprint
 
     if args.http is None:
         raise ValueError("--verifier vllm serves vLLM's OpenAI API: give --http PORT")

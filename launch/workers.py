@@ -75,7 +75,7 @@ def _capture_graphs(engine) -> None:
 
 
 def run_verifier(args: argparse.Namespace) -> int:
-    from launch.models import for_engine, load_model, load_tokenizer, tokenizer_fingerprint
+    from models.loading import for_engine, load_model, load_tokenizer, tokenizer_fingerprint
     from verifier.engine import TargetEngine
     from verifier.server import VerifierServer
 
@@ -109,7 +109,7 @@ def run_drafter(args: argparse.Namespace) -> int:
     from drafter.engine import DraftEngine
     from drafter.pool import PhrasePool
     from drafter.server import DrafterServer
-    from launch.models import draft_tokenizer, for_engine, load_draft, load_model, tokenizer_fingerprint
+    from models.loading import draft_tokenizer, for_engine, load_draft, load_model, tokenizer_fingerprint
 
     _log_to_stderr("drafter")
     torch.set_num_threads(args.threads)

@@ -117,7 +117,7 @@ class Error:
 class Hello:
     drafter_id: str
     vocab_size: int  # rows of the draft's output layer (a pair may differ by padding rows)
-    tokenizer_fingerprint: str  # launch.models.tokenizer_fingerprint: equal means one token space
+    tokenizer_fingerprint: str  # models.loading.tokenizer_fingerprint: equal means one token space
     max_draft_length: int  # the longest trunk it drafts (--gamma): the verifier asks for no more
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from launch.models import load_tokenizer
+from models.loading import load_tokenizer
 
 torch.set_num_threads(int(os.environ.get("OUROBOROS_TEST_THREADS", "2")))
 
@@ -79,6 +79,6 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def builtin_pair():
-    from launch.models import load_pair
+    from models.loading import load_pair
 
     return load_pair("smollm2-135m", "layers:0,1")

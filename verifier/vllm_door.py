@@ -39,7 +39,7 @@ from verifier.speculation import SpeculationDecision
 log = logging.getLogger("ouroboros.vllm")
 
 ENDPOINT_ENV = "OUROBOROS_DRAFTER_ENDPOINT"  # where the link binds; the drafter connects there
-FINGERPRINT_ENV = "OUROBOROS_TOKENIZER_FINGERPRINT"  # launch.models.tokenizer_fingerprint of the target
+FINGERPRINT_ENV = "OUROBOROS_TOKENIZER_FINGERPRINT"  # models.loading.tokenizer_fingerprint of the target
 TIMEOUT_ENV = "OUROBOROS_DRAFT_TIMEOUT"  # seconds a step may wait for drafts (--draft-timeout)
 DEFAULT_TIMEOUT_S = 0.5
 MATCH_KEY = 16  # leading tokens that key the sessions (a row is then checked in full)

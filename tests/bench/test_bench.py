@@ -33,14 +33,14 @@ def test_small_bench_run_writes_json_and_plot(tiny_dirs, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def add(a, b):"}\n{"prompt": "Once upon a time"}\n')
     out, png = tmp_path / "out.json", tmp_path / "out.png"
-    cmd = [sys.executable, "-m", "launch.cli", "bench", "--prompts", str(prompts), "--max-new-tokens", "16",
+    cmd = [sys.executable, "-m", "ouroboros.cli", "bench", "--prompts", str(prompts), "--max-new-tokens", "16",
            "--target", tiny_dirs["target"], "--draft", "layers:0", "--json", str(out), "--plot", str(png),
            "--contenders", "target,hf-prompt-lookup,sequential,pipeline"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report) == {"device", "threads", "prompts", "max_new_tokens", "results"}
-    assert report["prompts"] == 2
+    assert set(report) == {"device", "threads", "prompts", "max_new_tokens", "reference", "results"}
+    assert report["prompts"] == 2 and report["reference"] == "target"
     names = [r["name"] for r in report["results"]]
     assert names == ["target", "hf-prompt-lookup", "sequential", "pipeline"]
     for r in report["results"]:
@@ -49,3 +49,20 @@ def test_small_bench_run_writes_json_and_plot(tiny_dirs, tmp_path):
     assert report["results"][0]["mean_accepted"] is None
     assert report["results"][3]["mean_accepted"] > 1  # the perfect draft is used
     assert png.stat().st_size > 1000
+
+
+def test_reference_names_the_contender_every_ratio_and_identity_is_against(tiny_dirs, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def add(a, b):"}\n')
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "ouroboros.cli", "bench", "--prompts", str(prompts), "--max-new-tokens", "12",
+           "--target", tiny_dirs["target"], "--draft", "layers:0", "--json", str(out),
+           "--reference", "target-engine", "--contenders", "sequential"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["reference"] == "target-engine"
+    assert [r["name"] for r in report["results"]] == ["target-engine", "sequential"]
+    assert report["results"][0]["speedup"] == 1.0 and all(r["identical"] for r in report["results"])
+    bad = subprocess.run(cmd[:-4] + ["--reference", "nope"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--reference: unknown 'nope'" in bad.stderr

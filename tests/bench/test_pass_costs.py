@@ -1,7 +1,7 @@
 """`ouroboros bench --pass-costs` on a tiny pair: every shape, both models, both ways, as JSON."""
 import json
 
-from launch.cli import main
+from ouroboros.cli import main
 from tests.families import make_tokenizer, save_pair
 
 

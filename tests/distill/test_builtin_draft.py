@@ -7,8 +7,8 @@ import torch
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from distill.draft_model import teacher_forced_agreement
-from launch.models import BUILTIN_DRAFT, load_draft
+from distill.evaluate import teacher_forced_agreement
+from models.loading import BUILTIN_DRAFT, load_draft
 from launch.sequential import generate
 from bench.prompts import humaneval_prompts
 from tests.conftest import reference_greedy

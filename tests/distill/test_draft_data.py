@@ -6,7 +6,7 @@ import argparse
 import pytest
 
 from distill.onpolicy import add_draft_data_parser, continue_batch, run_draft_data
-from launch.models import load_model, load_tokenizer
+from models.loading import load_model, load_tokenizer
 from tests.conftest import reference_greedy
 
 

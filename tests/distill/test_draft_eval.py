@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from launch.cli import main
+from ouroboros.cli import main
 from distill.evaluate import run_lengths, summarize
 from tests.families import make_tokenizer, save_pair
 

@@ -7,7 +7,8 @@ from safetensors import safe_open
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from distill.draft_model import build_student, load_draft_dir, save_draft, teacher_forced_agreement
+from distill.evaluate import teacher_forced_agreement
+from models.draft import build_student, load_draft_dir, save_draft
 from distill import data as train_data
 from distill.data import ChunkStream, Cursor, extra_sources, site_package_sources
 from distill.train import add_train_draft_parser, run_train_draft

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch.cli import build_parser
+from ouroboros.cli import build_parser
 from launch.serve import LocalPipeline
 
 

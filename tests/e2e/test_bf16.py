@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kvcache import cpu_gemm
-from launch.models import for_engine, load_model
+from models.loading import for_engine, load_model
 from launch.sequential import engine_alone
 from launch.serve import LocalPipeline
 from tests.e2e.conftest import generate_concurrently, serve_args

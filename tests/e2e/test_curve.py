@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from launch.cli import main
-from launch.models import load_model, load_tokenizer
+from ouroboros.cli import main
+from models.loading import load_model, load_tokenizer
 from launch.serve import LocalPipeline
 from protocol import Client, ServerTimeout
 from protocol.curve import CurveKeyError, secure_client

@@ -3,7 +3,7 @@ a padded vocabulary) streams exactly what the target alone decodes, greedy and s
 with several requests at once so passes are batched."""
 import pytest
 
-from launch.models import load_model
+from models.loading import load_model
 from launch.reference import target_alone
 from launch.serve import LocalPipeline
 from protocol.client import Client

@@ -30,7 +30,7 @@ def pair_dirs(tmp_path_factory):
 
 def ouroboros(*argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "launch.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ouroboros.cli", *argv], capture_output=True, text=True,
                           timeout=GUARD_S, env=env)
 
 
@@ -97,7 +97,7 @@ def test_a_process_waiting_for_its_peer_ends_on_sigterm(pair_dirs, tmp_path, rol
     peer = f"ipc://{tmp_path}/peer.sock"
     argv = (["verifier", "--bind", "tcp://127.0.0.1:0", "--drafter-bind", peer] if role == "verifier"
             else ["drafter", "--connect", peer])
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *argv, "--target", pair_dirs["target"],
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros.cli", *argv, "--target", pair_dirs["target"],
                              "--draft", pair_dirs["draft"]], stderr=subprocess.PIPE, text=True)
     try:
         wait_for_line(proc, "waiting up to" if role == "verifier" else "saying Hello")

@@ -6,8 +6,8 @@ import threading
 import pytest
 import zmq
 
-from launch.cli import build_parser
-from launch.models import load_model, load_tokenizer
+from ouroboros.cli import build_parser
+from models.loading import load_model, load_tokenizer
 from launch.serve import LocalPipeline
 from protocol.client import Client
 from bench.prompts import humaneval_prompts

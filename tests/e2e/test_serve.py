@@ -12,7 +12,7 @@ from protocol import Client, ServerTimeout
 
 
 def start_serve(target: str) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "launch.cli", "serve", "--target", target, "--draft", "layers:0",
+    cmd = [sys.executable, "-m", "ouroboros.cli", "serve", "--target", target, "--draft", "layers:0",
            "--port", "0", "--ready-timeout", "120"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()

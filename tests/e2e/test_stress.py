@@ -9,7 +9,7 @@ def test_stress_with_drafter_killed_loses_nothing(tiny_dirs, tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
                                ["def add(a, b):", "Once upon a time", "import os\n", "class Stack:"]))
     out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "launch.cli", "stress", "--spawn", "--target", tiny_dirs["target"],
+    cmd = [sys.executable, "-m", "ouroboros.cli", "stress", "--spawn", "--target", tiny_dirs["target"],
            "--draft", "layers:0", "--clients", "4", "--requests", "96", "--max-new-tokens", "96",
            "--prompts", str(prompts), "--kill-drafter-after", "1.5", "--draft-timeout", "0.5", "--json", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -41,7 +41,7 @@ def _status(url: str) -> int:
 
 
 def start_http_serve(target: str, *flags: str, timeout_s: float = 180) -> Served:
-    cmd = [sys.executable, "-m", "launch.cli", "serve", "--target", target, "--port", "0", "--http", "0",
+    cmd = [sys.executable, "-m", "ouroboros.cli", "serve", "--target", target, "--port", "0", "--http", "0",
            "--ready-timeout", "120", "--draft-timeout", "0.5", *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout_s

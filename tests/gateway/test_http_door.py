@@ -15,7 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from launch.models import load_model, load_tokenizer
+from models.loading import load_model, load_tokenizer
 from launch.reference import target_alone
 from protocol import Client
 from tests.gateway.serving import start_http_serve, stop
@@ -202,7 +202,7 @@ def test_sixteen_concurrent_streams_are_complete_in_order_and_lossless(door, tar
 
 
 def test_a_public_http_host_needs_an_api_key(tiny_dirs):
-    cmd = [sys.executable, "-m", "launch.cli", "serve", "--target", tiny_dirs["target"], "--draft", "layers:0",
+    cmd = [sys.executable, "-m", "ouroboros.cli", "serve", "--target", tiny_dirs["target"], "--draft", "layers:0",
            "--http", "0", "--http-host", "0.0.0.0"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -13,7 +13,7 @@ from kvcache import cpu_gemm
 from kvcache.attention import forward_one
 from kvcache.cpu_attention import EXACT_NAME, exact_attention
 from kvcache.packed import PackedLinear
-from launch.models import for_engine
+from models.loading import for_engine
 from launch.sequential import engine_alone, generate
 from tests.families import FAMILIES, verify_ragged_rounds, family_pair, make_tokenizer
 from verifier.engine import TargetEngine

@@ -80,7 +80,7 @@ def test_engine_models_attend_without_copying_keys_and_values(family, monkeypatc
 
     from kvcache.attention import attention_kinds, new_cache, prefill
     from kvcache.batch import batched_forward
-    from launch.models import for_engine
+    from models.loading import for_engine
     from tests.kvcache.test_slots import PROMPTS, pool_for, rows_for
 
     tokenizer = make_tokenizer()

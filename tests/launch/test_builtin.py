@@ -31,7 +31,7 @@ def test_builtin_target_context_limit(builtin_pair):
 
 
 def test_cli_generate_in_process_prints_completion_and_metrics():
-    cmd = [sys.executable, "-m", "launch.cli", "generate", "--in-process", "--max-new-tokens", "12", "def add(a, b):"]
+    cmd = [sys.executable, "-m", "ouroboros.cli", "generate", "--in-process", "--max-new-tokens", "12", "def add(a, b):"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("def add(a, b):")
@@ -40,7 +40,7 @@ def test_cli_generate_in_process_prints_completion_and_metrics():
 
 
 def test_cli_reports_bad_flags_clearly():
-    cmd = [sys.executable, "-m", "launch.cli", "generate", "--in-process", "--gamma", "0", "x"]
+    cmd = [sys.executable, "-m", "ouroboros.cli", "generate", "--in-process", "--gamma", "0", "x"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "--gamma must be >= 1" in done.stderr

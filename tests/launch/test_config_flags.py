@@ -6,7 +6,7 @@ import pytest
 
 from drafter.config import DrafterConfig
 from launch import config as cfg
-from launch.cli import build_parser
+from ouroboros.cli import build_parser
 from verifier.config import VerifierConfig
 
 

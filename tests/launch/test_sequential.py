@@ -3,7 +3,7 @@ import pytest
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from launch.models import layers_draft
+from models.loading import layers_draft
 from launch.sequential import generate
 from tests.conftest import reference_greedy, tiny_model
 from verifier.engine import TargetEngine

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from launch.models import load_model, load_tokenizer, tokenizer_fingerprint
+from models.loading import load_model, load_tokenizer, tokenizer_fingerprint
 from tests.conftest import reference_greedy
 from verifier.vllm_door import DrafterDoor
 
@@ -23,7 +23,7 @@ def target(tiny_dirs):
 
 
 def start_drafter(endpoint: str, target_dir: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "launch.cli", "drafter", "--connect", endpoint, "--target", target_dir,
+    return subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "drafter", "--connect", endpoint, "--target", target_dir,
                              "--draft", "layers:0", "--gamma", "6"], stderr=subprocess.DEVNULL)
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from bench.prompts import humaneval_prompts
-from launch.models import resolve_path
+from models.loading import resolve_path
 from launch.vllm_serve import DEFAULT_VLLM_PYTHON, cpu_env
 
 PYTHON = os.environ.get("OUROBOROS_VLLM_PYTHON") or str(DEFAULT_VLLM_PYTHON)
@@ -65,7 +65,7 @@ def wait_healthy(port: int, process: subprocess.Popen) -> None:
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT if process.args[:3] == [sys.executable, "-m", "launch.cli"] else signal.SIGTERM)
+    process.send_signal(signal.SIGINT if process.args[:3] == [sys.executable, "-m", "ouroboros.cli"] else signal.SIGTERM)
     try:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -92,7 +92,7 @@ def reference() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def door(reference):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "launch.cli", "serve", "--verifier", "vllm", "--http", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "serve", "--verifier", "vllm", "--http", str(port),
                                 "--max-len", "2048", "--ready-timeout", str(START_S)], stderr=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL)
     try:

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 BUILTIN_TARGET = "smollm2-135m"
-BUILTIN_DRAFT = "smollm2-135m-draft"  # distilled by `ouroboros train-draft`, shipped in launch/builtin/
+BUILTIN_DRAFT = "smollm2-135m-draft"  # distilled by `ouroboros train-draft`, shipped in models/builtin/
 BUILTIN_DRAFT_DIR = Path(__file__).parent / "builtin" / BUILTIN_DRAFT
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -174,7 +174,7 @@ def load_draft(
     if callable(target) and not isinstance(target, torch.nn.Module) and _needs_target(spec):
         target = target()
     if spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists():
-        from distill.draft_model import load_draft_dir
+        from models.draft import load_draft_dir
 
         path = BUILTIN_DRAFT_DIR if spec == BUILTIN_DRAFT else Path(spec)
         if not (path / "draft.json").exists():

@@ -1,4 +1,4 @@
-"""`python -m launch.flag_doc > docs/flags.md`: every command's flags, from the parser itself (the
+"""`python -m ouroboros.flag_doc > docs/flags.md`: every command's flags, from the parser itself (the
 knobs' own help and defaults), so the reference cannot drift from the code; a test compares."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from launch.cli import build_parser
 
 HEADER = """# Every flag
 
-Generated from the command-line parser by `python -m launch.flag_doc > docs/flags.md`
-(`tests/launch/test_docs.py` fails when this file and the parser disagree). The algorithm's and
+Generated from the command-line parser by `python -m ouroboros.flag_doc > docs/flags.md`
+(`tests/ouroboros/test_docs.py` fails when this file and the parser disagree). The algorithm's and
 the verifier's knobs are declared once, in `drafter/config.py` and `verifier/config.py`.
 """
 

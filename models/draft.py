@@ -153,19 +153,3 @@ def atomic_write(final: Path, write: Callable[[str], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def teacher_forced_agreement(draft: nn.Module, items: list[tuple[list[int], list[int]]]) -> float:
-    """Fraction of continuation tokens the draft's argmax predicts, given the true prefix
-    (distill.evaluate, the code `eval-draft` reports from)."""
-    from distill.evaluate import match_vectors, summarize
-
-    return summarize(match_vectors(draft, items))["agreement"]
-
-
-def expected_tokens_per_round(agreement: float, gamma: int) -> float:
-    """E = (1 - a^(g+1)) / (1 - a): tokens per round when each of g drafted tokens is accepted
-    independently with probability a (plus the target's own token)."""
-    if agreement >= 1.0:
-        return gamma + 1.0
-    return (1.0 - agreement ** (gamma + 1)) / (1.0 - agreement)

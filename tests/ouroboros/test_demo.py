@@ -1,6 +1,6 @@
 """`ouroboros demo` (what `make demo` runs): a table of every prompt, a total line and a chart."""
-from launch.cli import build_parser
-from launch.demo import run_demo
+from ouroboros.cli import build_parser
+from ouroboros.demo import run_demo
 
 
 def test_the_demo_prints_each_prompt_the_total_and_writes_its_chart(tmp_path, capsys):

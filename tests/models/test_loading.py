@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from launch.models import cache_root, layers_draft, load_pair
+from models.loading import cache_root, layers_draft, load_pair
 from tests.families import PADDING_ROWS, family_pair, make_tokenizer
 from tests.conftest import tiny_model
 
@@ -41,7 +41,7 @@ def test_layers_draft_copies_the_chosen_layers():
 def test_models_are_placed_with_a_dtype(tmp_path):
     target = tiny_model("llama")
     target.save_pretrained(tmp_path / "t")
-    from launch.models import load_model
+    from models.loading import load_model
 
     model = load_model(str(tmp_path / "t"), "cpu", "bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -50,7 +50,7 @@ def test_models_are_placed_with_a_dtype(tmp_path):
 
 
 def test_each_role_gets_its_own_thread_count():
-    from launch.cli import build_parser
+    from ouroboros.cli import build_parser
     from launch.serve import _threads
 
     args = build_parser().parse_args(["serve", "--verifier-threads", "2", "--threads-per-process", "3"])

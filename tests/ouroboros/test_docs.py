@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from launch.flag_doc import flag_doc
+from ouroboros.flag_doc import flag_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 # how the work was done, not what the product is: none of it belongs in a tracked file
@@ -18,7 +18,7 @@ DIARY = re.compile(
 
 def test_the_flag_reference_is_the_parsers():
     written = (ROOT / "docs" / "flags.md").read_text()
-    assert written == flag_doc(), "docs/flags.md is stale: python -m launch.flag_doc > docs/flags.md"
+    assert written == flag_doc(), "docs/flags.md is stale: python -m ouroboros.flag_doc > docs/flags.md"
 
 
 def test_every_readme_flag_exists():
@@ -37,7 +37,7 @@ def test_no_tracked_file_is_a_diary():
         path = ROOT / name
         if path.suffix not in {".py", ".md", ".sh", ".toml", ".txt", ".cfg", ""} or not path.is_file():
             continue
-        if name == "tests/launch/test_docs.py":
+        if name == "tests/ouroboros/test_docs.py":
             continue  # the pattern itself
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
             if DIARY.search(line):

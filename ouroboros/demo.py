@@ -25,7 +25,7 @@ def demo_prompts(tokenizer) -> list[tuple[str, str]]:
 
 
 def load_target(args: argparse.Namespace):
-    from launch.models import load_model, load_tokenizer
+    from models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.target)
     return tokenizer, load_model(args.target, args.target_device, args.dtype)
