@@ -15,7 +15,7 @@ from kvcache.batch import BatchRow, batched_forward
 from kvcache.graphs import GraphedPasses
 from kvcache.ops import keep_cache_entries
 from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match
-from protocol.prompt_lookup import lookup_continuation
+from protocol.prompt_lookup import NgramIndex
 from drafter.pool import PhrasePool
 
 
@@ -46,6 +46,7 @@ class DraftSession:
     num_passes: int = 0
     num_phrase_hits: int = 0
     num_phrase_tokens: int = 0
+    lookup: NgramIndex | None = None  # prompt lookup over the committed text (protocol.prompt_lookup)
 
     @property
     def cache_length(self) -> int:
@@ -107,7 +108,8 @@ class DraftEngine:
         level0 = [rng.choice(tokens) for _ in range(self.config.window)]
         window = [level0] if self.config.window and self.config.ngram > 2 else []
         cache = new_cache(self.slots)
-        session = DraftSession(tokens, len(tokens), cache, window, self.config.gamma, judged=len(tokens))
+        session = DraftSession(tokens, len(tokens), cache, window, self.config.gamma, judged=len(tokens),
+                               lookup=NgramIndex(self.config.lookup_ngram, self.config.lookup_min_ngram))
         self.ask(session, self.config.gamma if draft_length is None else draft_length)
         return session
 
@@ -143,7 +145,7 @@ class DraftEngine:
         trunk = session.tokens[base : base + cap]
         key = trunk[-1] if trunk else session.tokens[base - 1]
         room = c.lookup_tokens if budget is None else min(c.lookup_tokens, budget - len(trunk))
-        lookup = lookup_continuation(session.tokens[: base + len(trunk)], c.lookup_ngram, c.lookup_min_ngram, room)
+        lookup = session.lookup.lookup(session.tokens[: base + len(trunk)], min(session.num_committed, base), room)
         branches = [lookup] if lookup else []
         for phrase in self.pool.most_recent(key, c.branches):
             if list(phrase) != lookup[: len(phrase)]:  # no branch that the lookup one already covers

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from protocol.messages import Draft
 from protocol.rules import draft_budget, is_usable_at
+from verifier.detokenize import IncrementalText
 from verifier.engine import TargetSession, VerifyResult
 from verifier.pass_cost import cut_draft
 from verifier.sampling import SamplingParams
-from verifier.stopping import cut_at_stop_string
 
 MAX_PENDING_DRAFTS = 4
 
@@ -88,7 +88,9 @@ class ServerRequest:
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> draft
     early_bases: set[int] = field(default_factory=set)  # drafts that arrived before their base
     new_tokens: list[int] = field(default_factory=list)
-    text_sent: str = ""
+    text: IncrementalText | None = None  # the new tokens' client text (set at admission)
+    chars_sent: int = 0
+    chars_checked: int = 0  # text searched for stop strings
     text_limit: int | None = None  # the text is cut here (a stop string begins)
     unsent: list[int] = field(default_factory=list)  # tokens kept back until streamed
     stats: RequestStats = field(default_factory=RequestStats)
@@ -114,25 +116,27 @@ class ServerRequest:
         limit = min(max_draft_tokens, self.session.room)
         return plan if plan.num_draft_tokens <= limit else plan.cut(limit)
 
-    def cut_at_stop(self, decode: Callable[[list[int]], str]) -> bool:
-        """Stop strings (see verifier.stopping.cut_at_stop_string); True if one ended it."""
-        cut = cut_at_stop_string(decode, self.new_tokens, self.stop_strings, len(self.text_sent))
+    def commit_text(self, tokens: list[int], is_final: bool) -> bool:
+        """The new tokens' text (verifier.detokenize, work proportional to them), cut at the first
+        stop string; True if one ended the request."""
+        self.text.extend(tokens, is_final)
+        cut = self.text.stop_cut(self.stop_strings, self.chars_checked) if self.stop_strings else None
+        self.chars_checked = len(self.text.text)
         if cut is not None:
             self.new_tokens, self.text_limit = self.new_tokens[: cut[0]], cut[1]
         return cut is not None
 
-    def take_chunk(self, tokens: list[int], decode: Callable[[list[int]], str], is_final: bool
-                   ) -> tuple[list[int], str] | None:
-        """The tokens to send now with their text delta, or None to wait: a delta that ends
-        inside a multi-byte character waits for the next tokens, and a request that does not
+    def take_chunk(self, tokens: list[int], is_final: bool) -> tuple[list[int], str] | None:
+        """The tokens to send now with their text delta, or None to wait: tokens whose text ends
+        inside a multi-byte character wait for the next ones, and a request that does not
         stream sends once, at the end."""
         self.unsent.extend(tokens)
         if not self.unsent or (not self.is_stream and not is_final):
             return None
-        text = decode(self.new_tokens)[: self.text_limit]
-        if text.endswith("\ufffd") and not is_final:
+        if self.text.settled < len(self.new_tokens) and not is_final:
             return None
-        delta, self.text_sent = text[len(self.text_sent) :], text
+        end = len(self.text.text) if self.text_limit is None else min(self.text_limit, len(self.text.text))
+        delta, self.chars_sent = self.text.text[self.chars_sent : end], max(end, self.chars_sent)
         chunk, self.unsent = self.unsent, []
         return chunk, delta
 

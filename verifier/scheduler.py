@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
-from protocol.prompt_lookup import lookup_continuation
+from protocol.prompt_lookup import NgramIndex, lookup_continuation
 from verifier.config import VerifierConfig
 from verifier.requests import RoundPlan, ServerRequest
 from verifier.speculation import SpeculationDecision
@@ -19,6 +20,7 @@ class Scheduler:
         self.requests: dict[str, ServerRequest] = {}
         self.order: list[str] = []  # round-robin: the requests served last go to the back
         self.speculation = SpeculationDecision(skips_padding)  # each round's draft lengths
+        self.lookup_indexes: dict[str, NgramIndex] = {}  # each request's committed text, for own_lookup
 
     @property
     def is_drafter_idle(self) -> bool:
@@ -41,12 +43,16 @@ class Scheduler:
     def remove(self, request_id: str) -> None:
         self.speculation.close(request_id)
         self.requests.pop(request_id, None)
+        self.lookup_indexes.pop(request_id, None)
         if request_id in self.order:
             self.order.remove(request_id)
 
-    def own_lookup(self, tokens: list[int]) -> list[int]:
-        """The verifier's own prompt-lookup branch for a round without a draft."""
+    def own_lookup(self, tokens: list[int], index: NgramIndex | None = None) -> list[int]:
+        """The verifier's own prompt-lookup branch for a round without a draft; with a
+        request's `index` (its committed text so far) the work is that of the new tokens."""
         c = self.config
+        if index is not None:
+            return index.lookup(tokens, len(tokens), c.own_lookup_tokens)
         return lookup_continuation(tokens, c.lookup_ngram, c.lookup_min_ngram, c.own_lookup_tokens)
 
     def pick_ready(self, is_drafter_absent: bool) -> list[ServerRequest]:
@@ -86,4 +92,10 @@ class Scheduler:
         for request in batch:
             self.order.remove(request.request_id)
             self.order.append(request.request_id)
-        return [request.plan_round(self.own_lookup, self.config.max_draft_tokens) for request in batch]
+        return [request.plan_round(partial(self.own_lookup, index=self._lookup_index(request.request_id)),
+                                   self.config.max_draft_tokens) for request in batch]
+
+    def _lookup_index(self, request_id: str) -> NgramIndex:
+        if request_id not in self.lookup_indexes:
+            self.lookup_indexes[request_id] = NgramIndex(self.config.lookup_ngram, self.config.lookup_min_ngram)
+        return self.lookup_indexes[request_id]

@@ -19,6 +19,7 @@ from protocol.messages import (
 from protocol.validation import validate_generate
 from verifier.client_link import ClientLink
 from verifier.config import VerifierConfig
+from verifier.detokenize import IncrementalText
 from verifier.drafter_link import DrafterLink, is_within_vocab
 from verifier.engine import TargetEngine
 from verifier.requests import ServerRequest
@@ -206,7 +207,8 @@ class VerifierServer:
         seed = msg.seed if msg.seed is not None else secrets.randbits(31)
         sampling = None if msg.temperature == 0 else SamplingParams(msg.temperature, msg.top_k, msg.top_p, seed)
         request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream,
-                                sampling=sampling, stop_strings=tuple(msg.stop))
+                                sampling=sampling, stop_strings=tuple(msg.stop),
+                                text=IncrementalText(self.decode_text))
         self.scheduler.add(request)  # the drafter hears of it in open_admitted
 
     def handle_disconnect(self, identity: bytes) -> None:
@@ -282,7 +284,7 @@ class VerifierServer:
         previous = len(request.new_tokens)
         request.new_tokens = kept
         self.stats.generation_tokens += len(kept) - previous
-        if request.stop_strings and request.cut_at_stop(self.decode_text):
+        if request.commit_text(kept[previous:], is_final=reason is not None):
             reason = FinishReason.STOP
         self.stream(request, request.new_tokens[previous:], is_final=reason is not None)
         if request.request_id not in self.requests:
@@ -304,7 +306,7 @@ class VerifierServer:
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
         """Send committed tokens with their text delta (see ServerRequest.take_chunk)."""
-        chunk = request.take_chunk(tokens, self.decode_text, is_final)
+        chunk = request.take_chunk(tokens, is_final)
         if chunk is None or self.reply(request.client, Tokens(request_id=request.request_id, token_ids=chunk[0],
                                                                text=chunk[1])):
             return

@@ -1,7 +1,7 @@
 """When a request ends: stop tokens and the new-token budget."""
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 
 def finish(tokens: list[int], max_new_tokens: int, stop_token_ids: Collection[int]) -> tuple[list[int], str | None]:
@@ -25,19 +25,3 @@ def find_stop_string(text: str, stops: Collection[str], start: int = 0) -> int |
         if index >= 0 and (best is None or index < best):
             best = index
     return best
-
-
-def cut_at_stop_string(decode: Callable[[list[int]], str], tokens: list[int], stops: Collection[str],
-                       checked_chars: int) -> tuple[int, int] | None:
-    """Where a stop string ends the output: (tokens kept, text length kept), or None.
-
-    The text ends just before the first stop string (excluded); the tokens end with the token
-    that completed it (included, so usage counts what was computed). `checked_chars` of the
-    text were searched before."""
-    index = find_stop_string(decode(tokens), stops, checked_chars)
-    if index is None:
-        return None
-    count = len(tokens)
-    while count > 1 and find_stop_string(decode(tokens[: count - 1]), stops) is not None:
-        count -= 1
-    return count, index
