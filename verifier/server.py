@@ -1,37 +1,30 @@
-"""The verifier process loop: the front door for clients and the link to the drafter.
+"""The verifier process loop, in four steps a pass (schedule, run, postprocess, send) after taking
+what the sockets hold (verifier.receiving): the front door for clients and the link to the drafter.
 Owns sockets, never a tensor: the engine takes and returns token lists."""
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections import deque
 
 import zmq
 
-from protocol.codec import decode
 from protocol.curve import secure_server, start_authenticator
-from protocol.errors import ProtocolError
-from protocol.messages import (
-    Agreement, Cancel, Close, Done, Draft, Error, ErrorCode, FinishReason, Generate, Hello, HelloAck, Open, Resync, Status,
-    StatusQuery, Tokens, Verdict,
-)
-from protocol.validation import validate_generate
+from protocol.messages import Close, Done, Error, ErrorCode, FinishReason, Generate, Open, Status, Tokens, Verdict
 from verifier.client_link import ClientLink
 from verifier.config import VerifierConfig
-from verifier.detokenize import IncrementalText
-from verifier.drafter_link import DrafterLink, is_within_vocab
+from verifier.drafter_link import DrafterLink
 from verifier.engine import TargetEngine
+from verifier.receiving import Receiving
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.sampling import SamplingParams
 from verifier.stats import ServerStats
 from verifier.stopping import finish
 
 log = logging.getLogger("ouroboros.verifier")
 
 
-class VerifierServer:
+class VerifierServer(Receiving):
     def __init__(self, engine: TargetEngine, tokenizer, config: VerifierConfig, client_endpoint: str,
                  drafter_endpoint: str, curve_keys: str | None = None, tokenizer_fingerprint: str = "",
                  threads: int | None = None, solo_threads: int | None = None, takes_turns: bool = False) -> None:
@@ -78,158 +71,30 @@ class VerifierServer:
         return self.link.identity is not None
 
     def serve_loop(self) -> None:
+        """Receive, schedule, run, postprocess, send: one iteration per pass."""
+        wait_ms = 20
         while self.is_running:
-            ready = self.scheduler.pick_ready(self.link.is_absent)
-            is_gathering = self.scheduler.is_gathering(ready, self.link.is_absent)
-            events = dict(self.poller.poll(1 if is_gathering else 0 if ready else 20))
-            if self.clients in events:
-                self.drain_clients()
-                self.open_admitted()
-            if self.link.socket in events:
-                self.drain_drafter()
-            self.link.check_silence(r.waiting_since for r in self.requests.values())
-            batch = self.scheduler.pick_ready(self.link.is_absent)
-            if batch and not self.scheduler.is_gathering(batch, self.link.is_absent):
-                self.run_rounds(batch)
-
-    # ---- receiving ----
-    def drain_clients(self, limit: int = 256) -> None:
-        for _ in range(limit):
-            try:
-                identity, frame = self.client_link.receive()
-            except zmq.Again:
-                return
-            except ValueError:
-                continue  # not an identity + one frame: drop it
-            try:
-                msg = decode(frame)
-            except ProtocolError as exc:
-                self.reply(identity, Error(request_id="", code=ErrorCode.PROTOCOL, message=str(exc)))
-                continue
-            if isinstance(msg, Generate):
-                self.handle_generate(identity, msg)
-            elif isinstance(msg, Cancel):
-                self.handle_cancel(identity, msg)
-            elif isinstance(msg, StatusQuery):
-                self.reply(identity, self.status(msg.request_id))
-            else:
-                self.reply(identity, Error(request_id=getattr(msg, "request_id", ""), code=ErrorCode.PROTOCOL,
-                                           message=f"a client may not send {type(msg).__name__}"))
-
-    def drain_drafter(self, limit: int = 256) -> None:
-        for _ in range(limit):
-            try:
-                identity, frame = self.link.receive()
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                msg = decode(frame)
-            except ProtocolError as exc:
-                log.warning("dropped a malformed message on the drafter link: %s", exc)
-                if "protocol version" in str(exc):  # an old or new peer: say so, in our version
-                    self.link.send(Error(request_id="", code=ErrorCode.REFUSED, message=str(exc)), identity)
-                continue
-            if isinstance(msg, Hello):
-                self.handle_hello(identity, msg)
-            elif isinstance(msg, Resync) and identity == self.link.identity:
-                self.handle_resync(msg)
-            elif isinstance(msg, Agreement) and identity == self.link.identity:
-                self.speculation.observe_agreement(msg.request_id, msg.start, msg.agreed)
-            elif isinstance(msg, Draft) and identity == self.link.identity:
-                self.link.heard()
-                request = self.requests.get(msg.request_id)
-                if request is not None and is_within_vocab(msg, self.engine.vocab_size):
-                    request.offer(msg)
-            else:
-                log.warning("ignored %s from %s on the drafter link", type(msg).__name__, identity.hex())
-
-    # ---- handlers ----
-    def handle_hello(self, identity: bytes, msg: Hello) -> None:
-        """Tokenizers are compared, not vocabulary sizes: padding rows may differ (docs/architecture.md, "Models")."""
-        if msg.tokenizer_fingerprint != self.tokenizer_fingerprint:
-            reason = ("the draft's tokenizer differs from the target's (vocabulary or merges): "
-                      "pick a draft that shares the target's tokenizer")
-            log.error("refused drafter %s: %s", msg.drafter_id, reason)
-            self.link.send(Error(request_id="", code=ErrorCode.REFUSED, message=reason), identity)
-            return
-        is_new = self.link.accept(identity)
-        self.link.send(HelloAck(vocab_size=self.engine.vocab_size))
-        if is_new:  # (re-)sync: the verifier's committed tokens are the truth
-            self.stats.num_drafter_handshakes += 1
-            self.speculation.reset_drafter(max(msg.max_draft_length, 0))
-            log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
-            for request in self.requests.values():
-                request.drafts.clear()
-                self.open_on_drafter(request)
-
-    def handle_resync(self, msg: Resync) -> None:
-        """The drafter lost step with a request: re-open it there from the committed tokens."""
-        request = self.requests.get(msg.request_id)
-        if request is not None:
-            log.info("drafter asked to re-sync %s at %d tokens", msg.request_id, request.committed_length)
-            request.drafts.clear()
-            self.open_on_drafter(request)
-
-    def handle_generate(self, identity: bytes, msg: Generate) -> None:
-        """Admission: refuse bad input, then run it, queue it (bounded), or answer "busy" at once."""
-        try:
-            if msg.request_id in self.requests or any(q.request_id == msg.request_id for _, q in self.queue):
-                raise ProtocolError(f"request_id {msg.request_id!r} is already running")
-            validate_generate(msg, self.engine.vocab_size, self.engine.max_context)
-        except (ProtocolError, ValueError) as exc:
-            self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
-            return
-        if len(self.requests) < self.config.max_sessions:
-            self.admit(identity, msg)
-        elif len(self.queue) < self.config.max_queue:
-            self.queue.append((identity, msg))
-        else:
-            self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.OVERLOADED,
-                                       message=f"busy: {len(self.requests)} requests running and {len(self.queue)} "
-                                               "queued (--max-sessions, --max-queue)"))
-
-    def admit(self, identity: bytes, msg: Generate) -> None:
-        try:  # a text prompt's length is known only once tokenized: the engine checks it
-            prompt_ids = list(msg.prompt_ids) or self.tokenizer(msg.prompt, add_special_tokens=False)["input_ids"]
-            started = time.monotonic()
-            is_solo = self.pick_threads()
-            session = self.engine.open(prompt_ids, msg.max_new_tokens)
-            log.debug("prefill of %d tokens (%s): %.0f ms", len(prompt_ids), "solo threads" if is_solo else "threads",
-                      1000 * (time.monotonic() - started))
-            if self.last_round_end is not None:  # between passes: not a wait for drafts (observe_wait)
-                self.prefill_s += time.monotonic() - started
-        except (ProtocolError, ValueError) as exc:
-            self.reply(identity, Error(request_id=msg.request_id, code=ErrorCode.INVALID_REQUEST, message=str(exc)))
-            return
-        stops = set(msg.stop_token_ids) | set(self.config.stop_token_ids)
-        seed = msg.seed if msg.seed is not None else secrets.randbits(31)
-        sampling = None if msg.temperature == 0 else SamplingParams(msg.temperature, msg.top_k, msg.top_p, seed)
-        request = ServerRequest(msg.request_id, identity, session, msg.max_new_tokens, frozenset(stops), msg.stream,
-                                sampling=sampling, stop_strings=tuple(msg.stop),
-                                text=IncrementalText(self.decode_text))
-        self.scheduler.add(request)  # the drafter hears of it in open_admitted
-
-    def handle_disconnect(self, identity: bytes) -> None:
-        """A client went away (its stream became unroutable): free its sessions and caches."""
-        self.queue = deque(item for item in self.queue if item[0] != identity)
-        for request in [r for r in self.requests.values() if r.client == identity]:
-            log.info("client of %s disconnected: request dropped", request.request_id)
-            self.end(request, None)
-
-    def handle_cancel(self, identity: bytes, msg: Cancel) -> None:
-        self.queue = deque(item for item in self.queue if item[1].request_id != msg.request_id)
-        request = self.requests.get(msg.request_id)
-        if request is not None and request.client == identity:
-            self.end(request, Done(request_id=msg.request_id, finish_reason=FinishReason.CANCELLED,
-                                   prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
-                                   metrics=self.metrics_of(request)))
+            self.receive(wait_ms)
+            batch, wait_ms = self.schedule()
+            if batch:
+                rounds = self.run(batch)
+                if rounds:
+                    self.send(self.postprocess(rounds))
 
     # ---- rounds ----
-    def run_rounds(self, requests: list[ServerRequest]) -> None:
-        """One round for each request, all verified in one batched target pass; then each one's
-        next draft length (verifier.speculation) goes out with its verdict."""
+    def schedule(self) -> tuple[list[ServerRequest], int]:
+        """The requests to verify now (none while a part batch gathers), and how long the next
+        receive may wait: not at all with work ready, briefly while gathering."""
+        ready = self.scheduler.pick_ready(self.link.is_absent)
+        if not ready:
+            return [], 20
+        if self.scheduler.is_gathering(ready, self.link.is_absent):
+            return [], 1
+        return ready, 0
+
+    def run(self, requests: list[ServerRequest]) -> list[tuple] | None:
+        """One round for each request, all verified in one batched target pass: (request, plan,
+        result) each, or None when the pass failed (those requests end with the error)."""
         is_solo_pass = self.pick_threads()
         plans = self.scheduler.plan(requests)
         self.observe_wait(requests)
@@ -241,21 +106,59 @@ class VerifierServer:
             log.exception("verification failed for %s", [r.request_id for r in requests])
             for request in requests:
                 self.end(request, Error(request_id=request.request_id, code=ErrorCode.INTERNAL, message=str(exc)))
-            return
+            return None
         widths, seconds = [r.num_nodes for r in results], time.perf_counter() - started
         self.speculation.observe_pass(widths, seconds, is_drafting=not is_solo_pass)
-        for request, plan, result in zip(requests, plans, results):
+        self.stats.record_pass(seconds, self.link.is_absent)
+        log.debug("pass of %d rows x %d tokens (%d real): %.0f ms, %d committed", len(requests), max(widths),
+                  sum(widths), 1000 * seconds, sum(len(result.appended) for result in results))
+        return list(zip(requests, plans, results))
+
+    def postprocess(self, rounds: list[tuple]) -> list[tuple]:
+        """Commit each round: what verification shows the decision, the new tokens (cut at the
+        budget, a stop token or a stop string), their text, and each request's next draft
+        length. Returns (request, plan, result, tokens to stream, finish reason, next length)."""
+        requests = [request for request, _, _ in rounds]
+        for request, plan, result in rounds:
             self.speculation.observe_lookup(request.request_id, request.committed_length - len(result.appended),
                                             _num_matching(plan.lookup, result.appended))
         lengths = self.scheduler.next_lengths(requests)
-        log.debug("pass of %d rows x %d tokens (%d real): %.0f ms, %d committed; next drafts %s", len(requests),
-                  max(widths), sum(widths), 1000 * seconds, sum(len(result.appended) for result in results), lengths)
-        for request, plan, result, length in zip(requests, plans, results, lengths):
+        committed = []
+        for (request, plan, result), length in zip(rounds, lengths):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
             self.stats.record_round(len(plan.trunk), result.num_trunk_accepted)
-            if request.request_id in self.requests:  # not freed meanwhile (its client vanished)
-                self.after_round(request, plan, result, length)
-        self.stats.record_pass(seconds, self.link.is_absent)
+            kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens,
+                                  request.stop_token_ids)
+            previous = len(request.new_tokens)
+            request.new_tokens = kept
+            request.waiting_since = time.monotonic()
+            self.stats.generation_tokens += len(kept) - previous
+            if request.commit_text(kept[previous:], is_final=reason is not None):
+                reason = FinishReason.STOP
+            committed.append((request, plan, result, request.new_tokens[previous:], reason, length))
+        return committed
+
+    def send(self, committed: list[tuple]) -> None:
+        """Stream each round's tokens; then end the request (Done) or tell the drafter the
+        verdict and how long its next draft should be."""
+        for request, plan, result, tokens, reason, length in committed:
+            if request.request_id not in self.requests:
+                continue  # freed meanwhile: its client vanished
+            self.stream(request, tokens, is_final=reason is not None)
+            if request.request_id not in self.requests:
+                continue  # the client vanished mid-stream: its session is already freed
+            if reason is not None:
+                seed = request.sampling.seed if request.sampling else None
+                self.end(request, Done(request_id=request.request_id, finish_reason=reason, seed=seed,
+                                       prompt_tokens=request.session.num_prompt,
+                                       completion_tokens=len(request.new_tokens), metrics=self.metrics_of(request)))
+                continue
+            request.draft_length = length
+            self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
+                                    appended=result.appended, num_trunk_verified=len(plan.trunk),
+                                    num_trunk_accepted=result.num_trunk_accepted,
+                                    trunk_predictions=result.trunk_predictions,
+                                    branch_predictions=result.branch_predictions, draft_length=length))
         self.last_round_end = time.monotonic() if self.requests else None
         self.open_admitted()  # those admitted from the queue as others ended
 
@@ -275,33 +178,6 @@ class VerifierServer:
         if self.threads is not None:
             self.engine.use_threads(self.solo_threads if is_drafter_idle or is_drafter_waiting else self.threads)
         return is_drafter_idle
-
-    def after_round(self, request: ServerRequest, plan, result, draft_length: int) -> None:
-        """Commit a verified round: finish, stream, end, or tell the drafter the verdict and how
-        long its next draft should be."""
-        request.waiting_since = time.monotonic()
-        kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens, request.stop_token_ids)
-        previous = len(request.new_tokens)
-        request.new_tokens = kept
-        self.stats.generation_tokens += len(kept) - previous
-        if request.commit_text(kept[previous:], is_final=reason is not None):
-            reason = FinishReason.STOP
-        self.stream(request, request.new_tokens[previous:], is_final=reason is not None)
-        if request.request_id not in self.requests:
-            return  # the client vanished mid-stream: its session is already freed
-        if reason is not None:
-            seed = request.sampling.seed if request.sampling else None
-            self.end(request, Done(request_id=request.request_id, finish_reason=reason, seed=seed,
-                                   prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
-                                   metrics=self.metrics_of(request)))
-            return
-        request.draft_length = draft_length
-        self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
-                                appended=result.appended, num_trunk_verified=len(plan.trunk),
-                                num_trunk_accepted=result.num_trunk_accepted,
-                                trunk_predictions=result.trunk_predictions,
-                                branch_predictions=result.branch_predictions,
-                                draft_length=draft_length))
 
     # ---- sending ----
     def stream(self, request: ServerRequest, tokens: list[int], is_final: bool) -> None:
