@@ -4,9 +4,11 @@
 // the numbers a 1-token pass gives it (kvcache/cpu_attention.py).
 //
 // Per query (one work item, one thread, fixed order): s_j = scale * q.k_j (16-lane FMAs over the
-// head dimension, then a fixed lane reduction), optionally soft-capped, plus the mask, for the keys
-// the mask allows (a mask value below -1e30 skips the key: it is never read); m = max s_j;
-// p_j = exp(s_j - m) (exp16, our own, the same bits on every machine); out = sum_j p_j v_j / sum_j p_j, summed in key order, all in float32.
+// head dimension, then one fixed lane reduction, sums16, for 16 keys at once), optionally
+// soft-capped, plus the mask, for the keys the mask allows (a mask value below -1e30 drops the
+// key: its score becomes -inf and its value is never read, so garbage in a padded column cannot
+// leak in); m = max s_j; p_j = exp(s_j - m) (exp16, our own); out = sum_j p_j v_j / sum_j p_j,
+// summed in key order, all in float32.
 // A query that may see no key gets zeros.
 //
 // Inputs are float32 or bfloat16 (E): q (B, H, Q, D) contiguous; k, v (B, Hkv, S, D) with strides
@@ -56,6 +58,22 @@ inline __m512 exp16(__m512 x) {
   return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(poly, n));
 }
 
+// The 16 lane sums of a[0..15] as one vector (lane i: the sum of a[i]'s lanes), by one fixed tree
+// of unpacks and adds in which each output lane adds only its own vector's lanes.
+inline __m512 sums16(const __m512* a) {
+  __m512 t[8], v[4], w[2];
+  for (int i = 0; i < 8; ++i)
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    __m512d x = _mm512_castps_pd(t[2 * i]), y = _mm512_castps_pd(t[2 * i + 1]);
+    v[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
 struct Query {  // one query of a block: its vector, mask row and visible end, output, scores
   const void* q;
   const void* mask;
@@ -83,21 +101,43 @@ void query_block(const Query* block, const E* k, const E* v, Strides kv, int64_t
     best[b] = -INFINITY;
     for (int64_t c = 0; c < vectors; ++c) query[b][c] = load((const E*)block[b].q + 16 * c, lanes[c]);
   }
-  for (int64_t j = 0; j < S; ++j) {  // scores; a skipped key's is -inf
-    __m512 key[kMaxVectors];
-    for (int64_t c = 0; c < vectors; ++c) key[c] = load(k + j * kv.seq + 16 * c, lanes[c]);
+  for (int64_t j0 = 0; j0 < S; j0 += 16) {  // scores, 16 keys at a time; a skipped key's is -inf
+    const int64_t n = S - j0 < 16 ? S - j0 : 16;
+    alignas(64) float keys[16][16 * V];  // this block's keys in float32, zeros past S
+    for (int64_t jj = 0; jj < 16; ++jj)
+      for (int64_t c = 0; c < vectors; ++c)
+        _mm512_store_ps(&keys[jj][16 * c], jj < n ? load(k + (j0 + jj) * kv.seq + 16 * c, lanes[c]) : _mm512_setzero_ps());
     for (int b = 0; b < QB; ++b) {
       const E* mask = (const E*)block[b].mask;
-      float bias = mask ? scalar(mask[j * mask_seq]) : (j < block[b].visible_end ? 0.f : -INFINITY);
-      float* scores = block[b].scores;
-      scores[j] = -INFINITY;
-      if (!(bias > kSkip)) continue;
-      __m512 dot = _mm512_setzero_ps();
-      for (int64_t c = 0; c < vectors; ++c) dot = _mm512_fmadd_ps(query[b][c], key[c], dot);
-      float score = _mm512_reduce_add_ps(dot) * scale;
-      if (softcap > 0.f) score = tanhf(score / softcap) * softcap;
-      scores[j] = score + bias;
-      best[b] = scores[j] > best[b] ? scores[j] : best[b];
+      alignas(64) float bias[16] = {};
+      __mmask16 seen = 0;
+      for (int64_t jj = 0; jj < n; ++jj) {
+        int64_t j = j0 + jj;
+        bias[jj] = mask ? scalar(mask[j * mask_seq]) : (j < block[b].visible_end ? 0.f : -INFINITY);
+        if (bias[jj] > kSkip) seen |= (__mmask16)(1u << jj);
+      }
+      float* scores = block[b].scores + j0;
+      if (!seen) {
+        _mm512_storeu_ps(scores, _mm512_set1_ps(-INFINITY));
+        continue;
+      }
+      __m512 dots[16];
+      for (int64_t jj = 0; jj < 16; ++jj) {
+        __m512 dot = _mm512_setzero_ps();
+        for (int64_t c = 0; c < vectors; ++c) dot = _mm512_fmadd_ps(query[b][c], _mm512_load_ps(&keys[jj][16 * c]), dot);
+        dots[jj] = dot;
+      }
+      __m512 score = _mm512_mul_ps(sums16(dots), _mm512_set1_ps(scale));
+      if (softcap > 0.f) {
+        alignas(64) float capped[16];
+        _mm512_store_ps(capped, score);
+        for (float& x : capped) x = tanhf(x / softcap) * softcap;
+        score = _mm512_load_ps(capped);
+      }
+      score = _mm512_mask_blend_ps(seen, _mm512_set1_ps(-INFINITY), _mm512_add_ps(score, _mm512_load_ps(bias)));
+      _mm512_storeu_ps(scores, score);
+      float top = _mm512_reduce_max_ps(score);
+      best[b] = top > best[b] ? top : best[b];
     }
   }
   float total[QB];

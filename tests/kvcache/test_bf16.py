@@ -67,6 +67,8 @@ def test_an_attention_query_is_the_same_bits_alone_as_beside_others(head_dim, so
     allowed = torch.rand(rows, 1, queries, keys) > 0.4
     allowed[..., 0] = True
     allowed[1, :, 4] = False  # a query that may see nothing (a padding token) gets zeros
+    allowed[..., 7] = False  # a column nobody may see holds garbage (a slot's scratch column): it stays out
+    k[:, :, 7], v[:, :, 7] = float("nan"), float("inf")
     mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.bfloat16).min).to(torch.bfloat16)
     scale = head_dim ** -0.5
     wide, _ = exact_attention(module, q, k, v, mask, scaling=scale, softcap=softcap)
@@ -80,7 +82,8 @@ def test_an_attention_query_is_the_same_bits_alone_as_beside_others(head_dim, so
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
     weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num()
-    expected = (weights @ v.double().repeat_interleave(3, 1)).transpose(1, 2)
+    values = v.double().repeat_interleave(3, 1).nan_to_num(posinf=0.0)
+    expected = (weights @ values).transpose(1, 2)
     torch.testing.assert_close(wide.double(), expected, atol=0.02, rtol=0.02)
 
 
