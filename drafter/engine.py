@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from transformers import DynamicCache
@@ -17,6 +17,7 @@ from kvcache.ops import keep_cache_entries
 from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match
 from protocol.prompt_lookup import NgramIndex
 from drafter.pool import PhrasePool
+from drafter.session import DraftBlock, DraftSession
 
 
 MAX_APPENDED = 64  # tokens one verdict may append beyond a --gamma trunk (a branch, the target's own lookup)
@@ -26,41 +27,6 @@ def pass_margin(config: DrafterConfig) -> int:
     """KV slot columns past --max-len: a pass feeds the uncached text (at most a trunk, a branch
     and the target's token after a verdict) and the lookahead window's and checked phrases' tokens."""
     return config.gamma + MAX_APPENDED + 2 + (config.window + config.phrases_checked) * config.ngram
-
-
-@dataclass
-class DraftSession:
-    """One request on the draft side. Invariant after every draft pass:
-    cache length == len(tokens) - 1 (the last token is fed at the start of the next pass).
-    Between a sync and the next pass the cache may be shorter; the pass feeds the gap.
-    Agreement (protocol.messages.Agreement): every committed position from the prompt's end
-    on is judged once, in order; `judged` is the first not yet reported."""
-
-    tokens: list[int]  # committed tokens, then the draft model's own greedy continuation
-    num_committed: int
-    cache: DynamicCache | Slot
-    window: list[list[int]]
-    draft_length: int  # trunk tokens the verifier asked for (0: keep the cache and agreement in step)
-    judged: int = 0
-    agreed: dict[int, int] = field(default_factory=dict)  # position -> bit, at or past `judged`
-    num_passes: int = 0
-    num_phrase_hits: int = 0
-    num_phrase_tokens: int = 0
-    lookup: NgramIndex | None = None  # prompt lookup over the committed text (protocol.prompt_lookup)
-
-    @property
-    def cache_length(self) -> int:
-        return self.cache.get_seq_length()
-
-    @property
-    def num_drafted(self) -> int:
-        return len(self.tokens) - self.num_committed
-
-
-@dataclass(frozen=True)
-class DraftBlock:
-    trunk: list[int]
-    branches: list[list[int]]
 
 
 class DraftEngine:

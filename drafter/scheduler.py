@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from drafter.engine import DraftBlock, DraftEngine, DraftSession
+from drafter.engine import DraftEngine
+from drafter.session import DraftBlock, DraftSession
 from protocol.rules import draft_budget
 
 MAX_AHEAD = 2  # drafts outstanding per request: the one being verified and one pre-draft

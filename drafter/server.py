@@ -7,7 +7,8 @@ import uuid
 
 import zmq
 
-from drafter.engine import DraftBlock, DraftEngine
+from drafter.engine import DraftEngine
+from drafter.session import DraftBlock
 from drafter.scheduler import DraftScheduler, DrafterRequest
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError

@@ -5,7 +5,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from drafter.engine import DraftEngine, DraftSession
+from drafter.engine import DraftEngine
+from drafter.session import DraftSession
 from drafter.scheduler import CATCH_UP_TOKENS
 from protocol.rules import draft_budget
 from verifier.engine import TargetEngine, TargetSession, VerifyResult

@@ -1,6 +1,7 @@
 """The drafter's schedule: the verifier's waits before pre-drafts, ready blocks sent, round-robin."""
 from drafter.config import DrafterConfig
-from drafter.engine import DraftBlock, DraftEngine
+from drafter.engine import DraftEngine
+from drafter.session import DraftBlock
 from drafter.scheduler import DraftScheduler, DrafterRequest
 from tests.conftest import tiny_model
 
