@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -61,28 +62,19 @@ def references(args: argparse.Namespace, prompts: list[str]) -> tuple[list[list[
     """Prompt ids and what the pipeline must answer for each, computed first, in-process: the
     target alone (HF greedy) in float32, our engine without drafts in other dtypes (README: what
     identical means)."""
-    import os
-
-    from models.loading import for_engine, load_model, load_tokenizer
     from launch.reference import target_alone
     from launch.sequential import engine_alone
+    from models.loading import for_engine, load_model, load_tokenizer
     from verifier.engine import TargetEngine
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    tokenizer = load_tokenizer(args.target)
-    model = load_model(args.target, "cpu", args.dtype)
+    tokenizer, model = load_tokenizer(args.target), load_model(args.target, "cpu", args.dtype)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if args.dtype == "float32":
-        def decode(prompt_ids: list[int]) -> list[int]:
-            return target_alone(model, prompt_ids, args.max_new_tokens, stops)
-    else:
-        engine = TargetEngine(for_engine(model, packed=not args.no_packed_weights), max_sessions=1)
-
-        def decode(prompt_ids: list[int]) -> list[int]:
-            return engine_alone(engine, prompt_ids, args.max_new_tokens, stops)
-    outs = [decode(i) for i in tqdm(ids, desc="references", file=sys.stderr)]
-    return ids, outs
+    engine = None if args.dtype == "float32" else \
+        TargetEngine(for_engine(model, packed=not args.no_packed_weights), max_sessions=1)
+    return ids, [target_alone(model, i, args.max_new_tokens, stops) if engine is None else
+                 engine_alone(engine, i, args.max_new_tokens, stops) for i in tqdm(ids, desc="references", file=sys.stderr)]
 
 
 async def one_request(client, ids: list[int], expected: list[int], max_new: int, record: Record) -> None:
@@ -219,9 +211,9 @@ async def drive(door, args: argparse.Namespace, ids, outs, pipeline) -> tuple[li
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def summarize(records: list[Record], kill: KillState, elapsed: float, restarts: int) -> dict:
