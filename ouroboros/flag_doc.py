@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from launch.cli import build_parser
+from ouroboros.cli import build_parser
 
 HEADER = """# Every flag
 
