@@ -37,19 +37,10 @@ class Receiving:
         self.link.check_silence(r.waiting_since for r in self.requests.values())
 
     def drain_clients(self, limit: int = 256) -> None:
-        for _ in range(limit):
-            try:
-                identity, frame = self.client_link.receive()
-            except zmq.Again:
-                return
-            except ValueError:
-                continue  # not an identity + one frame: drop it
-            try:
-                msg = decode(frame)
-            except ProtocolError as exc:
-                self.reply(identity, Error(request_id="", code=ErrorCode.PROTOCOL, message=str(exc)))
-                continue
-            if isinstance(msg, Generate):
+        for identity, msg in _messages(self.client_link.receive, limit):
+            if isinstance(msg, ProtocolError):
+                self.reply(identity, Error(request_id="", code=ErrorCode.PROTOCOL, message=str(msg)))
+            elif isinstance(msg, Generate):
                 self.handle_generate(identity, msg)
             elif isinstance(msg, Cancel):
                 self.handle_cancel(identity, msg)
@@ -60,21 +51,12 @@ class Receiving:
                                            message=f"a client may not send {type(msg).__name__}"))
 
     def drain_drafter(self, limit: int = 256) -> None:
-        for _ in range(limit):
-            try:
-                identity, frame = self.link.receive()
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                msg = decode(frame)
-            except ProtocolError as exc:
-                log.warning("dropped a malformed message on the drafter link: %s", exc)
-                if "protocol version" in str(exc):  # an old or new peer: say so, in our version
-                    self.link.send(Error(request_id="", code=ErrorCode.REFUSED, message=str(exc)), identity)
-                continue
-            if isinstance(msg, Hello):
+        for identity, msg in _messages(self.link.receive, limit):
+            if isinstance(msg, ProtocolError):
+                log.warning("dropped a malformed message on the drafter link: %s", msg)
+                if "protocol version" in str(msg):  # an old or new peer: say so, in our version
+                    self.link.send(Error(request_id="", code=ErrorCode.REFUSED, message=str(msg)), identity)
+            elif isinstance(msg, Hello):
                 self.handle_hello(identity, msg)
             elif isinstance(msg, Resync) and identity == self.link.identity:
                 self.handle_resync(msg)
@@ -168,3 +150,18 @@ class Receiving:
                                    prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
                                    metrics=self.metrics_of(request)))
 
+
+def _messages(receive, limit: int):
+    """Up to `limit` (identity, message) pairs from a socket's receive, until it has none: a frame
+    that does not decode comes as its ProtocolError, one that is not identity + frame is dropped."""
+    for _ in range(limit):
+        try:
+            identity, frame = receive()
+        except zmq.Again:
+            return
+        except ValueError:
+            continue  # not an identity + one frame
+        try:
+            yield identity, decode(frame)
+        except ProtocolError as exc:
+            yield identity, exc
