@@ -36,6 +36,11 @@ class DrafterConfig:
                            "take turns: the drafter drafts only while the verifier waits, and each target pass takes "
                            "the drafter's cores too); auto: off where both processes share one CPU, else on")
 
+    outcomes: int = knob(8, "--outcomes",
+                         "speculation cache: verification outcomes (k trunk tokens accepted, then the target's own "
+                         "token) whose next block is pre-drafted beside the draft's own while the verifier checks a "
+                         "block (0 = none); only with pre-drafts on")
+
     def __post_init__(self) -> None:
         _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")
         _require(self.window >= 0, f"--window must be >= 0, got {self.window}")
@@ -46,6 +51,7 @@ class DrafterConfig:
         _require(self.lookup_tokens >= 0, f"--lookup-tokens must be >= 0, got {self.lookup_tokens}")
         _require(1 <= self.lookup_min_ngram <= self.lookup_ngram,
                  f"need 1 <= --lookup-min-ngram ({self.lookup_min_ngram}) <= --lookup-ngram ({self.lookup_ngram})")
+        _require(0 <= self.outcomes <= 64, f"--outcomes must be in 0..64, got {self.outcomes}")
         _require(self.max_batch >= 1, f"--draft-batch must be >= 1, got {self.max_batch}")
         _require(self.pre_drafts in PRE_DRAFT_MODES,
                  f"--pre-drafts must be one of {', '.join(PRE_DRAFT_MODES)}, got {self.pre_drafts!r}")

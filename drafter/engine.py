@@ -18,18 +18,21 @@ from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_matc
 from protocol.prompt_lookup import NgramIndex
 from drafter.pool import PhrasePool
 from drafter.session import DraftBlock, DraftSession
+from drafter.speculation_cache import OutcomeDrafting
 
 
+ACCEPTANCE_WEIGHT = 0.05  # of each new Agreement bit in the session's running acceptance
 MAX_APPENDED = 64  # tokens one verdict may append beyond a --gamma trunk (a branch, the target's own lookup)
 
 
 def pass_margin(config: DrafterConfig) -> int:
     """KV slot columns past --max-len: a pass feeds the uncached text (at most a trunk, a branch
     and the target's token after a verdict) and the lookahead window's and checked phrases' tokens."""
-    return config.gamma + MAX_APPENDED + 2 + (config.window + config.phrases_checked) * config.ngram
+    return (config.gamma + MAX_APPENDED + 2 + (config.window + config.phrases_checked) * config.ngram
+            + config.outcomes * (config.gamma + 1))  # the speculation cache's branches
 
 
-class DraftEngine:
+class DraftEngine(OutcomeDrafting):
     """Phrase-by-phrase drafting (Ouroboros; docs/architecture.md, "The algorithm") in the draft model."""
 
     def __init__(self, model: torch.nn.Module, config: DrafterConfig, pool: PhrasePool | None = None,
@@ -121,6 +124,7 @@ class DraftEngine:
     @torch.inference_mode()
     def step(self, session: DraftSession) -> list[int]:
         """One draft forward pass; returns the tokens it appended (1 + accepted phrase tokens)."""
+        self.drop_outcomes(session)
         phrases, layout = self._layout(session)
         return self._advance(session, phrases, layout, self._forward(session.cache, layout))
 
@@ -131,6 +135,8 @@ class DraftEngine:
         run one after another on that pool."""
         if len(sessions) == 1:
             return [self.step(sessions[0])]
+        for session in sessions:
+            self.drop_outcomes(session)
         prepared = [self._layout(session) for session in sessions]
         rows = [BatchRow(layout.tokens, layout.positions, layout.visible) for _, layout in prepared]
         caches = [session.cache for session in sessions]
@@ -166,11 +172,7 @@ class DraftEngine:
         """Apply one pass's logits (rows = layout.logit_indices): the next token, the longest
         verified phrase, the cache entries kept, the window slid."""
         past_len = layout.positions[0]
-        if self.token_ids is not None:  # a reduced output vocabulary: map back to token ids
-            predictions = self.token_ids[logits.argmax(dim=-1)]
-        else:
-            predictions = logits[..., : self.num_proposable].argmax(dim=-1)
-        predictions = predictions.tolist()
+        predictions = self.predict(logits)
         next_token = predictions[0]
         row_of = {index: n for n, index in enumerate(layout.logit_indices)}
         for index in layout.judged_indices:  # teacher-forced: the token after fed token `index`
@@ -191,6 +193,10 @@ class DraftEngine:
             keep += [past_len + s for s in slots[:best_len]]
             session.num_phrase_hits += 1
             session.num_phrase_tokens += best_len
+        if self.keeps_candidates:  # the distribution each appended token was drafted from
+            rows = [0] + [row_of[s] for s in layout.phrase_indices[best][:best_len]] if best_len else [0]
+            for offset, candidates in enumerate(self.top_candidates(logits[rows])):
+                session.candidates[len(session.tokens) + offset] = candidates
         keep_cache_entries(session.cache, keep)
         if layout.last_row_indices:  # a pass without the window leaves it as it was
             self._slide_window(session, [predictions[row_of[i]] for i in layout.last_row_indices])
@@ -200,8 +206,9 @@ class DraftEngine:
 
     def sync(self, session: DraftSession, appended: Sequence[int]) -> bool:
         """Apply a verdict: the committed text grew by `appended`. Keeps the draft (and its cache)
-        where it agrees, else crops back to the common prefix. Returns True when the whole
-        pre-drafted continuation beyond the new committed text is still valid."""
+        where it agrees, else takes the speculation cache's branch for this outcome if it has one,
+        else crops back to the common prefix. Returns True when a pre-drafted continuation beyond
+        the new committed text is valid (the chain's or a branch's)."""
         start = session.num_committed
         drafted = session.tokens[start:]
         common = 0
@@ -212,11 +219,17 @@ class DraftEngine:
         # first that differs, was predicted from committed tokens alone (Agreement)
         for j in range(min(common + 1, len(drafted), len(appended))):
             session.agreed.setdefault(start + j, int(j < common))
+        if not kept and self.adopt_outcome(session, start + common, [int(t) for t in appended[common:]]):
+            kept = True  # the speculation cache had drafted for this outcome: its branch is the draft now
+        else:
+            self.drop_outcomes(session)
         if not kept:
             session.tokens = session.tokens[: start + common] + [int(t) for t in appended[common:]]
             valid = min(session.cache_length, start + common)
             keep_cache_entries(session.cache, list(range(valid)))
         session.num_committed = start + len(appended)
+        session.candidates = {p: c for p, c in session.candidates.items()
+                              if session.num_committed <= p < len(session.tokens)}
         if self.config.seed_pool_from_text:
             self.pool.add_from_text(session.tokens[: session.num_committed], start)
         return kept
@@ -227,6 +240,7 @@ class DraftEngine:
         while session.judged in session.agreed:
             bits.append(session.agreed.pop(session.judged))
             session.judged += 1
+            session.acceptance += ACCEPTANCE_WEIGHT * (bits[-1] - session.acceptance)
         return (start, bits) if bits else None
 
     def lags(self, session: DraftSession, num_tokens: int) -> bool:

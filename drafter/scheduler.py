@@ -81,10 +81,25 @@ class DraftScheduler:
         wanted = self.engine.goal(session, request.budget(base))
         return len(session.tokens) - base < wanted and self.engine.can_step(session)
 
-    def plan(self) -> tuple[list[DrafterRequest], list[DrafterRequest]]:
+    def outcome_depth(self, request: DrafterRequest) -> int:
+        """Tokens each outcome branch drafts: the asked length, within the budget after it."""
+        return self.engine.goal(request.session, request.budget(request.session.num_committed + 1))
+
+    def needs_outcomes(self, request: DrafterRequest) -> bool:
+        """The speculation cache has a pass to run for this request: the block under verification
+        (sent on the committed length) has outcome branches still to draft (drafter.outcomes)."""
+        session = request.session
+        block = request.sent.get(session.num_committed)
+        if not self.engine.keeps_candidates or request.is_resting or block is None or not block.trunk:
+            return False
+        if not self.engine.plan_outcomes(session, session.num_committed, len(block.trunk)):
+            return False
+        return bool(self.engine.outcomes_pending(session, self.outcome_depth(request)))
+
+    def plan(self) -> tuple[list[DrafterRequest], list[DrafterRequest], DrafterRequest | None]:
         """(blocks ready to send now, the requests for one batched draft pass: those the verifier
-        waits on if any need a step, else pre-drafts; at most --draft-batch). Those stepped go to
-        the back of the round-robin."""
+        waits on if any need a step, else pre-drafts; at most --draft-batch; else the request whose
+        outcome branches get the next tree pass). Those stepped go to the back of the round-robin."""
         ready, waited_on, ahead = [], [], []
         for request_id in self.order:
             request = self.requests[request_id]
@@ -95,11 +110,14 @@ class DraftScheduler:
             else:
                 (waited_on if request.is_waited_on and not request.is_resting else ahead).append(request)
         batch = (waited_on or ahead)[: self.engine.config.max_batch]
+        tree = None if batch or ready else next(
+            (self.requests[r] for r in self.order if self.needs_outcomes(self.requests[r])), None)
         for request in batch:
             request.is_drafting_ahead |= not request.is_waited_on
+        for request in batch + ([tree] if tree else []):
             self.order.remove(request.request_id)
             self.order.append(request.request_id)
-        return ready, batch
+        return ready, batch, tree
 
     def is_busy(self) -> bool:
-        return any(self.has_work(request) for request in self.requests.values())
+        return any(self.has_work(request) or self.needs_outcomes(request) for request in self.requests.values())

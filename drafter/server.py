@@ -108,7 +108,9 @@ class DrafterServer:
             self.handle_close(Close(request_id=msg.request_id))
             self.send(Resync(request_id=msg.request_id))
             return
+        hits = session.num_outcome_hits
         kept = self.engine.sync(session, msg.appended)
+        is_hit = session.num_outcome_hits > hits  # the speculation cache held this outcome's block
         self.engine.ask(session, msg.draft_length)
         self.send_agreement(request)
         block = _verified_block(request, base)
@@ -125,20 +127,22 @@ class DrafterServer:
             request.sent = useful
         else:
             # a pre-draft not yet sent still counts as drafted ahead if its base came true
-            request.is_drafting_ahead = request.is_drafting_ahead and kept and request.next_base == length
+            request.is_drafting_ahead = is_hit or request.is_drafting_ahead and kept and request.next_base == length
             request.sent = {}
             request.next_base = length
 
     # ---- drafting ----
     def advance(self) -> None:
         """Send every block that is ready, then one batched draft pass (drafter.scheduler)."""
-        ready, batch = self.scheduler.plan()
+        ready, batch, tree = self.scheduler.plan()
         for request in ready:
             self.send_block(request)
         if batch:
             self.engine.step_batch([request.session for request in batch])
             for request in batch:
                 self.send_agreement(request)
+        elif tree is not None:
+            self.engine.step_outcomes(tree.session, self.scheduler.outcome_depth(tree))
 
     def send_agreement(self, request: DrafterRequest) -> None:
         """What the draft would have proposed at the positions committed since (engine.sync and

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from transformers import DynamicCache
 
+from drafter.outcomes import OutcomeBranch
 from kvcache.slots import Slot
 from protocol.prompt_lookup import NgramIndex
 
@@ -28,6 +29,15 @@ class DraftSession:
     num_phrase_hits: int = 0
     num_phrase_tokens: int = 0
     lookup: NgramIndex | None = None  # prompt lookup over the committed text (protocol.prompt_lookup)
+    # the speculation cache (drafter.speculation_cache): the draft's top tokens at each drafted
+    # position, the outcome branches for the block on outcome_base, and the chain's entries then
+    candidates: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    outcomes: list[OutcomeBranch] = field(default_factory=list)
+    outcome_base: int | None = None
+    outcome_chain: int = 0
+    acceptance: float = 0.7  # running mean of the Agreement bits: the draft's per-token acceptance
+    num_tree_passes: int = 0
+    num_outcome_hits: int = 0
 
     @property
     def cache_length(self) -> int:

@@ -100,21 +100,27 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 @torch.inference_mode()
 def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache, tokens: list[int],
-                positions: list[int], visible: torch.Tensor, logits_to_keep: list[int] | int = 0) -> torch.Tensor:
+                positions: list[int], visible: torch.Tensor, logits_to_keep: list[int] | int = 0,
+                past: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
     """One pass of one sequence after its cache (a DynamicCache or a KV slot): new token i sits
     at positions[i] and sees every cached entry (entry j sits at position j) and the new tokens
-    `visible[i]` allows, as its layer kind permits. Returns the logits (rows of
+    `visible[i]` allows, as its layer kind permits. `past` = (seen, positions) narrows that for
+    a cache holding entries of several continuations (drafter.outcomes): seen[i, j] says whether
+    new token i sees entry j, which sits at positions[j]. Returns the logits (rows of
     `logits_to_keep`, all when 0)."""
     device = next(model.parameters()).device
     base = cache.get_seq_length()
     n = len(tokens)
     seen = torch.ones(1, n, base + n, dtype=torch.bool, device=device)
     seen[0, :, base:] = visible.to(device)
+    if past is not None:
+        seen[0, :, :base] = past[0].to(device)
     query_positions = torch.tensor([positions], device=device)
-    if n == 1 and all(kind.layer_type == FULL for kind in kinds):
+    if n == 1 and past is None and all(kind.layer_type == FULL for kind in kinds):
         mask = None  # one query that sees everything: no mask at all (sdpa's fastest path)
     else:
-        key_positions = torch.cat([torch.arange(base, device=device)[None], query_positions], dim=1)
+        past_positions = torch.arange(base) if past is None else torch.tensor(past[1], dtype=torch.long)
+        key_positions = torch.cat([past_positions.to(device)[None], query_positions], dim=1)
         mask = layer_masks(kinds, seen, query_positions, key_positions, model_dtype(model))
     keep = torch.tensor(logits_to_keep, device=device) if isinstance(logits_to_keep, list) else logits_to_keep
     with model_cache(cache, [n]) as model_view:

@@ -7,7 +7,7 @@ from tests.conftest import tiny_model
 
 
 def make(max_batch: int = 1):
-    engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=3, max_batch=max_batch))
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=3, max_batch=max_batch, outcomes=0))
     return engine, DraftScheduler(engine)
 
 
@@ -23,13 +23,13 @@ def test_the_request_the_verifier_waits_on_is_drafted_before_a_predraft():
     engine, scheduler = make()
     scheduler.add(request(engine, "ahead", [5, 6, 7], ahead=4))
     scheduler.add(request(engine, "waited", [1, 2, 3]))
-    ready, batch = scheduler.plan()
+    ready, batch, _ = scheduler.plan()
     assert ready == [] and [r.request_id for r in batch] == ["waited"]
     assert scheduler.order == ["ahead", "waited"]  # the one stepped goes to the back
     engine.step_batch([r.session for r in batch])
     while scheduler.needs_step(scheduler.requests["waited"]):
         engine.step(scheduler.requests["waited"].session)
-    ready, batch = scheduler.plan()
+    ready, batch, _ = scheduler.plan()
     assert [r.request_id for r in ready] == ["waited"]  # its block is ready: send it
     assert [r.request_id for r in batch] == ["ahead"] and batch[0].is_drafting_ahead  # now the pre-draft
 
@@ -42,7 +42,7 @@ def test_no_work_past_the_budget_or_with_two_drafts_out():
     full.sent[99] = DraftBlock(trunk=[1], branches=[])
     for r in (spent, full):
         scheduler.add(r)
-    assert not scheduler.is_busy() and scheduler.plan() == ([], [])
+    assert not scheduler.is_busy() and scheduler.plan() == ([], [], None)
     scheduler.remove("spent")
     assert list(scheduler.requests) == ["full"] and scheduler.order == ["full"]
 
@@ -51,13 +51,13 @@ def test_with_pre_drafts_off_only_the_verifiers_waits_are_drafted():
     engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=3, pre_drafts="off"))
     scheduler = DraftScheduler(engine)
     scheduler.add(request(engine, "ahead", [5, 6, 7], ahead=4))
-    assert not scheduler.is_busy() and scheduler.plan() == ([], [])  # its block is being verified: rest
+    assert not scheduler.is_busy() and scheduler.plan() == ([], [], None)  # its block is being verified: rest
     scheduler.add(request(engine, "waited", [1, 2, 3]))
-    ready, batch = scheduler.plan()
+    ready, batch, _ = scheduler.plan()
     assert ready == [] and [r.request_id for r in batch] == ["waited"]
     while scheduler.needs_step(scheduler.requests["waited"]):
         engine.step(scheduler.requests["waited"].session)
-    ready, batch = scheduler.plan()
+    ready, batch, _ = scheduler.plan()
     assert [r.request_id for r in ready] == ["waited"] and batch == []
 
 

@@ -1,0 +1,78 @@
+"""Which verification outcomes to pre-draft for (the speculation cache, docs/architecture.md,
+"The speculation cache"): pure maths, no torch, no sockets.
+
+While the verifier checks a block (trunk t_0..t_{g-1} on committed length b), the drafter drafts
+the next block for the outcomes most likely to happen. An outcome is (k, c): the target accepts
+the first k trunk tokens and then writes its own token c at position b + k. The drafter's own
+continuation (every trunk token accepted, then the draft's own next token) is its chain, drafted
+anyway; the speculation cache holds the others."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+CANDIDATES_PER_POSITION = 3  # the draft's top tokens kept per drafted position (SSD's F)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    position: int  # b + k: where the target's own token lands
+    token: int  # c, the target's token there
+    probability: float
+
+
+@dataclass
+class OutcomeBranch:
+    """One outcome's next block being drafted: tokens[0] is the outcome's token c at `position`,
+    tokens[1:] the draft's greedy continuation after it. Entry entries[i] of the KV cache holds
+    tokens[i] (fed; the last token is fed by the next pass)."""
+
+    position: int
+    tokens: list[int]
+    probability: float
+    entries: list[int] = field(default_factory=list)
+    candidates: list[list[tuple[int, float]]] = field(default_factory=list)  # per tokens[1:]
+
+
+def likely_outcomes(base: int, chain: Sequence[int], candidates: Mapping[int, Sequence[tuple[int, float]]],
+                    acceptance: float, limit: int) -> list[Outcome]:
+    """The `limit` most likely outcomes other than the chain's own, most likely first.
+
+    `chain` is what the draft wrote from `base` on: the trunk t_0..t_{g-1}, then its own token at
+    b + g. `candidates[p]` is the draft's top tokens at position p with their probabilities.
+
+    Rule, with a the draft's measured per-token acceptance: the target accepts k tokens and
+    rejects the next with probability a^k (1 - a); having rejected the draft's token d there, it
+    writes c with probability q(c) / (1 - q(d)), q being the draft's distribution (its best
+    guess at the target's). After the whole trunk (k = g) it writes c with probability a^g q(c)."""
+    trunk_length = len(chain) - 1
+    found: list[Outcome] = []
+    reach = 1.0  # probability that the first k trunk tokens are accepted
+    for k in range(trunk_length + 1):
+        position, own = base + k, chain[k]
+        options = candidates.get(position, ())
+        if k < trunk_length:
+            q_own = next((q for token, q in options if token == own), 0.0)
+            scale = reach * (1.0 - acceptance) / max(1.0 - q_own, 1e-6)
+        else:
+            scale = reach
+        found.extend(Outcome(position, token, scale * q) for token, q in options if token != own)
+        reach *= acceptance
+    found.sort(key=lambda outcome: -outcome.probability)
+    return found[:limit]
+
+
+def matching_branch(branches: Sequence[OutcomeBranch], position: int, appended: Sequence[int]) -> OutcomeBranch | None:
+    """The branch a verdict landed on: the committed text first left the chain at `position`, and
+    the tokens committed from there (`appended`) begin the branch, which has drafted past them."""
+    for branch in branches:
+        if branch.position == position and len(branch.tokens) > len(appended) \
+                and list(branch.tokens[: len(appended)]) == list(appended):
+            return branch
+    return None
+
+
+def branch_entries(branch: OutcomeBranch, chain_length: int) -> list[int]:
+    """The KV entries to keep when the verdict lands on `branch`: the chain's entries before the
+    branch's position (entry j holds position j there), then the branch's own, in order."""
+    return list(range(min(branch.position, chain_length))) + branch.entries
