@@ -11,7 +11,7 @@ import torch
 from launch import config as cfg
 
 CONTENDERS = ("target", "target-1thread", "target-engine", "hf-assisted", "hf-prompt-lookup", "sequential",
-              "pipeline")
+              "sequential-1thread", "pipeline")
 
 
 @dataclass
@@ -21,6 +21,11 @@ class Outcome:
     num_passes: int | None = None  # target forward passes (speculative contenders only)
     num_drafted: int | None = None
     num_accepted: int | None = None
+    # the pipeline's overlap: rounds that verified a draft, those whose draft was drafted ahead,
+    # and the target's idle time before them (verifier.requests.RequestStats)
+    num_draft_rounds: int | None = None
+    num_predraft_hits: int = 0
+    draft_wait_s: float = 0.0
 
 
 class InProcess:
@@ -117,7 +122,10 @@ class Pipeline:
         seconds = time.perf_counter() - start
         m = done.metrics
         trunk_accepted = round(m["acceptance_rate"] * m["drafted_tokens"])
-        return Outcome(done.token_ids, seconds, int(m["rounds"]), int(m["drafted_tokens"]), trunk_accepted)
+        draft_rounds = int(m["rounds"] - m["target_only_rounds"])
+        return Outcome(done.token_ids, seconds, int(m["rounds"]), int(m["drafted_tokens"]), trunk_accepted,
+                       draft_rounds, round(m["predraft_hit_rate"] * draft_rounds),
+                       m["mean_draft_wait_ms"] * draft_rounds / 1000)
 
     def close(self) -> None:
         self.client.close()
@@ -199,18 +207,18 @@ def build_contenders(args: argparse.Namespace, names: list[str]) -> tuple[list, 
         if name.startswith("hf-") and shared.sampling is not None:
             notes.append(f"{name} skipped: HF's sampling is not keyed, so identity cannot be checked")
             continue
-        if name == "target-1thread" and torch.cuda.is_available():
-            notes.append("target-1thread skipped on GPUs")
+        if name.endswith("-1thread") and torch.cuda.is_available():
+            notes.append(f"{name} skipped on GPUs")
             continue
         if name.split("@", 1)[0] == "pipeline":
             contenders.append(Pipeline(args, shared, name))
             continue
         kind = {"target": TargetAlone, "target-1thread": TargetAlone, "target-engine": EngineAlone,
                 "hf-assisted": HFDecoding,
-                "hf-prompt-lookup": HFDecoding, "sequential": Sequential}[name]
-        contenders.append(kind(name, shared, 1 if name == "target-1thread" else args.threads))
-        if name in ("target-engine", "sequential"):  # made (and on CUDA captured) before any timing
+                "hf-prompt-lookup": HFDecoding, "sequential": Sequential, "sequential-1thread": Sequential}[name]
+        contenders.append(kind(name, shared, 1 if name.endswith("-1thread") else args.threads))
+        if name in ("target-engine", "sequential", "sequential-1thread"):  # made (and on CUDA captured) first
             shared.target_engine()
-        if name == "sequential":
+        if kind is Sequential:
             shared.draft_engine()
     return contenders, notes

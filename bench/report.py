@@ -41,11 +41,12 @@ def command_line(argv: list[str]) -> str:
 
 
 def section(report: dict, command: str, chart: str) -> str:
-    rows = [f"| contender | tokens/s | vs {report.get('reference', 'target')} | tokens per pass | acceptance | identical |", "|---|---|---|---|---|---|"]
+    rows = [f"| contender | tokens/s | vs {report.get('reference', 'target')} | tokens per pass | acceptance | "
+            "pre-draft hits | draft wait (ms) | identical |", "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
-        mean = f"{r['mean_accepted']:.2f}" if r["mean_accepted"] is not None else "-"
-        rate = f"{r['acceptance_rate']:.2f}" if r["acceptance_rate"] is not None else "-"
-        rows.append(f"| {r['name']} | {r['tokens_per_s']:.2f} | {r['speedup']:.2f}x | {mean} | {rate} | "
+        cells = ["-" if r.get(key) is None else f"{r[key]:.{digits}f}" for key, digits in (
+            ("mean_accepted", 2), ("acceptance_rate", 2), ("predraft_hit_rate", 2), ("mean_draft_wait_ms", 1))]
+        rows.append(f"| {r['name']} | {r['tokens_per_s']:.2f} | {r['speedup']:.2f}x | {' | '.join(cells)} | "
                     f"{r['identical']} |")
     title = f"{report['prompts']} prompts, {report['max_new_tokens']} new tokens, {report['device']}"
     return "\n".join([f"`{command}`", "", f"{title}; commit {commit()}.", "", *rows, "", f"![tokens/s]({chart})", ""])

@@ -40,6 +40,10 @@ def add_bench_parser(sub) -> None:
                        help="the pipeline's verifier threads (default --threads/2)")
     bench.add_argument("--drafter-threads", type=int, default=None,
                        help="the pipeline's drafter threads (default --threads/2)")
+    bench.add_argument("--solo-threads", type=int, default=None,
+                       help="the pipeline's verifier threads while the drafter rests (default: both processes' "
+                            "threads where they share this CPU); --solo-threads 1 --threads 2 is device parity, "
+                            "one core per process with none borrowed")
     bench.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="write a bar chart of tokens/s")
     bench.add_argument("--report", metavar="FILE.md", help="write this run as a section of a Markdown file (its "
@@ -63,6 +67,9 @@ class Tally:
     num_drafted: int = 0
     num_accepted: int = 0
     has_spec_metrics: bool = False
+    num_draft_rounds: int | None = None
+    num_predraft_hits: int = 0
+    draft_wait_s: float = 0.0
     is_identical: bool = True
 
     def add(self, outcome: Outcome, reference: list[int]) -> None:
@@ -74,6 +81,10 @@ class Tally:
             self.num_passes += outcome.num_passes
             self.num_drafted += outcome.num_drafted or 0
             self.num_accepted += outcome.num_accepted or 0
+        if outcome.num_draft_rounds is not None:
+            self.num_draft_rounds = (self.num_draft_rounds or 0) + outcome.num_draft_rounds
+            self.num_predraft_hits += outcome.num_predraft_hits
+            self.draft_wait_s += outcome.draft_wait_s
 
     def row(self, baseline: float) -> dict:
         speed = self.num_tokens / self.seconds if self.seconds else 0.0
@@ -82,6 +93,8 @@ class Tally:
             "mean_accepted": self.num_tokens / self.num_passes if self.has_spec_metrics and self.num_passes else None,
             "acceptance_rate": (self.num_accepted / self.num_drafted if self.num_drafted else 0.0)
             if self.has_spec_metrics else None,
+            "predraft_hit_rate": self.num_predraft_hits / self.num_draft_rounds if self.num_draft_rounds else None,
+            "mean_draft_wait_ms": 1000 * self.draft_wait_s / self.num_draft_rounds if self.num_draft_rounds else None,
             "identical": self.is_identical,
         }
 
@@ -145,13 +158,19 @@ def _device_name() -> str:
 def print_table(report: dict, notes: list[str]) -> None:
     print(f"\n{report['prompts']} prompts, {report['max_new_tokens']} new tokens, {report['device']}; speedup and "
           f"identical: against {report['reference']}")
-    print(f"{'contender':18}{'tokens/s':>10}{'speedup':>9}{'tok/pass':>10}{'accept':>8}{'identical':>11}")
+    print(f"{'contender':20}{'tokens/s':>10}{'speedup':>9}{'tok/pass':>10}{'accept':>8}{'hits':>6}{'wait ms':>9}"
+          f"{'identical':>11}")
     for r in report["results"]:
-        mean = f"{r['mean_accepted']:.2f}" if r["mean_accepted"] is not None else "-"
-        rate = f"{r['acceptance_rate']:.2f}" if r["acceptance_rate"] is not None else "-"
-        print(f"{r['name']:18}{r['tokens_per_s']:>10.2f}{r['speedup']:>8.2f}x{mean:>10}{rate:>8}{str(r['identical']):>11}")
+        mean, rate, hits, wait = (_cell(r.get(key), digits) for key, digits in (
+            ("mean_accepted", 2), ("acceptance_rate", 2), ("predraft_hit_rate", 2), ("mean_draft_wait_ms", 1)))
+        print(f"{r['name']:20}{r['tokens_per_s']:>10.2f}{r['speedup']:>8.2f}x{mean:>10}{rate:>8}{hits:>6}{wait:>9}"
+              f"{str(r['identical']):>11}")
     for note in notes:
         print(f"note: {note}")
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def plot(report: dict, path: str) -> None:

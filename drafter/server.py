@@ -123,7 +123,7 @@ class DrafterServer:
             log.debug("verdict %s: %d -> %d tokens, kept %s, drafts out %s, still usable %s, next base %d%s",
                       msg.request_id[:8], base, length, kept, {b: len(x.trunk) for b, x in request.sent.items()},
                       sorted(useful), request.next_base, ", resting" if request.is_resting else "")
-        if kept and useful:
+        if kept and useful and not is_hit:  # a hit left the chain those blocks were drafted on
             request.sent = useful
         else:
             # a pre-draft not yet sent still counts as drafted ahead if its base came true

@@ -40,7 +40,8 @@ class OutcomeDrafting:
 
     @property
     def keeps_candidates(self) -> bool:
-        return self.config.outcomes > 0 and self.config.pre_drafts != "off"
+        """The drafter drafts ahead (--pre-drafts on, as launch resolves auto) with --outcomes > 0."""
+        return self.config.outcomes > 0 and self.config.pre_drafts == "on"
 
     def plan_outcomes(self, session: DraftSession, base: int, trunk_length: int) -> bool:
         """Start the tree for the block on `base` under verification (trunk_length tokens): True

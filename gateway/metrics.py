@@ -51,6 +51,11 @@ class StatusCollector:
             "verification_rounds": ("Request-rounds verified, with or without a draft.", s.num_rounds),
             "drafter_restarts": ("Drafters that connected after the first.", max(s.num_drafter_handshakes - 1, 0)),
             "target_alone_seconds": ("Seconds of target passes run with no drafter present.", s.target_alone_s),
+            "predraft_hits": ("Drafts verified that were drafted ahead: ready when their verdict came (the "
+                              "drafter's chain or its speculation cache).", s.num_predraft_hits),
+            "predraft_misses": ("Drafts verified that were drafted after their verdict came.", s.num_predraft_misses),
+            "draft_wait_seconds": ("Seconds the target stood idle before rounds that verified a draft.",
+                                   s.draft_wait_s),
         }
         for name, (text, value) in counters.items():
             yield CounterMetricFamily(PREFIX + name, text, value=value)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 5  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
+PROTOCOL_VERSION = 6  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
 # 3: Verdict.wants_draft; 4: Open.wants_draft; 5: the verifier decides each draft's length
-# (Open/Verdict.draft_length, Hello.max_draft_length), Agreement
+# (Open/Verdict.draft_length, Hello.max_draft_length), Agreement; 6: Status's pre-draft counters
 
 # Limits the codec enforces on every decoded message.
 MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
@@ -86,6 +86,9 @@ class Status:
     num_accepted_tokens: int
     accepted_by_position: list[int]  # [k]: drafts whose token k+1 was accepted
     generation_tokens: int  # tokens committed for clients
+    num_predraft_hits: int  # drafts verified that were drafted ahead (ready when their verdict came)
+    num_predraft_misses: int  # drafts verified that were drafted after their verdict came
+    draft_wait_s: float  # seconds the target stood idle before rounds that verified a draft
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tokens:

@@ -25,9 +25,12 @@ class RequestStats:
     num_target_only_rounds: int = 0
     num_stale_drafts: int = 0
     num_predrafts_used: int = 0
+    draft_wait_s: float = 0.0  # the target's idle time before rounds that verified a draft
 
-    def record(self, trunk_len: int, result: VerifyResult, is_predraft: bool, has_draft: bool = True) -> None:
+    def record(self, trunk_len: int, result: VerifyResult, is_predraft: bool, has_draft: bool = True,
+               wait_s: float = 0.0) -> None:
         self.num_rounds += 1
+        self.draft_wait_s += wait_s if trunk_len else 0.0
         self.num_drafted += trunk_len
         self.num_trunk_accepted += result.num_trunk_accepted
         self.num_accepted += result.num_accepted
@@ -36,6 +39,7 @@ class RequestStats:
         self.num_predrafts_used += int(is_predraft)
 
     def as_metrics(self, num_new: int) -> dict[str, float]:
+        num_draft_rounds = self.num_rounds - self.num_target_only_rounds
         return {
             "rounds": float(self.num_rounds),
             "tokens_per_round": num_new / max(self.num_rounds, 1),
@@ -46,6 +50,10 @@ class RequestStats:
             "target_only_rounds": float(self.num_target_only_rounds),
             "stale_drafts": float(self.num_stale_drafts),
             "predrafts_used": float(self.num_predrafts_used),
+            # rounds whose draft was drafted ahead (ready when the verdict came, the chain's or the
+            # speculation cache's), of those that verified one, and the mean wait for a draft
+            "predraft_hit_rate": self.num_predrafts_used / num_draft_rounds if num_draft_rounds else 0.0,
+            "mean_draft_wait_ms": 1000 * self.draft_wait_s / num_draft_rounds if num_draft_rounds else 0.0,
         }
 
 
@@ -96,6 +104,7 @@ class ServerRequest:
     stats: RequestStats = field(default_factory=RequestStats)
     draft_length: int = 0  # what the drafter was last asked for (Open/Verdict.draft_length; 0: none)
     is_on_drafter: bool = False  # the drafter was told of it (Open): admitted in a burst, not yet
+    round_wait_s: float = 0.0  # from the end of its last round (or admission) to this round's pass
 
     def plan_round(self, own_lookup: Callable[[list[int]], list[int]] | None = None,
                    max_draft_tokens: int = 1 << 30) -> RoundPlan:

@@ -98,6 +98,9 @@ class VerifierServer(Receiving):
         is_solo_pass = self.pick_threads()
         plans = self.scheduler.plan(requests)
         self.observe_wait(requests)
+        now = time.monotonic()
+        for request in requests:
+            request.round_wait_s = now - request.waiting_since
         started = time.perf_counter()
         try:
             results = self.engine.verify_batch([(r.session, p.trunk, p.branches, r.sampling, p.lookup)
@@ -125,8 +128,9 @@ class VerifierServer(Receiving):
         lengths = self.scheduler.next_lengths(requests)
         committed = []
         for (request, plan, result), length in zip(rounds, lengths):
-            request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft)
-            self.stats.record_round(len(plan.trunk), result.num_trunk_accepted)
+            request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft,
+                                 wait_s=request.round_wait_s)
+            self.stats.record_round(len(plan.trunk), result.num_trunk_accepted, plan.is_predraft, request.round_wait_s)
             kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens,
                                   request.stop_token_ids)
             previous = len(request.new_tokens)

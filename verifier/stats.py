@@ -17,13 +17,22 @@ class ServerStats:
     num_accepted_tokens: int = 0
     accepted_by_position: list[int] = field(default_factory=list)
     generation_tokens: int = 0
+    num_predraft_hits: int = 0
+    num_predraft_misses: int = 0
+    draft_wait_s: float = 0.0
 
-    def record_round(self, num_trunk_verified: int, num_trunk_accepted: int) -> None:
+    def record_round(self, num_trunk_verified: int, num_trunk_accepted: int, is_predraft: bool = False,
+                     wait_s: float = 0.0) -> None:
         """One request's round. Like vLLM's counters: a draft is a round that verified drafted
-        tokens; accepted tokens are the drafted ones the target kept (the trunk's prefix)."""
+        tokens; accepted tokens are the drafted ones the target kept (the trunk's prefix). Of
+        those, a hit's draft was drafted ahead (ready when the verdict came); `wait_s` is how long
+        the target stood idle for it."""
         self.num_rounds += 1
         if num_trunk_verified == 0:
             return
+        self.num_predraft_hits += int(is_predraft)
+        self.num_predraft_misses += int(not is_predraft)
+        self.draft_wait_s += wait_s
         self.num_drafts += 1
         self.num_draft_tokens += num_trunk_verified
         self.num_accepted_tokens += num_trunk_accepted
@@ -42,4 +51,6 @@ class ServerStats:
                       num_drafter_handshakes=self.num_drafter_handshakes, target_alone_s=self.target_alone_s,
                       num_rounds=self.num_rounds, num_drafts=self.num_drafts, num_draft_tokens=self.num_draft_tokens,
                       num_accepted_tokens=self.num_accepted_tokens,
-                      accepted_by_position=list(self.accepted_by_position), generation_tokens=self.generation_tokens)
+                      accepted_by_position=list(self.accepted_by_position), generation_tokens=self.generation_tokens,
+                      num_predraft_hits=self.num_predraft_hits, num_predraft_misses=self.num_predraft_misses,
+                      draft_wait_s=self.draft_wait_s)

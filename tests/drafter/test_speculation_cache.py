@@ -65,7 +65,7 @@ def test_cache_stays_a_fresh_prefill_over_random_hits_and_misses(family):
     are the draft's own greedy continuation of the committed text. Sliding windows included
     (the target-shaped models below slide a window of 8 tokens)."""
     model = family_model(family, 320, 2, seed=3)
-    engine = DraftEngine(model, DrafterConfig(gamma=4, window=2, ngram=3, phrases_checked=2, outcomes=6))
+    engine = DraftEngine(model, DrafterConfig(gamma=4, window=2, ngram=3, phrases_checked=2, outcomes=6, pre_drafts="on"))
     engine.limit_vocab(320)
     session = engine.open([5, 17, 33, 2, 40, 41, 5, 17, 9, 12])
     rng = random.Random(family)
@@ -95,7 +95,7 @@ def test_cache_stays_a_fresh_prefill_over_random_hits_and_misses(family):
 def test_tree_passes_leave_no_entry_behind_on_a_chain_verdict():
     """The verdict keeps the chain (all accepted, the draft's own token): the tree's entries go."""
     model = family_model("llama", 320, 2, seed=1)
-    engine = DraftEngine(model, DrafterConfig(gamma=3, outcomes=4))
+    engine = DraftEngine(model, DrafterConfig(gamma=3, outcomes=4, pre_drafts="on"))
     session = engine.open([7, 8, 9, 10, 11, 12])
     draft_tree(engine, session, 3)
     assert session.cache_length > len(session.tokens) - 1  # the branches' entries sit behind

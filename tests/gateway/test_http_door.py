@@ -162,6 +162,11 @@ def test_metrics_parse_and_counters_move(api, door):
     accepted = total(after, "ouroboros:spec_decode_num_accepted_tokens")
     assert accepted > 0  # the draft is the target's own first layer: it is accepted
     assert accepted == total(after, "ouroboros:spec_decode_num_accepted_tokens_per_pos")  # each accepted token once
+    drafts = [total(found, "ouroboros:predraft_hits") + total(found, "ouroboros:predraft_misses")
+              for found in (before, after)]
+    assert drafts[1] - drafts[0] == total(after, "ouroboros:spec_decode_num_drafts") - \
+        total(before, "ouroboros:spec_decode_num_drafts")  # every draft verified is a hit or a miss
+    assert total(after, "ouroboros:draft_wait_seconds") >= total(before, "ouroboros:draft_wait_seconds")
     assert after["ouroboros:drafter_present"].samples[0].value == 1
     assert after["ouroboros:time_to_first_token_seconds"].samples  # a histogram with observations
 

@@ -37,7 +37,8 @@ SAMPLES = [
     StatusQuery(request_id="q1"),
     Status(request_id="q1", running=2, queued=1, max_sessions=16, max_queue=64, is_drafter_present=False,
            num_drafter_handshakes=2, target_alone_s=3.5, num_rounds=40, num_drafts=30, num_draft_tokens=90,
-           num_accepted_tokens=33, accepted_by_position=[20, 9, 4], generation_tokens=120),
+           num_accepted_tokens=33, accepted_by_position=[20, 9, 4], generation_tokens=120,
+           num_predraft_hits=12, num_predraft_misses=18, draft_wait_s=0.25),
 ]
 
 
