@@ -36,7 +36,7 @@ class DrafterConfig:
                            "take turns: the drafter drafts only while the verifier waits, and each target pass takes "
                            "the drafter's cores too); auto: off where both processes share one CPU, else on")
 
-    outcomes: int = knob(8, "--outcomes",
+    outcomes: int = knob(16, "--outcomes",
                          "speculation cache: verification outcomes (k trunk tokens accepted, then the target's own "
                          "token) whose next block is pre-drafted beside the draft's own while the verifier checks a "
                          "block (0 = none); only with pre-drafts on")

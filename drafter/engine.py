@@ -219,7 +219,7 @@ class DraftEngine(OutcomeDrafting):
         # first that differs, was predicted from committed tokens alone (Agreement)
         for j in range(min(common + 1, len(drafted), len(appended))):
             session.agreed.setdefault(start + j, int(j < common))
-        if not kept and self.adopt_outcome(session, start + common, [int(t) for t in appended[common:]]):
+        if self.adopt_outcome(session, [int(t) for t in appended], len(drafted) - common if kept else 0):
             kept = True  # the speculation cache had drafted for this outcome: its branch is the draft now
         else:
             self.drop_outcomes(session)

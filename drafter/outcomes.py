@@ -3,15 +3,14 @@
 
 While the verifier checks a block (trunk t_0..t_{g-1} on committed length b), the drafter drafts
 the next block for the outcomes most likely to happen. An outcome is (k, c): the target accepts
-the first k trunk tokens and then writes its own token c at position b + k. The drafter's own
-continuation (every trunk token accepted, then the draft's own next token) is its chain, drafted
-anyway; the speculation cache holds the others."""
+the first k trunk tokens and then writes its own token c at position b + k (for k < g, c is not
+the trunk's token there, or the target would have accepted it)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-CANDIDATES_PER_POSITION = 3  # the draft's top tokens kept per drafted position (SSD's F)
+CANDIDATES_PER_POSITION = 4  # the draft's top tokens kept per drafted position (SSD's F)
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class OutcomeBranch:
 
 def likely_outcomes(base: int, chain: Sequence[int], candidates: Mapping[int, Sequence[tuple[int, float]]],
                     acceptance: float, limit: int) -> list[Outcome]:
-    """The `limit` most likely outcomes other than the chain's own, most likely first.
+    """The `limit` most likely outcomes, most likely first.
 
     `chain` is what the draft wrote from `base` on: the trunk t_0..t_{g-1}, then its own token at
     b + g. `candidates[p]` is the draft's top tokens at position p with their probabilities.
@@ -56,20 +55,28 @@ def likely_outcomes(base: int, chain: Sequence[int], candidates: Mapping[int, Se
             scale = reach * (1.0 - acceptance) / max(1.0 - q_own, 1e-6)
         else:
             scale = reach
-        found.extend(Outcome(position, token, scale * q) for token, q in options if token != own)
+        found.extend(Outcome(position, token, scale * q) for token, q in options
+                     if token != own or k == trunk_length)
         reach *= acceptance
     found.sort(key=lambda outcome: -outcome.probability)
     return found[:limit]
 
 
-def matching_branch(branches: Sequence[OutcomeBranch], position: int, appended: Sequence[int]) -> OutcomeBranch | None:
-    """The branch a verdict landed on: the committed text first left the chain at `position`, and
-    the tokens committed from there (`appended`) begin the branch, which has drafted past them."""
+def matching_branch(branches: Sequence[OutcomeBranch], chain: Sequence[int], start: int,
+                    appended: Sequence[int]) -> OutcomeBranch | None:
+    """The branch a verdict landed on, with the most tokens drafted past it: the committed text
+    grew by `appended` from `start`; it follows the drafter's `chain` (its tokens from 0) up to
+    the branch's position and the branch from there, and the branch goes on past it."""
+    best, best_extra = None, 0
     for branch in branches:
-        if branch.position == position and len(branch.tokens) > len(appended) \
-                and list(branch.tokens[: len(appended)]) == list(appended):
-            return branch
-    return None
+        offset = branch.position - start
+        if not 0 <= offset < len(appended) or list(chain[start : branch.position]) != list(appended[:offset]):
+            continue
+        rest = appended[offset:]
+        extra = len(branch.tokens) - len(rest)
+        if extra > best_extra and list(branch.tokens[: len(rest)]) == list(rest):
+            best, best_extra = branch, extra
+    return best
 
 
 def branch_entries(branch: OutcomeBranch, chain_length: int) -> list[int]:

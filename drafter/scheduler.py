@@ -70,6 +70,10 @@ class DraftScheduler:
             return self.engine.lags(request.session, CATCH_UP_TOKENS)
         if len(request.sent) >= MAX_AHEAD or request.budget(request.next_base) <= 0:
             return False
+        if self.engine.keeps_candidates and request.sent and not request.is_waited_on:
+            # the speculation cache drafts ahead for every likely outcome, the chain's own among
+            # them: the chain only reaches the draft's token after the trunk (its candidates)
+            return len(request.session.tokens) < request.next_base
         # --pre-drafts off: nothing to draft while the verifier checks this request's last block
         return self.engine.config.pre_drafts != "off" or request.is_waited_on or not self.needs_step(request)
 

@@ -109,6 +109,9 @@ class DrafterServer:
             self.send(Resync(request_id=msg.request_id))
             return
         hits = session.num_outcome_hits
+        if log.isEnabledFor(logging.DEBUG) and session.outcome_base is not None:
+            log.debug("verdict %s lands at +%d on %s; the tree held %s", msg.request_id[:8], len(msg.appended),
+                      msg.appended[-1], [(b.position - base, b.tokens[0], len(b.tokens) - 1) for b in session.outcomes])
         kept = self.engine.sync(session, msg.appended)
         is_hit = session.num_outcome_hits > hits  # the speculation cache held this outcome's block
         self.engine.ask(session, msg.draft_length)
@@ -130,6 +133,8 @@ class DrafterServer:
             request.is_drafting_ahead = is_hit or request.is_drafting_ahead and kept and request.next_base == length
             request.sent = {}
             request.next_base = length
+        if is_hit and request.budget(length) > 0:
+            self.send_block(request)  # at once, as far as the branch got: the verifier waits for it
 
     # ---- drafting ----
     def advance(self) -> None:

@@ -101,12 +101,14 @@ class OutcomeDrafting:
             keep_cache_entries(session.cache, list(range(session.outcome_chain)))
         session.outcomes, session.outcome_base = [], None
 
-    def adopt_outcome(self, session: DraftSession, position: int, appended: Sequence[int]) -> bool:
-        """The verdict committed `appended` from `position` on, where the text left the chain: if
-        a branch begins with them, it becomes the session's draft (tokens, cache, candidates)."""
-        branch = matching_branch(session.outcomes, position, appended)
-        if branch is None:
+    def adopt_outcome(self, session: DraftSession, appended: Sequence[int], chain_extra: int) -> bool:
+        """The verdict committed `appended`: if a branch holds them and drafted more than
+        `chain_extra` tokens past them (what the chain has), it becomes the session's draft
+        (tokens, cache, candidates)."""
+        branch = matching_branch(session.outcomes, session.tokens, session.num_committed, appended)
+        if branch is None or len(branch.tokens) - (session.num_committed + len(appended) - branch.position) <= chain_extra:
             return False
+        position = branch.position
         keep_cache_entries(session.cache, branch_entries(branch, session.outcome_chain))
         session.tokens = session.tokens[:position] + branch.tokens
         for offset, candidates in enumerate(branch.candidates):

@@ -128,6 +128,9 @@ class VerifierServer(Receiving):
         lengths = self.scheduler.next_lengths(requests)
         committed = []
         for (request, plan, result), length in zip(rounds, lengths):
+            log.debug("round %s: waited %.1f ms for its draft (%s), trunk %d, %d accepted", request.request_id[:8],
+                      1000 * request.round_wait_s, "drafted ahead" if plan.is_predraft else "drafted on the verdict",
+                      len(plan.trunk), result.num_trunk_accepted)
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft,
                                  wait_s=request.round_wait_s)
             self.stats.record_round(len(plan.trunk), result.num_trunk_accepted, plan.is_predraft, request.round_wait_s)

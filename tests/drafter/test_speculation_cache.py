@@ -29,26 +29,32 @@ def test_outcomes_are_ranked_by_acceptance_times_the_drafts_probability():
     candidates = {5: [(10, 0.6), (20, 0.3), (21, 0.1)], 6: [(11, 0.5), (30, 0.4)], 7: [(12, 0.7), (40, 0.2)]}
     found = likely_outcomes(5, [10, 11, 12], candidates, acceptance=0.5, limit=10)
     got = {(o.position, o.token): o.probability for o in found}
-    assert set(got) == {(5, 20), (5, 21), (6, 30), (7, 40)}  # never the chain's own token
+    # a trunk token is never an outcome there (the target would have accepted it); after the
+    # whole trunk the draft's own next token is one
+    assert set(got) == {(5, 20), (5, 21), (6, 30), (7, 12), (7, 40)}
     assert got[(5, 20)] == pytest.approx(0.5 * 0.3 / 0.4)  # rejected at once, then c given not-d
     assert got[(6, 30)] == pytest.approx(0.5 * 0.5 * 0.4 / 0.5)
-    assert got[(7, 40)] == pytest.approx(0.25 * 0.2)  # both accepted, then the bonus token
-    assert [(o.position, o.token) for o in found][:2] == [(5, 20), (6, 30)]
+    assert got[(7, 12)] == pytest.approx(0.25 * 0.7)  # both accepted, then the bonus token
+    assert [(o.position, o.token) for o in found][:3] == [(5, 20), (6, 30), (7, 12)]
     assert len(likely_outcomes(5, [10, 11, 12], candidates, 0.5, limit=2)) == 2
 
 
-def test_a_branch_matches_only_tokens_it_begins_with_and_drafted_past():
-    branch = OutcomeBranch(position=9, tokens=[4, 5, 6], probability=0.1)
-    assert matching_branch([branch], 9, [4]) is branch
-    assert matching_branch([branch], 9, [4, 5]) is branch
-    assert matching_branch([branch], 9, [4, 5, 6]) is None  # nothing drafted past the verdict
-    assert matching_branch([branch], 9, [4, 7]) is None
-    assert matching_branch([branch], 8, [4]) is None
+def test_a_verdict_lands_on_the_branch_that_holds_it_and_drafted_furthest():
+    chain = [1, 2, 3, 10, 11, 12]  # committed [1, 2, 3], then the trunk [10, 11] and the draft's 12
+    rejected = OutcomeBranch(position=4, tokens=[30, 5, 6], probability=0.2)
+    bonus = OutcomeBranch(position=5, tokens=[12, 7], probability=0.1)
+    branches = [rejected, bonus]
+    assert matching_branch(branches, chain, 3, [10, 30]) is rejected
+    assert matching_branch(branches, chain, 3, [10, 30, 5]) is rejected
+    assert matching_branch(branches, chain, 3, [10, 30, 5, 6]) is None  # nothing drafted past the verdict
+    assert matching_branch(branches, chain, 3, [10, 31]) is None
+    assert matching_branch(branches, chain, 3, [30]) is None  # the text left the chain before the branch
+    assert matching_branch(branches, chain, 3, [10, 11, 12]) is bonus  # the chain's own outcome
 
 
 def draft_tree(engine, session, length: int) -> None:
-    """A round's drafter work with the cache on: the trunk, the chain one token past it, then the
-    outcome branches to full depth."""
+    """A round's drafter work with the cache on: the trunk, the chain one token past it (as the
+    scheduler has it), then the outcome branches to full depth."""
     engine.ask(session, length)
     engine.draft(session)
     engine.step(session)  # the chain's pre-draft begins: the draft's own token after the trunk
@@ -92,15 +98,17 @@ def test_cache_stays_a_fresh_prefill_over_random_hits_and_misses(family):
     assert hits >= 3 and misses >= 1
 
 
-def test_tree_passes_leave_no_entry_behind_on_a_chain_verdict():
-    """The verdict keeps the chain (all accepted, the draft's own token): the tree's entries go."""
+def test_a_verdict_no_branch_holds_leaves_no_tree_entry_behind():
+    """A miss: the tree's entries go, the chain is cropped where the text left it."""
     model = family_model("llama", 320, 2, seed=1)
     engine = DraftEngine(model, DrafterConfig(gamma=3, outcomes=4, pre_drafts="on"))
     session = engine.open([7, 8, 9, 10, 11, 12])
     draft_tree(engine, session, 3)
     assert session.cache_length > len(session.tokens) - 1  # the branches' entries sit behind
     start = session.num_committed
-    engine.sync(session, session.tokens[start : start + 4])
-    assert session.cache_length == len(session.tokens) - 1
+    held = {(b.position, b.tokens[0]) for b in session.outcomes}
+    token = next(t for t in range(320) if (start + 1, t) not in held and t != session.tokens[start + 1])
+    engine.sync(session, [session.tokens[start], token])
+    assert session.num_outcome_hits == 0 and session.tokens[start + 1] == token
+    assert session.cache_length == start + 1 and not session.outcomes
     assert_cache_is_a_fresh_prefill(model, session)
-    assert torch.is_grad_enabled()  # inference mode did not leak
