@@ -115,7 +115,6 @@ class DrafterServer:
         kept = self.engine.sync(session, msg.appended)
         is_hit = session.num_outcome_hits > hits  # the speculation cache held this outcome's block
         self.engine.ask(session, msg.draft_length)
-        self.send_agreement(request)
         block = _verified_block(request, base)
         if block is not None:
             trunk = block.trunk[: msg.num_trunk_verified]
@@ -135,6 +134,7 @@ class DrafterServer:
             request.next_base = length
         if is_hit and request.budget(length) > 0:
             self.send_block(request)  # at once, as far as the branch got: the verifier waits for it
+        self.send_agreement(request)
 
     # ---- drafting ----
     def advance(self) -> None:

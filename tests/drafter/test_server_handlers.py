@@ -160,3 +160,70 @@ def test_a_resting_request_is_caught_up_in_one_pass_and_its_agreement_reported(l
     assert agreement and agreement[0].start == len(PROMPT)  # from the first token on (the prompt was fed too)
     assert len(agreement[0].agreed) == CATCH_UP_TOKENS and not verifier.poll(200)
     assert session.cache_length == len(session.tokens) - 1 and not server.scheduler.is_busy()
+
+
+@pytest.fixture
+def cache_link(tmp_path):
+    """The drafter with the speculation cache on (--pre-drafts on, --outcomes 8)."""
+    endpoint = f"ipc://{tmp_path}/drafter.sock"
+    verifier = zmq.Context.instance().socket(zmq.ROUTER)
+    verifier.bind(endpoint)
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=4, window=2, ngram=3, pre_drafts="on", outcomes=8))
+    server = DrafterServer(engine, endpoint, "fp", vocab_size=96)
+    server.socket.connect(endpoint)
+    server.send(server.hello)
+    identity, _ = receive(verifier)
+    yield server, verifier, identity
+    server.socket.close(0)
+    verifier.close(0)
+
+
+def verdict(draft: Draft, appended: list[int], accepted: int) -> Verdict:
+    return Verdict(request_id=draft.request_id, committed_length=draft.base_length + len(appended), appended=appended,
+                   num_trunk_verified=len(draft.trunk), num_trunk_accepted=accepted,
+                   trunk_predictions=(appended + [0] * len(draft.trunk))[: len(draft.trunk) + 1],
+                   branch_predictions=[], draft_length=4)
+
+
+def drafted_ahead(server, draft: Draft):
+    """Run the loop while the verifier 'verifies' `draft`: the speculation cache fills up."""
+    for _ in range(100):
+        if not server.scheduler.is_busy():
+            break
+        server.advance()
+    session = server.requests[draft.request_id].session
+    assert session.outcome_base == draft.base_length and session.outcomes
+    return session
+
+
+def test_a_verdict_the_cache_holds_is_answered_at_once_without_a_draft_pass(cache_link):
+    server, verifier, identity = cache_link
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=64, draft_length=4))
+    draft = next_draft(server, verifier)
+    assert not verifier.poll(50)  # nothing sent ahead: the cache answers verdicts
+    session = drafted_ahead(server, draft)
+    branch = max(session.outcomes, key=lambda b: b.position)  # the deepest outcome held
+    k = branch.position - draft.base_length
+    passes, tree_passes = session.num_passes, session.num_tree_passes
+    deliver(server, verifier, identity, verdict(draft, draft.trunk[:k] + branch.tokens[:1], k))
+    _, answer = receive(verifier, timeout_ms=1000)  # sent by the handler itself, first
+    assert isinstance(answer, Draft) and answer.drafted_ahead
+    assert answer.base_length == draft.base_length + k + 1 and answer.trunk == branch.tokens[1:]
+    assert (session.num_passes, session.num_tree_passes) == (passes, tree_passes)  # no pass ran for it
+    assert session.num_outcome_hits == 1 and session.cache_length == len(session.tokens) - 1
+
+
+def test_a_verdict_the_cache_does_not_hold_is_drafted_afresh(cache_link):
+    server, verifier, identity = cache_link
+    deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=64, draft_length=4))
+    draft = next_draft(server, verifier)
+    session = drafted_ahead(server, draft)
+    held = {(b.position, b.tokens[0]) for b in session.outcomes}
+    token = next(t for t in range(96) if (draft.base_length, t) not in held and t != draft.trunk[0])
+    passes = session.num_passes
+    deliver(server, verifier, identity, verdict(draft, [token], 0))
+    while verifier.poll(50):  # the handler sends the Agreement alone: no block is ready
+        assert isinstance(receive(verifier)[1], Agreement)
+    fresh = next_draft(server, verifier)
+    assert fresh.base_length == draft.base_length + 1 and not fresh.drafted_ahead
+    assert session.num_passes > passes and session.num_outcome_hits == 0

@@ -33,7 +33,8 @@ def test_pipeline_equals_the_target_alone(family, family_dirs):
     sampling = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=5)
     greedy_refs = [reference_greedy(target, ids, NEW_TOKENS, stop=eos) for ids in prompts]
     sampled_ref = target_alone(target, prompts[0], NEW_TOKENS, eos, sampling)
-    with LocalPipeline(serve_args(target_dir, draft_dir)) as pipeline:
+    # --pre-drafts on: the speculation cache drafts ahead for the likely outcomes (drafter.outcomes)
+    with LocalPipeline(serve_args(target_dir, draft_dir, "--pre-drafts", "on")) as pipeline:
         results = generate_concurrently(pipeline.endpoint, prompts, NEW_TOKENS)
         with Client(pipeline.endpoint, timeout=60) as client:
             sampled = client.generate(prompts[0], max_new_tokens=NEW_TOKENS, temperature=0.8, top_k=50, top_p=0.9,

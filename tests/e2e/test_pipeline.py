@@ -46,7 +46,30 @@ def test_drafts_ahead_while_verifying_with_pre_drafts_on(tiny_dirs, reference):
     with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=60) as client:
         completion = client.generate(PROMPTS[0], max_new_tokens=64)
     assert completion.token_ids == reference(PROMPTS[0], 64)
-    assert completion.metrics["predrafts_used"] > 0
+    assert completion.metrics["predrafts_used"] > 0 and completion.metrics["predraft_hit_rate"] > 0
+
+
+def test_builtin_pair_with_the_speculation_cache_is_identical_and_hits(builtin_pair):
+    """--pre-drafts on with the built-in pair, whose draft is often wrong: verdicts land on
+    every kind of outcome, and the cache holds many of them; greedy and seeded sampling stay the
+    target's own."""
+    from launch.reference import target_alone
+    from verifier.sampling import SamplingParams
+
+    tokenizer = builtin_pair.tokenizer
+    ids = tokenizer(humaneval_prompts(3)[2], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+    expected = reference_greedy(builtin_pair.target, ids, 48, stop=eos)
+    sampling = SamplingParams(0.7, 0, 0.9, 17)
+    sampled_ref = target_alone(builtin_pair.target, ids, 32, eos, sampling)
+    args = build_parser().parse_args(["serve", "--port", "0", "--ready-timeout", "300", "--pre-drafts", "on"])
+    with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=120) as client:
+        completion = client.generate(ids, max_new_tokens=48)
+        sampled = client.generate(ids, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=17)
+        status = client.status()
+    assert completion.token_ids == expected and sampled.token_ids == sampled_ref
+    assert completion.metrics["predraft_hit_rate"] > 0 and status.num_predraft_hits > 0
+    assert status.num_predraft_hits + status.num_predraft_misses == status.num_drafts
 
 
 def test_builtin_pair_taking_turns_on_a_shared_cpu_is_identical_and_drafts_nothing_ahead(builtin_pair):
