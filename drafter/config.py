@@ -41,6 +41,10 @@ class DrafterConfig:
                          "token) whose next block is pre-drafted beside the draft's own while the verifier checks a "
                          "block (0 = none); only with pre-drafts on")
 
+    record_rounds: str = knob("", "--record-rounds",
+                              "append one JSON line per verdict to this file (where the speculation cache ranked "
+                              "the outcome, the draft passes the round took): the input of python -m bench.simulate")
+
     def __post_init__(self) -> None:
         _require(self.gamma >= 1, f"--gamma must be >= 1, got {self.gamma}")
         _require(self.window >= 0, f"--window must be >= 0, got {self.window}")

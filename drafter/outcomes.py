@@ -83,3 +83,15 @@ def branch_entries(branch: OutcomeBranch, chain_length: int) -> list[int]:
     """The KV entries to keep when the verdict lands on `branch`: the chain's entries before the
     branch's position (entry j holds position j there), then the branch's own, in order."""
     return list(range(min(branch.position, chain_length))) + branch.entries
+
+
+def outcome_rank(base: int, chain: Sequence[int], candidates: Mapping[int, Sequence[tuple[int, float]]],
+                 acceptance: float, appended: Sequence[int], num_verified: int) -> int | None:
+    """Where the outcome a verdict brought ranks among likely_outcomes for the block it verified
+    (0 = the most likely); None when no ranking could hold it: the text went past the trunk's
+    end (a branch was accepted), or the target's token is not among the draft's candidates."""
+    k = len(appended) - 1
+    if k > num_verified or len(chain) <= num_verified:
+        return None
+    ranked = likely_outcomes(base, chain[: num_verified + 1], candidates, acceptance, limit=1 << 16)
+    return next((i for i, o in enumerate(ranked) if (o.position, o.token) == (base + k, appended[-1])), None)

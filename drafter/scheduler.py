@@ -25,6 +25,8 @@ class DrafterRequest:
     next_base: int  # committed length the next Draft assumes
     sent: dict[int, DraftBlock] = field(default_factory=dict)  # base length -> block sent
     is_drafting_ahead: bool = False  # the block on next_base began before next_base was committed
+    passes_at_verdict: tuple[int, int] = (0, 0)  # the session's (draft, tree) passes at the last verdict
+    last_verdict: float | None = None  # when the last verdict came (time.monotonic)
 
     @property
     def is_resting(self) -> bool:
@@ -70,7 +72,7 @@ class DraftScheduler:
             return self.engine.lags(request.session, CATCH_UP_TOKENS)
         if len(request.sent) >= MAX_AHEAD or request.budget(request.next_base) <= 0:
             return False
-        if self.engine.keeps_candidates and request.sent and not request.is_waited_on:
+        if self.engine.has_cache and request.sent and not request.is_waited_on:
             # the speculation cache drafts ahead for every likely outcome, the chain's own among
             # them: the chain only reaches the draft's token after the trunk (its candidates)
             return len(request.session.tokens) < request.next_base
@@ -94,7 +96,7 @@ class DraftScheduler:
         (sent on the committed length) has outcome branches still to draft (drafter.outcomes)."""
         session = request.session
         block = request.sent.get(session.num_committed)
-        if not self.engine.keeps_candidates or request.is_resting or block is None or not block.trunk:
+        if not self.engine.has_cache or request.is_resting or block is None or not block.trunk:
             return False
         if not self.engine.plan_outcomes(session, session.num_committed, len(block.trunk)):
             return False

@@ -1,6 +1,7 @@
 """The drafter process loop: owns the socket to the verifier, never a tensor."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -8,6 +9,7 @@ import uuid
 import zmq
 
 from drafter.engine import DraftEngine
+from drafter.outcomes import outcome_rank
 from drafter.session import DraftBlock
 from drafter.scheduler import DraftScheduler, DrafterRequest
 from protocol.codec import decode, encode
@@ -31,6 +33,7 @@ class DrafterServer:
         self.scheduler = DraftScheduler(engine)
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.is_acknowledged = False
+        self.record = open(engine.config.record_rounds, "a", buffering=1) if engine.config.record_rounds else None
         self.is_running = True
         self.ctx = zmq.Context.instance()
         self.socket = make_socket(self.ctx, zmq.DEALER, hwm=10_000)
@@ -112,6 +115,8 @@ class DrafterServer:
         if log.isEnabledFor(logging.DEBUG) and session.outcome_base is not None:
             log.debug("verdict %s lands at +%d on %s; the tree held %s", msg.request_id[:8], len(msg.appended),
                       msg.appended[-1], [(b.position - base, b.tokens[0], len(b.tokens) - 1) for b in session.outcomes])
+        chain = session.tokens[base : base + msg.num_trunk_verified + 1]  # for --record-rounds
+        candidates = {p: session.candidates[p] for p in range(base, base + len(chain)) if p in session.candidates}
         kept = self.engine.sync(session, msg.appended)
         is_hit = session.num_outcome_hits > hits  # the speculation cache held this outcome's block
         self.engine.ask(session, msg.draft_length)
@@ -119,6 +124,8 @@ class DrafterServer:
         if block is not None:
             trunk = block.trunk[: msg.num_trunk_verified]
             self.engine.learn(trunk, msg.num_trunk_accepted, msg.trunk_predictions, msg.branch_predictions)
+        if self.record is not None:
+            self.record_round(request, msg, base, chain, candidates, block, is_hit)
         length = msg.committed_length
         useful = {b: blk for b, blk in request.sent.items() if is_usable_at(b, len(blk.trunk), length)}
         if log.isEnabledFor(logging.DEBUG):
@@ -135,6 +142,26 @@ class DrafterServer:
         if is_hit and request.budget(length) > 0:
             self.send_block(request)  # at once, as far as the branch got: the verifier waits for it
         self.send_agreement(request)
+
+    def record_round(self, request: DrafterRequest, msg: Verdict, base: int, chain: list[int],
+                     candidates: dict, block: DraftBlock | None, is_hit: bool) -> None:
+        """One JSON line for bench.simulate: the round's trunk (verified) and what was committed,
+        where the outcome ranked among the likely ones, whether the cache held it, the pass width
+        the block asked for, the draft and tree passes run since the previous verdict, and the
+        time since it (the round as this side saw it)."""
+        session = request.session
+        rank = outcome_rank(base, chain, candidates, session.acceptance, msg.appended, msg.num_trunk_verified)
+        passes, now = (session.num_passes, session.num_tree_passes), time.monotonic()
+        interval = None if request.last_verdict is None else round(1000 * (now - request.last_verdict), 2)
+        width = 1 + msg.num_trunk_verified + (sum(len(b) for b in block.branches) if block is not None else 0)
+        g = msg.num_trunk_verified  # the chain's own outcome: the whole trunk, then the draft's next token
+        own_bonus = len(msg.appended) == g + 1 and msg.num_trunk_accepted == g and chain[g:] == msg.appended[g:]
+        self.record.write(json.dumps({
+            "request": request.request_id, "trunk": msg.num_trunk_verified, "accepted": msg.num_trunk_accepted,
+            "committed": len(msg.appended), "rank": rank, "own_bonus": own_bonus, "hit": is_hit, "width": width,
+            "next_length": msg.draft_length, "draft_passes": passes[0] - request.passes_at_verdict[0],
+            "tree_passes": passes[1] - request.passes_at_verdict[1], "round_ms": interval}) + "\n")
+        request.passes_at_verdict, request.last_verdict = passes, now
 
     # ---- drafting ----
     def advance(self) -> None:

@@ -39,9 +39,15 @@ class OutcomeDrafting:
         return [list(zip(row_ids, row_probs)) for row_ids, row_probs in zip(ids.tolist(), top.values.tolist())]
 
     @property
-    def keeps_candidates(self) -> bool:
-        """The drafter drafts ahead (--pre-drafts on, as launch resolves auto) with --outcomes > 0."""
+    def has_cache(self) -> bool:
+        """The speculation cache is on: --pre-drafts on (as launch resolves auto), --outcomes > 0."""
         return self.config.outcomes > 0 and self.config.pre_drafts == "on"
+
+    @property
+    def keeps_candidates(self) -> bool:
+        """The draft's top tokens are kept at each drafted position: for the cache, or for the
+        ranks --record-rounds writes."""
+        return self.has_cache or bool(self.config.record_rounds)
 
     def plan_outcomes(self, session: DraftSession, base: int, trunk_length: int) -> bool:
         """Start the tree for the block on `base` under verification (trunk_length tokens): True
