@@ -1,6 +1,7 @@
 """The draft engine: owns the draft model, its KV caches and the phrase pool; no sockets."""
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import replace
@@ -22,6 +23,7 @@ from drafter.speculation_cache import OutcomeDrafting
 
 
 ACCEPTANCE_WEIGHT = 0.05  # of each new Agreement bit in the session's running acceptance
+log = logging.getLogger("ouroboros.drafter")
 MAX_APPENDED = 64  # tokens one verdict may append beyond a --gamma trunk (a branch, the target's own lookup)
 
 
@@ -55,6 +57,9 @@ class DraftEngine(OutcomeDrafting):
                               next(model.parameters()).dtype, self.device)
         self.graphs = GraphedPasses(model, self.kinds, self.slots) if cuda_graphs and self.device.type == "cuda" \
             else None
+        if self.graphs is not None and config.outcomes and config.pre_drafts == "on":
+            log.info("the speculation cache is off: draft passes replay CUDA graphs and a tree pass would run eagerly "
+                     "(--no-cuda-graphs turns it on)")
         self.token_ids: torch.Tensor | None = getattr(model, "draft_token_ids", None)
         # a pair may differ by padding rows past the shared tokenizer (docs/architecture.md, "Models"): the draft
         # embeds only its own rows and proposes only ids the target has (see limit_vocab)

@@ -40,8 +40,10 @@ class OutcomeDrafting:
 
     @property
     def has_cache(self) -> bool:
-        """The speculation cache is on: --pre-drafts on (as launch resolves auto), --outcomes > 0."""
-        return self.config.outcomes > 0 and self.config.pre_drafts == "on"
+        """The speculation cache is on: --pre-drafts on (as launch resolves auto), --outcomes > 0,
+        and draft passes not replayed as CUDA graphs (a tree pass runs eagerly, which on a GPU
+        costs several graphed passes: more than the verifier's pass it hides behind)."""
+        return self.config.outcomes > 0 and self.config.pre_drafts == "on" and self.graphs is None
 
     @property
     def keeps_candidates(self) -> bool:
