@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,7 +206,8 @@ class LocalPipeline:
         return None
 
     def stop(self) -> None:
-        """SIGTERM both, then SIGKILL what is still there after 10 s."""
+        """SIGTERM both, then SIGKILL what is still there after 10 s; then remove the folder of
+        the drafter's socket."""
         procs = [p for p in (self.drafter, self.verifier) if p is not None and p.poll() is None]
         for proc in procs:
             proc.terminate()
@@ -216,6 +218,7 @@ class LocalPipeline:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "LocalPipeline":
         self.start()

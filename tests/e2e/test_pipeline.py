@@ -1,6 +1,7 @@
 """The two-process pipeline over real sockets against the target's own greedy decoding."""
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -47,6 +48,7 @@ def test_drafts_ahead_while_verifying_with_pre_drafts_on(tiny_dirs, reference):
         completion = client.generate(PROMPTS[0], max_new_tokens=64)
     assert completion.token_ids == reference(PROMPTS[0], 64)
     assert completion.metrics["predrafts_used"] > 0 and completion.metrics["predraft_hit_rate"] > 0
+    assert not os.path.exists(pipeline.workdir)  # the drafter socket's folder goes with the pipeline
 
 
 def test_builtin_pair_with_the_speculation_cache_is_identical_and_hits(builtin_pair):
