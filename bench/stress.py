@@ -15,7 +15,6 @@ import torch
 from tqdm import tqdm
 
 
-
 def add_stress_parser(sub) -> None:
     from launch.serve import add_serve_flags
 
