@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import zmq
@@ -11,7 +12,7 @@ from ouroboros.cli import build_parser
 from models.loading import load_model, load_tokenizer
 from launch.serve import LocalPipeline
 from protocol.client import Client
-from bench.prompts import humaneval_prompts
+from bench.prompts import humaneval_prompts, load_prompts
 from tests.conftest import reference_greedy
 from tests.e2e.conftest import serve_args
 
@@ -52,25 +53,26 @@ def test_drafts_ahead_while_verifying_with_pre_drafts_on(tiny_dirs, reference):
 
 
 def test_builtin_pair_with_the_speculation_cache_is_identical_and_hits(builtin_pair):
-    """--pre-drafts on with the built-in pair, whose draft is often wrong: verdicts land on
-    every kind of outcome, and the cache holds many of them; greedy and seeded sampling stay the
-    target's own."""
+    """--pre-drafts on with the built-in pair on prose, where most rounds draft and the draft is
+    often wrong: verdicts land on every kind of outcome, the cache holds some of them, and greedy
+    and seeded sampling stay the target's own."""
     from launch.reference import target_alone
     from verifier.sampling import SamplingParams
 
     tokenizer = builtin_pair.tokenizer
-    ids = tokenizer(humaneval_prompts(3)[2], add_special_tokens=False)["input_ids"]
+    prose = load_prompts(str(Path(__file__).parents[2] / "bench" / "prompts" / "prose.jsonl"), 2)[1]
+    ids = tokenizer(prose, add_special_tokens=False)["input_ids"]  # prose: drafts pay, rounds draft
     eos = [tokenizer.eos_token_id]
-    expected = reference_greedy(builtin_pair.target, ids, 48, stop=eos)
+    expected = reference_greedy(builtin_pair.target, ids, 96, stop=eos)
     sampling = SamplingParams(0.7, 0, 0.9, 17)
     sampled_ref = target_alone(builtin_pair.target, ids, 32, eos, sampling)
     args = build_parser().parse_args(["serve", "--port", "0", "--ready-timeout", "300", "--pre-drafts", "on"])
     with LocalPipeline(args) as pipeline, Client(pipeline.endpoint, timeout=120) as client:
-        completion = client.generate(ids, max_new_tokens=48)
+        completion = client.generate(ids, max_new_tokens=96)
         sampled = client.generate(ids, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=17)
         status = client.status()
     assert completion.token_ids == expected and sampled.token_ids == sampled_ref
-    assert completion.metrics["predraft_hit_rate"] > 0 and status.num_predraft_hits > 0
+    assert status.num_predraft_hits > 0  # timing decides which, not whether, over some 60 rounds
     assert status.num_predraft_hits + status.num_predraft_misses == status.num_drafts
 
 
