@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 from bisect import bisect_left
 from pathlib import Path
@@ -67,6 +69,23 @@ def load_costs(path: str) -> tuple[Curve, Curve]:
     return curves[0], curves[1]
 
 
+PASS_LINE = re.compile(r"\[verifier\] \d+ pass of 1 rows x (\d+) tokens \(\d+ real\): (\d+(?:\.\d+)?) ms")
+
+
+def load_pass_log(path: str) -> Curve:
+    """The target's curve from a pipeline's own passes: the median of each width's one-row passes
+    in a verifier DEBUG log (OUROBOROS_LOG_LEVEL=DEBUG), widths seen at least 3 times."""
+    by_width: dict[int, list[float]] = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        found = PASS_LINE.search(line)
+        if found:
+            by_width.setdefault(int(found.group(1)), []).append(float(found.group(2)))
+    points = {w: statistics.median(ms) for w, ms in by_width.items() if len(ms) >= 3}
+    if not points:
+        raise ValueError(f"{path} holds no verifier pass lines: run the pipeline with OUROBOROS_LOG_LEVEL=DEBUG")
+    return Curve(points)
+
+
 def load_rounds(path: str) -> list[dict]:
     rounds = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     if not rounds:
@@ -104,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", required=True, metavar="FILE.jsonl", help="rounds recorded by --record-rounds")
     parser.add_argument("--pass-costs", required=True, metavar="FILE.json",
                         help="`ouroboros bench --pass-costs --json` of the device to project to")
+    parser.add_argument("--pass-log", metavar="FILE",
+                        help="the target's costs from a verifier DEBUG log instead (the recorded run's own passes; "
+                             "the draft's still come from --pass-costs)")
     parser.add_argument("--outcomes", type=int, default=16, help="the speculation cache's outcomes (--outcomes)")
     parser.add_argument("--json", metavar="OUT.json", help="write the prediction as JSON")
     args = parser.parse_args(argv)
@@ -112,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rounds = load_rounds(args.rounds)
         target, draft = load_costs(args.pass_costs)
+        if args.pass_log:
+            target = load_pass_log(args.pass_log)
     except (OSError, ValueError, KeyError) as exc:
         print(f"bench.simulate: {exc}", file=sys.stderr)
         return 2
@@ -121,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = max(sum(r["next_length"] > 0 for r in timed), 1)
         result["recorded"] = {"tokens_per_s": 1000 * sum(r["committed"] for r in timed) / sum(r["round_ms"] for r in timed),
                               "hit_rate": sum(bool(r["hit"]) for r in timed) / wanted}
-    print(f"{len(rounds)} rounds, {sum(r['committed'] for r in rounds)} tokens; costs {args.pass_costs}: target "
+    source = args.pass_costs + (f" and {args.pass_log}" if args.pass_log else "")
+    print(f"{len(rounds)} rounds, {sum(r['committed'] for r in rounds)} tokens; costs {source}: target "
           f"{target(1):.1f} ms (1 token) / {target(16):.1f} ms (16), draft {draft(1):.1f} ms / {draft(16):.1f} ms")
     print(f"{'mode':18}{'tokens/s':>10}{'hits':>7}")
     for mode, row in result.items():

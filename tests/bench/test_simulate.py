@@ -53,3 +53,19 @@ def test_the_command_reads_a_recording_and_pass_costs(tmp_path, capsys):
     assert "multi-outcome" in capsys.readouterr().out
     assert set(json.loads(out.read_text())["modes"]) == {"synchronous", "single-outcome", "multi-outcome", "recorded"}
     assert main(["--rounds", str(tmp_path / "missing.jsonl"), "--pass-costs", str(costs)]) == 2
+
+
+def test_a_verifier_debug_log_gives_the_targets_curve(tmp_path):
+    from bench.simulate import load_pass_log
+
+    log = tmp_path / "debug.log"
+    lines = [f"[verifier] {100 + i} pass of 1 rows x {w} tokens ({w} real): {ms} ms, 1 committed"
+             for i, (w, ms) in enumerate([(1, 30), (1, 34), (1, 31), (4, 40), (4, 38), (4, 41), (9, 99)])]
+    log.write_text("\n".join(lines + ["[drafter] 5 verdict x: 3 -> 4 tokens", "[verifier] 7 pass of 2 rows x 3 tokens"
+                                      " (5 real): 50 ms, 2 committed"]) + "\n")
+    curve = load_pass_log(str(log))
+    assert curve.widths == [1, 4] and curve(1) == 31 and curve(4) == 40  # medians; width 9 seen once
+    quiet = tmp_path / "info.log"
+    quiet.write_text("[verifier] 1 KV slots: 16 x 4096 tokens\n")
+    with pytest.raises(ValueError, match="DEBUG"):
+        load_pass_log(str(quiet))
