@@ -118,7 +118,7 @@ def simulate(rounds: list[dict], target: Curve, draft: Curve, outcomes: int) -> 
                    else None} for mode, (ms, hits) in totals.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", required=True, metavar="FILE.jsonl", help="rounds recorded by --record-rounds")
     parser.add_argument("--pass-costs", required=True, metavar="FILE.json",
@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                              "the draft's still come from --pass-costs)")
     parser.add_argument("--outcomes", type=int, default=16, help="the speculation cache's outcomes (--outcomes)")
     parser.add_argument("--json", metavar="OUT.json", help="write the prediction as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.outcomes < 0:
         parser.error(f"--outcomes must be >= 0, got {args.outcomes}")
