@@ -115,8 +115,9 @@ class DrafterServer:
         if log.isEnabledFor(logging.DEBUG) and session.outcome_base is not None:
             log.debug("verdict %s lands at +%d on %s; the tree held %s", msg.request_id[:8], len(msg.appended),
                       msg.appended[-1], [(b.position - base, b.tokens[0], len(b.tokens) - 1) for b in session.outcomes])
-        chain = session.tokens[base : base + msg.num_trunk_verified + 1]  # for --record-rounds
-        candidates = {p: session.candidates[p] for p in range(base, base + len(chain)) if p in session.candidates}
+        if self.record is not None:  # what the verdict will replace, for --record-rounds
+            chain = session.tokens[base : base + msg.num_trunk_verified + 1]
+            candidates = {p: session.candidates[p] for p in range(base, base + len(chain)) if p in session.candidates}
         kept = self.engine.sync(session, msg.appended)
         is_hit = session.num_outcome_hits > hits  # the speculation cache held this outcome's block
         self.engine.ask(session, msg.draft_length)

@@ -227,3 +227,32 @@ def test_a_verdict_the_cache_does_not_hold_is_drafted_afresh(cache_link):
     fresh = next_draft(server, verifier)
     assert fresh.base_length == draft.base_length + 1 and not fresh.drafted_ahead
     assert session.num_passes > passes and session.num_outcome_hits == 0
+
+
+def test_record_rounds_writes_each_verdicts_outcome_and_rank(tmp_path):
+    """--record-rounds: one JSON line per verdict; the outcome the cache held ranks among the
+    likely ones, and a hit says so (bench.simulate reads these)."""
+    import json
+
+    endpoint, path = f"ipc://{tmp_path}/drafter.sock", tmp_path / "rounds.jsonl"
+    verifier = zmq.Context.instance().socket(zmq.ROUTER)
+    verifier.bind(endpoint)
+    engine = DraftEngine(tiny_model("llama"), DrafterConfig(gamma=4, window=2, ngram=3, pre_drafts="on", outcomes=8,
+                                                             record_rounds=str(path)))
+    server = DrafterServer(engine, endpoint, "fp", vocab_size=96)
+    server.socket.connect(endpoint)
+    server.send(server.hello)
+    identity, _ = receive(verifier)
+    try:
+        deliver(server, verifier, identity, Open(request_id="r", token_ids=PROMPT, max_new_tokens=64, draft_length=4))
+        draft = next_draft(server, verifier)
+        session = drafted_ahead(server, draft)
+        branch = session.outcomes[0]  # the most likely outcome
+        k = branch.position - draft.base_length
+        deliver(server, verifier, identity, verdict(draft, draft.trunk[:k] + branch.tokens[:1], k))
+        record = json.loads(path.read_text().splitlines()[-1])
+        assert record["rank"] == 0 and record["hit"] and record["trunk"] == len(draft.trunk)
+        assert record["committed"] == k + 1 and record["width"] >= 1 + len(draft.trunk)
+    finally:
+        server.socket.close(0)
+        verifier.close(0)
