@@ -135,7 +135,7 @@ def run_bench(args: argparse.Namespace) -> int:
             contender.close()
     baseline = tallies[args.reference].num_tokens / tallies[args.reference].seconds
     results = [tallies[c.name].row(baseline) for c in contenders]
-    report = {"device": _device_name(), "threads": args.threads, "prompts": len(prompts), "reference": args.reference,
+    report = {"device": _device_name(args.threads), "threads": args.threads, "prompts": len(prompts), "reference": args.reference,
               "max_new_tokens": args.max_new_tokens, "results": results}
     print_table(report, notes)
     if args.json:
@@ -147,12 +147,13 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_name() -> str:
+def _device_name(threads: int) -> str:
+    """The device, with the cores every contender got in total on a CPU (--threads)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     import platform
 
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads max)"
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} threads per contender in all)"
 
 
 def print_table(report: dict, notes: list[str]) -> None:
