@@ -1,5 +1,5 @@
 """Training and held-out data for draft distillation: text files, token chunks, the reduced
-vocabulary, and the target's cached greedy continuations of HumanEval prompts."""
+vocabulary, and the target's cached greedy continuations of held-out prompts."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from bench.prompts import humaneval_prompts
 
 FILES_PER_SHARD = 200
 MAX_CHARS_PER_FILE = 100_000
@@ -226,14 +225,15 @@ def target_continuations(target: torch.nn.Module, tokenizer: PreTrainedTokenizer
 
 @torch.inference_mode()
 def eval_continuations(target: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, target_name: str,
-                       num_prompts: int, cache_path: Path, max_new_tokens: int = 64) -> list[tuple[list[int], list[int]]]:
-    """The target's greedy continuations of the first HumanEval prompts (stopping at EOS),
-    cached in `cache_path` so resumed and later runs reuse them."""
+                       prompts: list[str], cache_path: Path, max_new_tokens: int = 64) -> list[tuple[list[int], list[int]]]:
+    """The target's greedy continuations of held-out prompts (stopping at EOS), cached in
+    `cache_path` so resumed and later runs reuse them."""
     if cache_path.exists():
         cached = json.loads(cache_path.read_text())
         if cached["target"] == target_name and cached["max_new_tokens"] == max_new_tokens \
-                and len(cached["items"]) >= num_prompts:
-            return [(p, c) for p, c in cached["items"][:num_prompts]]
-    items = target_continuations(target, tokenizer, humaneval_prompts(num_prompts), max_new_tokens)
-    cache_path.write_text(json.dumps({"target": target_name, "max_new_tokens": max_new_tokens, "items": items}))
+                and cached.get("prompts") == prompts:
+            return [(p, c) for p, c in cached["items"]]
+    items = target_continuations(target, tokenizer, prompts, max_new_tokens)
+    cache_path.write_text(json.dumps({"target": target_name, "max_new_tokens": max_new_tokens, "prompts": prompts,
+                                      "items": items}))
     return items

@@ -3,7 +3,7 @@
 A draft is judged on what the target writes, and the target writes prose and markdown around its
 code that library sources do not hold (DistillSpec: on-policy data is what aligns a draft). So
 this asks the target itself: prompts cut from installed packages' sources and docs (code,
-prose) and chat requests made from their docstrings, continued greedily and by sampling. Each
+prose) and chat requests of seven kinds (distill.chat_requests), continued greedily and by sampling. Each
 sample is written as one text file (prompt + continuation) that `train-draft --data DIR` reads.
 Appends: rerunning adds samples after the ones already there, with a new seed per batch."""
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from distill.chat_requests import chat_request, doc_paragraphs, docstring_sentences
 from distill.data import EXCLUDED_PACKAGES, extra_sources, read_text, site_package_sources
 from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
 
 KINDS = ("code", "prose", "chat")
+DEFAULT_KINDS = {"code": 0.5, "prose": 0.25, "chat": 0.25}
 PROSE_SUFFIXES = (".md", ".rst", ".txt")
 MIN_PROMPT_CHARS = 120
 DEF_LINE = re.compile(r"^\s*(def |class |async def |@|#)|\"\"\"\s*$")  # a def, a comment, a docstring's end
@@ -55,32 +57,50 @@ def prose_prompt(text: str, rng: random.Random, max_chars: int) -> str | None:
     return prompt if len(prompt) >= MIN_PROMPT_CHARS else None
 
 
-def chat_prompt(text: str, rng: random.Random, tokenizer) -> str | None:
-    """A user request made from a docstring's first sentence, in the tokenizer's chat template."""
-    docs = re.findall(r'def (\w+)\([^)]*\)[^:]*:\s*\n\s*(?:"""|\'\'\')\s*([^\n]{20,160})', text)
-    if not docs or not getattr(tokenizer, "chat_template", None):
+def chat_prompt(rng: random.Random, code_files: list[Path], prose_files: list[Path], tokenizer) -> str | None:
+    """A user request of one of distill.chat_requests.KINDS, in the tokenizer's chat template;
+    texts to summarize come from a prose file, code requests may use a code file's docstrings."""
+    if not getattr(tokenizer, "chat_template", None):
         return None
-    name, sentence = rng.choice(docs)
-    ask = rng.choice(["Write a Python function `{n}`: {s}", "{s} Write `{n}` in Python.",
-                      "Explain what a function that does this is for, with an example: {s}",
-                      "How would I implement `{n}`? It should do this: {s}"])
-    messages = [{"role": "user", "content": ask.format(n=name, s=sentence.strip())}]
+    paragraphs = doc_paragraphs(read_text(rng.choice(prose_files))) if prose_files else []
+    docstrings = docstring_sentences(read_text(rng.choice(code_files))) if code_files else []
+    _, request = chat_request(rng, paragraphs, docstrings)
+    messages = [{"role": "user", "content": request}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def parse_kinds(text: str) -> dict[str, float]:
+    """--kinds code=0.5,prose=0.25,chat=0.25: the share of prompts of each kind."""
+    weights = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in KINDS:
+            raise argparse.ArgumentTypeError(f"--kinds: unknown kind {name.strip()!r} (kinds: {', '.join(KINDS)})")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--kinds: {part!r} needs a number, as in chat=0.5") from None
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"--kinds {text}: weights must be >= 0 with a positive sum")
+    return weights
+
+
 def make_prompts(rng: random.Random, code_files: list[Path], prose_files: list[Path], tokenizer, count: int,
-                 max_chars: int) -> list[tuple[str, str]]:
+                 max_chars: int, kinds: dict[str, float] = DEFAULT_KINDS) -> list[tuple[str, str]]:
+    """One batch of `count` prompts, all of one kind drawn by the --kinds weights: a batch is
+    padded to its longest prompt, so short chat requests are not padded to long code cuts."""
+    weights = [kinds.get(k, 0.0) * (0.0 if k == "prose" and not prose_files else 1.0) for k in KINDS]
+    if sum(weights) <= 0:
+        raise ValueError("no prompt source for the kinds asked (prose needs installed packages' docs)")
+    kind = rng.choices(KINDS, weights=weights)[0]
     prompts = []
     while len(prompts) < count:
-        kind = rng.choices(KINDS, weights=(0.5, 0.25 if prose_files else 0.0, 0.25))[0]
-        files = prose_files if kind == "prose" else code_files
-        text = read_text(rng.choice(files))
         if kind == "code":
-            prompt = code_prompt(text, rng, max_chars)
+            prompt = code_prompt(read_text(rng.choice(code_files)), rng, max_chars)
         elif kind == "prose":
-            prompt = prose_prompt(text, rng, max_chars)
+            prompt = prose_prompt(read_text(rng.choice(prose_files)), rng, max_chars)
         else:
-            prompt = chat_prompt(text, rng, tokenizer)
+            prompt = chat_prompt(rng, code_files, prose_files, tokenizer)
         if prompt:
             prompts.append((kind, prompt))
     return prompts
@@ -117,6 +137,10 @@ def add_draft_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--sampled-fraction", type=float, default=0.5, help="share of batches sampled at --temperature")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--data", nargs="+", default=[], metavar="PATH", help="more prompt sources (files or dirs)")
+    p.add_argument("--kinds", type=parse_kinds, default=DEFAULT_KINDS, metavar="KIND=W,...",
+                   help="share of each prompt kind: code (a source cut at a def), prose (docs cut at a "
+                        "paragraph), chat (requests of seven kinds in the chat template); "
+                        "default code=0.5,prose=0.25,chat=0.25")
     p.add_argument("--samples", type=int, default=None,
                    help="stop after writing this many samples (with --minutes, whichever comes first)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -152,7 +176,8 @@ def run_draft_data(args: argparse.Namespace) -> int:
     start, num_tokens, first = time.monotonic(), 0, number
     while time.monotonic() < deadline and (args.samples is None or number - first < args.samples):
         rng = random.Random(f"{args.seed}:{batch_index}")
-        prompts = make_prompts(rng, code_files, prose_files, tokenizer, args.batch_size, args.max_prompt_chars)
+        prompts = make_prompts(rng, code_files, prose_files, tokenizer, args.batch_size, args.max_prompt_chars,
+                               args.kinds)
         temperature = args.temperature if rng.random() < args.sampled_fraction else 0.0
         texts = continue_batch(target, tokenizer, [p for _, p in prompts], args.max_new_tokens, temperature,
                                seed=args.seed * 1_000_003 + batch_index)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
-from distill.data import ChunkStream, coverage, eval_continuations, frequent_vocab, prefetched, training_files
-from distill.evaluate import teacher_forced_agreement
+from distill.curve import agreements, eval_sets, record_point
+from distill.data import ChunkStream, coverage, frequent_vocab, prefetched, training_files
 from models.draft import build_student, check_layers, save_draft, target_fingerprint
 from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
 
@@ -41,6 +41,8 @@ class TrainConfig:
     threads: int = 2
     checkpoint_every_minutes: float = 5.0
     eval_prompts: int = 20
+    eval_files: tuple[str, ...] = ()  # more held-out sets (JSONL prompts) on the curve, e.g. chat
+    eval_new_tokens: int = 64
     seed: int = 0
     device: str = "cpu"
     init: str | None = None  # a draft directory (or the built-in draft's name) to start from
@@ -60,6 +62,7 @@ class TrainConfig:
             "--threads must be >= 1": self.threads >= 1,
             "--checkpoint-every-minutes must be > 0": self.checkpoint_every_minutes > 0,
             "--eval-prompts must be >= 0": self.eval_prompts >= 0,
+            "--eval-new-tokens must be >= 1": self.eval_new_tokens >= 1,
             "--data is required with --no-site-packages": self.use_site_packages or bool(self.data),
             "--data-repeat must be >= 1": self.data_repeat >= 1,
             f"--schedule must be one of {', '.join(SCHEDULES)}": self.schedule in SCHEDULES,
@@ -115,7 +118,10 @@ def add_train_draft_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--vocab-size", type=int, default=8192, help="draft output vocabulary (0 = full)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--checkpoint-every-minutes", type=float, default=5.0)
-    p.add_argument("--eval-prompts", type=int, default=20, help="held-out HumanEval prompts for the report")
+    p.add_argument("--eval-prompts", type=int, default=20, help="held-out prompts per set for the report and curve")
+    p.add_argument("--eval-file", action="append", default=[], metavar="PROMPTS.jsonl",
+                   help="another held-out set (e.g. bench/prompts/chat.jsonl), on the curve beside HumanEval")
+    p.add_argument("--eval-new-tokens", type=int, default=64, help="target tokens per held-out prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
@@ -128,6 +134,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume, data=tuple(args.data), use_site_packages=not args.no_site_packages, lr=args.lr,
         seq_len=args.seq_len, batch_size=args.batch_size, vocab_size=args.vocab_size, threads=args.threads,
         checkpoint_every_minutes=args.checkpoint_every_minutes, eval_prompts=args.eval_prompts, seed=args.seed,
+        eval_files=tuple(args.eval_file), eval_new_tokens=args.eval_new_tokens,
         device=args.device, init=args.init, data_repeat=args.data_repeat, schedule=args.schedule,
     )
 
@@ -143,7 +150,8 @@ def run_train_draft(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(config.target)
     files = training_files(list(config.data), config.use_site_packages, config.data_repeat)
     print(f"training data: {len(files)} files")
-    items = eval_continuations(target, tokenizer, config.target, config.eval_prompts, config.out / "eval_continuations.json")
+    sets = eval_sets(config, target, tokenizer)
+    items = sets.get("humaneval", [])
     progress = Progress()
     if checkpoint is not None:
         student = build_student(target, list(config.layers), checkpoint["student"].get("draft_token_ids"))
@@ -156,15 +164,17 @@ def run_train_draft(args: argparse.Namespace) -> int:
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=0.0)
     if checkpoint is None:
-        progress.agreement_start = teacher_forced_agreement(student, items) if items else None
+        progress.agreement_start = agreements(student, sets).get("humaneval")
     else:
         progress = restore(checkpoint, student, optimizer)
     if vocab_ids is not None:
         print(f"reduced vocabulary: {len(vocab_ids)} tokens cover {progress.vocab_coverage:.1%} of the training "
               f"sample and {coverage(vocab_ids, [t for _, c in items for t in c]):.1%} of the eval continuations")
     stream = ChunkStream(files, tokenizer, config.seq_len, config.batch_size, config.seed, progress.cursor)
-    tokens_per_s = train_loop(config, target, student, optimizer, stream, progress)
-    return report(config, target, student, items, progress, tokens_per_s)
+    if checkpoint is None and sets:
+        record_point(config.out, progress.tokens_seen, progress.minutes, student, sets)
+    tokens_per_s = train_loop(config, target, student, optimizer, stream, progress, sets)
+    return report(config, target, student, sets, progress, tokens_per_s)
 
 
 def initial_draft(config: TrainConfig, target) -> torch.nn.Module:
@@ -231,8 +241,10 @@ def train_step(config: TrainConfig, target, head_rows: torch.Tensor, student, op
     return loss.item(), agreement
 
 
-def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStream, progress: Progress) -> float:
-    """Train until this run's budget (minutes or tokens) is spent; returns training tokens/s."""
+def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStream, progress: Progress,
+               sets: dict | None = None) -> float:
+    """Train until this run's budget (minutes or tokens) is spent, a checkpoint and a point of
+    the curve (distill.curve) every few minutes; returns training tokens/s."""
     head = target.get_output_embeddings().weight.detach()
     token_ids = getattr(student, "draft_token_ids", None)
     head_rows = head if token_ids is None else head[token_ids]
@@ -257,7 +269,9 @@ def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStr
         bar.set_postfix(loss=f"{loss_avg:.3f}", agree=f"{agree_avg:.3f}", tok_s=f"{num_tokens / (now - start):.0f}")
         if now - last_save >= config.checkpoint_every_minutes * 60:
             write_checkpoint(config, student, optimizer, progress, (now - start) / 60)
-            last_save = now
+            if sets:
+                record_point(config.out, progress.tokens_seen, progress.minutes + (now - start) / 60, student, sets)
+            last_save = time.perf_counter()
         if (num_tokens >= config.tokens) if config.tokens else (now - start >= config.minutes * 60):
             break
     bar.close()
@@ -268,17 +282,22 @@ def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStr
     return num_tokens / max(elapsed, 1e-9)
 
 
-def report(config: TrainConfig, target, student, items, progress: Progress, tokens_per_s: float) -> int:
+def report(config: TrainConfig, target, student, sets: dict, progress: Progress, tokens_per_s: float) -> int:
+    """Saves the draft with its training record: the HumanEval evaluation (what `ouroboros
+    eval-draft` reports) and the agreement on every held-out set (the curve's last point)."""
     from distill.evaluate import evaluate, format_report
 
+    items = sets.get("humaneval", [])
     evaluation = evaluate(target, student.eval(), items) if items else None
-    agreement = evaluation["agreement"] if evaluation else None
+    by_set = record_point(config.out, progress.tokens_seen, progress.minutes, student, sets) if sets else {}
     meta = {
         "steps": progress.step, "tokens": progress.tokens_seen, "minutes": round(progress.minutes, 2),
         "tokens_per_s_last_run": round(tokens_per_s, 1), "device": config.device, "threads": config.threads,
-        "lr": config.lr, "schedule": config.schedule, "seq_len": config.seq_len, "batch_size": config.batch_size, "seed": config.seed,
-        "vocab_coverage_train_sample": round(progress.vocab_coverage, 4), "eval_prompts": len(items),
-        "agreement_start": progress.agreement_start, "agreement": agreement,
+        "lr": config.lr, "schedule": config.schedule, "seq_len": config.seq_len, "batch_size": config.batch_size,
+        "seed": config.seed, "vocab_coverage_train_sample": round(progress.vocab_coverage, 4),
+        "eval_prompts": len(items), "agreement_start": progress.agreement_start,
+        "agreement": evaluation["agreement"] if evaluation else None,
+        "agreement_by_set": {k: v for k, v in by_set.items() if k not in ("tokens", "minutes")},
         "evaluation": evaluation,  # distill.evaluate: what `ouroboros eval-draft` reports
     }
     save_draft(student, config.out, config.target, list(config.layers), meta, fingerprint=target_fingerprint(target))

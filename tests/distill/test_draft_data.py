@@ -42,3 +42,51 @@ def test_samples_are_counted_and_a_second_run_appends(tiny_dirs, tmp_path, capsy
 def test_absurd_budgets_are_refused(tiny_dirs, tmp_path, flag, value):
     with pytest.raises(ValueError, match=flag):
         run_draft_data(parse("--target", tiny_dirs["target"], "--out", str(tmp_path), flag, value))
+
+
+def test_chat_requests_cover_every_kind_vary_and_avoid_the_held_out_sets():
+    import json
+    import random
+
+    from bench.prompts import CHAT
+    from distill.chat_requests import KINDS, chat_request
+
+    rng = random.Random(0)
+    paragraphs = ["Bees visit flowers for nectar. They carry pollen between plants. Farms depend on them."]
+    requests = [chat_request(rng, paragraphs, [("add", "Add two numbers and return the sum.")]) for _ in range(2000)]
+    assert {kind for kind, _ in requests} == set(KINDS)
+    texts = [text for _, text in requests]
+    composed = [chat_request(rng, [], [])[1] for _ in range(2000)]  # from the word lists alone
+    assert len(set(composed)) > 0.8 * len(composed)
+    held_out = {json.loads(line)["request"] for line in CHAT.read_text().splitlines() if line.strip()}
+    assert not held_out & set(texts + composed)
+    assert chat_request(random.Random(5), [], []) == chat_request(random.Random(5), [], [])  # seeded
+
+
+def test_a_batch_is_one_kind_and_chat_prompts_use_the_chat_template(tmp_path):
+    import random
+
+    from distill.onpolicy import make_prompts, parse_kinds
+    from models.loading import BUILTIN_TARGET
+
+    tokenizer = load_tokenizer(BUILTIN_TARGET)
+    code = tmp_path / "m.py"
+    code.write_text('import os\n\n\ndef area(r):\n    """Return the area of a circle of radius r."""\n'
+                    '    return 3.14159 * r * r\n' * 3)
+    batches = [make_prompts(random.Random(i), [code], [], tokenizer, 4, 1200, parse_kinds("chat=1,code=1"))
+               for i in range(12)]
+    assert all(len({kind for kind, _ in batch}) == 1 for batch in batches)
+    chats = [p for batch in batches for kind, p in batch if kind == "chat"]
+    assert chats and all(p.startswith("<|im_start|>") and p.endswith("<|im_start|>assistant\n") for p in chats)
+    assert any(kind == "code" for batch in batches for kind, _ in batch)
+
+
+@pytest.mark.parametrize("text,message", [("chat=x", "needs a number"), ("essay=1", "unknown kind"),
+                                          ("chat=0", "positive sum"), ("chat=-1,code=2", ">= 0")])
+def test_bad_kinds_are_refused_by_name(text, message):
+    with pytest.raises(SystemExit):
+        parse("--out", "x", "--kinds", text)
+    from distill.onpolicy import parse_kinds
+
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse_kinds(text)

@@ -136,6 +136,22 @@ def test_train_writes_checkpoint_and_draft_then_resumes(tiny_target_dir, tmp_pat
     assert second["training"]["evaluation"]["tokens"] == sum(len(c) for _, c in items)
 
 
+def test_the_curve_has_every_held_out_set_at_each_checkpoint(tiny_target_dir, tmp_path):
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hello there, how are"}) + "\n" + json.dumps({"prompt": "Thank you"}) + "\n")
+    out = tmp_path / "draft"
+    assert tiny_run(tiny_target_dir, out, "--minutes", "0.05", "--checkpoint-every-minutes", "0.001",
+                    "--eval-file", str(prompts), "--eval-new-tokens", "5") == 0
+    points = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert len(points) >= 3 and points[0]["tokens"] == 0  # the start, each checkpoint, the end
+    assert all(set(p) == {"tokens", "minutes", "humaneval", "chat"} for p in points)
+    assert [p["tokens"] for p in points] == sorted(p["tokens"] for p in points)
+    info = json.loads((out / "draft.json").read_text())["training"]
+    assert info["agreement_by_set"] == {k: points[-1][k] for k in ("humaneval", "chat")}
+    chat = json.loads((out / "eval_chat.json").read_text())
+    assert len(chat["items"]) == 2 and all(1 <= len(c) <= 5 for _, c in chat["items"])
+
+
 def test_a_short_timed_run_finishes(tiny_target_dir, tmp_path):
     assert tiny_run(tiny_target_dir, tmp_path, "--minutes", "0.05", "--vocab-size", "0",
                     "--checkpoint-every-minutes", "0.001") == 0
