@@ -191,13 +191,30 @@ def frequent_vocab(tokenizer: PreTrainedTokenizerBase, files: list[Path], vocab_
     including the special ids (EOS ...); ties and shortfalls filled by lowest id. Sorted."""
     sample = epoch_order(files, seed, -1)[:VOCAB_SAMPLE_FILES]
     counts = Counter(join_documents(tokenizer, [read_text(p) for p in sample]))
+    return top_tokens(tokenizer, counts, vocab_size, full_size), counts
+
+
+def stream_vocab(tokenizer: PreTrainedTokenizerBase, files: list[Path], vocab_size: int, full_size: int, seed: int,
+                 num_tokens: int) -> tuple[torch.LongTensor, Counter]:
+    """As frequent_vocab, counted over the first `num_tokens` tokens the run's own ChunkStream
+    yields: the mix it trains on, --data-repeat weights included (a file sample would weigh a
+    short chat sample as much as a long source file)."""
+    counts: Counter = Counter()
+    for batch in ChunkStream(files, tokenizer, 256, 16, seed):
+        counts.update(batch.flatten().tolist())
+        if sum(counts.values()) >= num_tokens:
+            break
+    return top_tokens(tokenizer, counts, vocab_size, full_size), counts
+
+
+def top_tokens(tokenizer: PreTrainedTokenizerBase, counts: Counter, vocab_size: int, full_size: int) -> torch.LongTensor:
     chosen = {i for i in tokenizer.all_special_ids if 0 <= i < full_size}
     ranked = sorted(range(full_size), key=lambda i: (-counts.get(i, 0), i))
     for token in ranked:
         if len(chosen) >= vocab_size:
             break
         chosen.add(token)
-    return torch.tensor(sorted(chosen), dtype=torch.long), counts
+    return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
 def coverage(vocab_ids: torch.LongTensor, tokens: Counter | list[int]) -> float:

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
 from distill.curve import agreements, eval_sets, record_point
-from distill.data import ChunkStream, coverage, frequent_vocab, prefetched, training_files
+from distill.data import ChunkStream, coverage, prefetched, training_files
+from distill.student import choose_vocab, initial_draft, new_vocabulary
 from models.draft import build_student, check_layers, save_draft, target_fingerprint
 from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
 
@@ -48,6 +49,7 @@ class TrainConfig:
     init: str | None = None  # a draft directory (or the built-in draft's name) to start from
     data_repeat: int = 1  # --data files weigh this many times as much as site-packages files
     schedule: str = "constant"  # or "cosine": from --lr down to a tenth over this run's budget
+    revocab: bool = False  # with init: the output vocabulary chosen afresh from this run's data
 
     def __post_init__(self) -> None:
         checks = {
@@ -66,6 +68,7 @@ class TrainConfig:
             "--data is required with --no-site-packages": self.use_site_packages or bool(self.data),
             "--data-repeat must be >= 1": self.data_repeat >= 1,
             f"--schedule must be one of {', '.join(SCHEDULES)}": self.schedule in SCHEDULES,
+            "--revocab needs --init (a fresh run chooses its vocabulary anyway)": not self.revocab or bool(self.init),
         }
         for message, is_ok in checks.items():
             if not is_ok:
@@ -76,7 +79,7 @@ class TrainConfig:
         return {"target": self.target, "layers": list(self.layers), "vocab_size": self.vocab_size,
                 "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
                 "data": list(self.data), "use_site_packages": self.use_site_packages, "init": self.init,
-                "data_repeat": self.data_repeat}
+                "data_repeat": self.data_repeat, "revocab": self.revocab}
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -110,6 +113,8 @@ def add_train_draft_parser(subparsers: argparse._SubParsersAction) -> argparse.A
                    "target's own continuations from `ouroboros draft-data`)")
     p.add_argument("--init", default=None, metavar="DRAFT", help="start from this draft (a directory, or "
                    "smollm2-135m-draft): its layers and vocabulary; --layers and --vocab-size must match")
+    p.add_argument("--revocab", action="store_true", help="with --init: choose the output vocabulary afresh "
+                   "from this run's data (rows the draft had keep their weights, new rows start from the target's)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--schedule", default="constant", choices=SCHEDULES,
                    help="learning rate after warm-up: constant, or cosine down to a tenth over this run's budget")
@@ -136,6 +141,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         checkpoint_every_minutes=args.checkpoint_every_minutes, eval_prompts=args.eval_prompts, seed=args.seed,
         eval_files=tuple(args.eval_file), eval_new_tokens=args.eval_new_tokens,
         device=args.device, init=args.init, data_repeat=args.data_repeat, schedule=args.schedule,
+        revocab=args.revocab,
     )
 
 
@@ -157,6 +163,8 @@ def run_train_draft(args: argparse.Namespace) -> int:
         student = build_student(target, list(config.layers), checkpoint["student"].get("draft_token_ids"))
     elif config.init is not None:
         student = initial_draft(config, target)
+        if config.revocab:
+            student = new_vocabulary(config, target, student, tokenizer, files, progress)
     else:
         vocab_ids = choose_vocab(config, tokenizer, files, target.config.vocab_size, progress)
         student = build_student(target, list(config.layers), vocab_ids)
@@ -175,31 +183,6 @@ def run_train_draft(args: argparse.Namespace) -> int:
         record_point(config.out, progress.tokens_seen, progress.minutes, student, sets)
     tokens_per_s = train_loop(config, target, student, optimizer, stream, progress, sets)
     return report(config, target, student, sets, progress, tokens_per_s)
-
-
-def initial_draft(config: TrainConfig, target) -> torch.nn.Module:
-    """--init: the draft to start from, which must have the run's layers and vocabulary size."""
-    from models.draft import load_draft_dir
-    from models.loading import BUILTIN_DRAFT, BUILTIN_DRAFT_DIR
-
-    path = BUILTIN_DRAFT_DIR if config.init == BUILTIN_DRAFT else Path(config.init)
-    student = load_draft_dir(path, target, config.device, "float32", target_name=config.target)
-    layers = tuple(json.loads((path / "draft.json").read_text())["layers"])
-    rows = student.get_output_embeddings().weight.shape[0]
-    if layers != config.layers or rows != (config.vocab_size or target.config.vocab_size):
-        raise ValueError(f"--init {config.init} has layers {','.join(map(str, layers))} and a {rows}-token "
-                         f"vocabulary: pass --layers {','.join(map(str, layers))} --vocab-size {rows}")
-    for name, parameter in student.named_parameters():
-        parameter.requires_grad_(name != "model.embed_tokens.weight")
-    return student.train()
-
-
-def choose_vocab(config: TrainConfig, tokenizer, files, full_size: int, progress: Progress) -> torch.LongTensor | None:
-    if config.vocab_size == 0 or config.vocab_size >= full_size:
-        return None
-    vocab_ids, counts = frequent_vocab(tokenizer, files, config.vocab_size, full_size, config.seed)
-    progress.vocab_coverage = coverage(vocab_ids, counts)
-    return vocab_ids
 
 
 def distill_loss(target: torch.nn.Module, head_rows: torch.Tensor, student: torch.nn.Module,

@@ -152,6 +152,29 @@ def test_the_curve_has_every_held_out_set_at_each_checkpoint(tiny_target_dir, tm
     assert len(chat["items"]) == 2 and all(1 <= len(c) <= 5 for _, c in chat["items"])
 
 
+def test_revocab_keeps_the_init_drafts_layers_and_rows_and_starts_new_rows_from_the_target(tiny_target_dir,
+                                                                                           tmp_path):
+    first = tmp_path / "first"
+    assert tiny_run(tiny_target_dir, first, "--tokens", "128") == 0
+    target = tiny_model("llama", layers=3)
+    old = load_draft_dir(first, target, target_name=str(tiny_target_dir))
+    second = tmp_path / "second"
+    assert tiny_run(tiny_target_dir, second, "--init", str(first), "--layers", "0,1", "--revocab", "--tokens", "64",
+                    "--lr", "1e-9", "--data", str(REPO / "launch")) == 0  # no step moves a weight: the start
+    new = load_draft_dir(second, target, target_name=str(tiny_target_dir))
+    assert new.draft_token_ids.numel() == 48
+    old_row = {t: r for r, t in enumerate(old.draft_token_ids.tolist())}
+    head = target.get_output_embeddings().weight
+    assert 0 < len(set(new.draft_token_ids.tolist()) & set(old_row)) < 48  # rows kept and rows new
+    for row, token in enumerate(new.draft_token_ids.tolist()):
+        expected = old.lm_head.weight[old_row[token]] if token in old_row else head[token]
+        torch.testing.assert_close(new.lm_head.weight[row], expected.to(new.lm_head.weight.dtype), atol=1e-3, rtol=0)
+    torch.testing.assert_close(new.model.layers[1].mlp.up_proj.weight, old.model.layers[1].mlp.up_proj.weight,
+                               atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="--revocab needs --init"):
+        tiny_run(tiny_target_dir, tmp_path / "third", "--revocab", "--tokens", "64")
+
+
 def test_a_short_timed_run_finishes(tiny_target_dir, tmp_path):
     assert tiny_run(tiny_target_dir, tmp_path, "--minutes", "0.05", "--vocab-size", "0",
                     "--checkpoint-every-minutes", "0.001") == 0
