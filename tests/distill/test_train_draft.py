@@ -177,9 +177,10 @@ def test_revocab_keeps_the_init_drafts_layers_and_rows_and_starts_new_rows_from_
 
 def test_a_short_timed_run_finishes(tiny_target_dir, tmp_path):
     assert tiny_run(tiny_target_dir, tmp_path, "--minutes", "0.05", "--vocab-size", "0",
-                    "--checkpoint-every-minutes", "0.001") == 0
+                    "--checkpoint-every-minutes", "0.001", "--precision", "bf16") == 0
     info = json.loads((tmp_path / "draft.json").read_text())
     assert info["vocab_size"] == TINY_VOCAB and info["training"]["steps"] >= 1
+    assert info["training"]["precision"] == "bf16" and 0 <= info["training"]["agreement"] <= 1
 
 
 def test_bad_inputs_give_clear_errors(tiny_target_dir, tmp_path):
