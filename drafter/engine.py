@@ -10,9 +10,9 @@ import torch
 from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
-from kvcache.attention import attention_kinds, forward_one, free_cache, new_cache
+from kvcache.attention import attention_kinds, free_cache, new_cache
 from kvcache.slots import Slot, SlotPool, resolve_max_len
-from kvcache.batch import BatchRow, batched_forward
+from kvcache.batch import BatchRow, run_pass
 from kvcache.graphs import GraphedPasses
 from kvcache.ops import keep_cache_entries
 from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match
@@ -145,12 +145,9 @@ class DraftEngine(OutcomeDrafting):
         prepared = [self._layout(session) for session in sessions]
         rows = [BatchRow(layout.tokens, layout.positions, layout.visible) for _, layout in prepared]
         caches = [session.cache for session in sessions]
-        bucket = self.graphs.bucket(caches, rows) if self.graphs is not None else None
-        if bucket is not None:
-            all_logits = self.graphs.forward(caches, rows, bucket)
-        else:
-            all_logits = batched_forward(self.model, self.kinds, caches, rows)
-        return [self._advance(session, phrases, layout, logits[layout.logit_indices])
+        all_logits = run_pass(self.model, self.kinds, self.graphs, caches, rows,
+                              keep=[layout.logit_indices for _, layout in prepared])
+        return [self._advance(session, phrases, layout, logits)
                 for session, (phrases, layout), logits in zip(sessions, prepared, all_logits)]
 
     def _layout(self, session: DraftSession):
@@ -290,11 +287,6 @@ class DraftEngine(OutcomeDrafting):
         session.window = window[1:] + [new_level]
 
     def _forward(self, cache: DynamicCache | Slot, layout) -> torch.Tensor:
-        """The logits of the layout's `logit_indices` after one pass (a CUDA graph where one fits)."""
-        if self.graphs is not None:
-            row = BatchRow(layout.tokens, layout.positions, layout.visible)
-            bucket = self.graphs.bucket([cache], [row])
-            if bucket is not None:
-                return self.graphs.forward([cache], [row], bucket)[0][layout.logit_indices]
-        return forward_one(self.model, self.kinds, cache, layout.tokens, layout.positions, layout.visible,
-                           logits_to_keep=layout.logit_indices)
+        """The logits of the layout's `logit_indices` after one pass (kvcache.batch.run_pass)."""
+        row = BatchRow(layout.tokens, layout.positions, layout.visible)
+        return run_pass(self.model, self.kinds, self.graphs, [cache], [row], keep=[layout.logit_indices])[0]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from kvcache.attention import AttentionKind, layer_masks, model_dtype, new_cache
+from kvcache.attention import AttentionKind, forward_one, layer_masks, model_dtype, new_cache
 from kvcache.packed import has_packed_layers, only_tokens
 
 
@@ -75,6 +75,21 @@ def _batch_visibility(rows: Sequence[BatchRow], bases: Sequence[int], width: int
         query_positions[i] = torch.tensor(padded)
         key_positions[i, longest:] = query_positions[i]
     return visible, query_positions, key_positions
+
+
+def run_pass(model: torch.nn.Module, kinds: list[AttentionKind], graphs, caches: Sequence, rows: Sequence[BatchRow],
+             keep: Sequence[Sequence[int]] | None = None) -> list[torch.Tensor]:
+    """The one choice of how a pass runs: the CUDA graph of its bucket where `graphs`
+    (kvcache.graphs.GraphedPasses, or None) has one, else eagerly: one row alone (its logits
+    only at `keep[0]`, saving the output layer the rest), several in one batched pass. Returns
+    each row's logits, at the rows of `keep[i]` when given."""
+    bucket = graphs.bucket(caches, rows) if graphs is not None else None
+    if bucket is None and len(rows) == 1:
+        row = rows[0]
+        return [forward_one(model, kinds, caches[0], row.tokens, row.positions, row.visible,
+                            logits_to_keep=list(keep[0]) if keep is not None else 0)]
+    logits = graphs.forward(caches, rows, bucket) if bucket is not None else batched_forward(model, kinds, caches, rows)
+    return logits if keep is None else [row_logits[list(k)] for row_logits, k in zip(logits, keep)]
 
 
 @torch.inference_mode()

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from kvcache.attention import attention_kinds, forward_one, free_cache, new_cache, prefill
-from kvcache.batch import BatchRow, batched_forward
+from kvcache.attention import attention_kinds, free_cache, new_cache, prefill
+from kvcache.batch import BatchRow, run_pass
 from kvcache.graphs import GraphedPasses
 from kvcache.ops import keep_cache_entries
 from kvcache.packed import has_packed_layers
@@ -124,14 +124,7 @@ class TargetEngine:
         rows = [BatchRow(tree.tokens, [base + d for d in tree.depths], tree.visibility())
                 for tree, base in zip(trees, bases)]
         caches = [session.cache for session, *_ in work]
-        bucket = self.graphs.bucket(caches, rows) if self.graphs is not None else None
-        if bucket is not None:
-            all_logits = self.graphs.forward(caches, rows, bucket)
-        elif len(work) == 1:
-            row = rows[0]
-            all_logits = [forward_one(self.model, self.kinds, caches[0], row.tokens, row.positions, row.visible)]
-        else:
-            all_logits = batched_forward(self.model, self.kinds, caches, rows)
+        all_logits = run_pass(self.model, self.kinds, self.graphs, caches, rows)
         return [self._commit(session, tree, base, logits, sampling)
                 for (session, _, _, sampling, *_), tree, base, logits in zip(work, trees, bases, all_logits)]
 
