@@ -163,7 +163,7 @@ class Shared:
             self._target_engine = TargetEngine(self._engine_copy(self.target),
                                                cuda_graphs=not self.args.no_cuda_graphs)
             if self._target_engine.graphs is not None:  # as the verifier does at start-up
-                self._target_engine.graphs.capture_common()
+                self._target_engine.graphs.capture_common(max_rows=cfg.verifier_config(self.args).max_batch)
         return self._target_engine
 
     def draft_engine(self):
@@ -174,7 +174,7 @@ class Shared:
             self._draft_engine = DraftEngine(self._engine_copy(self.pair.draft), cfg.drafter_config(self.args),
                                              cuda_graphs=not self.args.no_cuda_graphs)
             if self._draft_engine.graphs is not None:
-                self._draft_engine.graphs.capture_common()
+                self._draft_engine.graphs.capture_common(max_rows=self._draft_engine.config.max_batch)
         return self._draft_engine
 
     def hf_draft(self) -> torch.nn.Module:

@@ -156,8 +156,9 @@ class GraphedPasses:
         out = self.logits[: bucket.rows * bucket.width].view(bucket.rows, bucket.width, -1)
         return [out[i, :n].clone() for i, n in enumerate(widths)]
 
-    def capture_common(self, widths: Sequence[int] = START_WIDTHS) -> int:
-        """Run (and on CUDA capture) the bucket of every row count up to the pool's and each of
+    def capture_common(self, widths: Sequence[int] = START_WIDTHS, max_rows: int | None = None) -> int:
+        """Run (and on CUDA capture) the bucket of every row count up to the pool's (and up to
+        `max_rows`, the most rows a pass of this process batches: --max-batch, --draft-batch) and each of
         `widths`, at the shortest length, before any request: one real row of token 0 on a
         borrowed slot, the other rows padding. The slot is emptied and given back; the graphs
         replay any later pass of their bucket, since every input is copied into them. Returns the
@@ -167,7 +168,8 @@ class GraphedPasses:
             return 0
         num_ready, rows = 0, 1
         try:
-            while rows <= _power_of_two_at_least(self.pool.num_slots):
+            most = min(self.pool.num_slots, max_rows or self.pool.num_slots)
+            while rows <= _power_of_two_at_least(most):
                 for width in widths:
                     bucket = bucket_for(rows, width, 1, self.pool.num_slots, self.pool.max_len)
                     if bucket is None or bucket.width != width or width > self.pool.max_len:

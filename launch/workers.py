@@ -61,14 +61,15 @@ def _log_to_stderr(role: str) -> None:
                         format=f"[{role}] %(relativeCreated)d %(message)s" if detailed else f"[{role}] %(message)s")
 
 
-def _capture_graphs(engine) -> None:
-    """On CUDA: capture the common pass shapes now, so no early request pays for them."""
+def _capture_graphs(engine, max_rows: int) -> None:
+    """On CUDA: capture the common pass shapes (up to `max_rows` rows, the process's batch limit)
+    now, so no early request pays for them."""
     from kvcache.graphs import MAX_TOKENS, MAX_WIDTH
 
     if engine.graphs is None:
         return
     start = time.perf_counter()
-    engine.graphs.capture_common()
+    engine.graphs.capture_common(max_rows=max_rows)
     logging.info("CUDA graphs on: %d common pass shapes captured at start-up in %.1f s; passes of up to %d "
                  "tokens a row and %d in all are captured at other shapes on first use (--no-cuda-graphs runs "
                  "them eagerly)", engine.graphs.num_captured, time.perf_counter() - start, MAX_WIDTH, MAX_TOKENS)
@@ -88,7 +89,7 @@ def run_verifier(args: argparse.Namespace) -> int:
     slots = engine.slots
     logging.info("KV slots: %d x %d tokens, %.0f MiB at most (--max-sessions, --max-len)", slots.num_slots,
                  slots.max_len, slots.nbytes / 2**20)
-    _capture_graphs(engine)
+    _capture_graphs(engine, config.max_batch)
     server = VerifierServer(engine, tokenizer, config, args.bind, args.drafter_bind, args.curve_keys,
                             tokenizer_fingerprint(tokenizer), args.threads, args.solo_threads or args.threads,
                             takes_turns=args.takes_turns)
@@ -121,7 +122,7 @@ def run_drafter(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
     engine = DraftEngine(draft, drafter_config, pool, args.max_sessions, args.max_len,
                          cuda_graphs=not args.no_cuda_graphs)
-    _capture_graphs(engine)
+    _capture_graphs(engine, drafter_config.max_batch)
     fingerprint = tokenizer_fingerprint(draft_tokenizer(args.draft, args.target))
     server = DrafterServer(engine, args.connect, fingerprint, int(draft.config.vocab_size), args.curve_keys)
     _stop_on_signals(server)

@@ -165,6 +165,9 @@ def test_common_buckets_made_at_start_up_leave_no_trace_and_serve_later_passes()
     made = set(engine.graphs.passes)
     assert made == {Bucket(r, w, 200) for r in (1, 2, 4) for w in (1, 2, 4)}  # 200: the slot length
     assert engine.slots.num_free == 3 and engine.slots.lengths == [0, 0, 0]
+    fresh = GraphedPasses(model, engine.kinds, engine.slots, capture=False)
+    assert fresh.capture_common(widths=(1, 2), max_rows=2) == 4  # a batch limit of 2: rows 1, 2 only
+    assert {b.rows for b in fresh.passes} == {1, 2}
     session = engine.open(prompt)
     while len(session.tokens) - session.num_prompt < 16:
         done = len(session.tokens) - session.num_prompt
