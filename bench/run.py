@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,6 @@ def _device_name(threads: int) -> str:
     """The device, with the cores every contender got in total on a CPU (--threads)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {threads} threads per contender in all)"
 
 

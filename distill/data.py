@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import sysconfig
+import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from launch.reference import target_alone
 
 
 FILES_PER_SHARD = 200
@@ -135,10 +139,6 @@ def prefetched(stream: ChunkStream, depth: int = 4) -> Iterator[tuple[torch.Tens
     """(batch, the stream's cursor just after it), tokenized ahead on a background thread so a
     GPU never waits for the tokenizer (which releases the GIL). The cursor is the one to save:
     a resumed run reads exactly the batches after the last one trained on."""
-    import queue
-    import threading
-    from dataclasses import replace
-
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -229,8 +229,6 @@ def target_continuations(target: torch.nn.Module, tokenizer: PreTrainedTokenizer
                          max_new_tokens: int) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, the target's greedy continuation, stopping at EOS) for each prompt; a prompt
     too long for the context keeps its last tokens."""
-    from launch.reference import target_alone
-
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     max_prompt = int(getattr(target.config, "max_position_embeddings", 1 << 30)) - max_new_tokens
     items = []

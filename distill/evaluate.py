@@ -8,10 +8,17 @@ acceptance per draft position, and the tokens per round for each draft length ga
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 
 import torch
+
+from bench.pass_costs import EnginePasses
+from bench.prompts import load_prompts
+from distill.data import target_continuations
+from launch import config as cfg
+from models.loading import for_engine, load_pair
 
 GAMMAS = range(1, 17)
 
@@ -69,10 +76,6 @@ def teacher_forced_agreement(draft: torch.nn.Module, items: list[tuple[list[int]
 
 def draft_step_ratio(target: torch.nn.Module, draft: torch.nn.Module) -> float:
     """A 1-token draft pass over a 1-token target pass, both through our engine, on this thread count."""
-    from models.loading import for_engine
-    from bench.pass_costs import EnginePasses
-    import copy
-
     target_ms = EnginePasses(for_engine(copy.deepcopy(target))).tokens(1)
     draft_ms = EnginePasses(for_engine(copy.deepcopy(draft))).tokens(1)
     return draft_ms / target_ms
@@ -95,8 +98,6 @@ def format_report(report: dict) -> str:
 
 
 def add_eval_draft_parser(sub) -> None:
-    from launch import config as cfg
-
     ev = sub.add_parser("eval-draft", help="a draft's agreement with its target on the target's own continuations")
     ev.add_argument("--prompts", metavar="FILE.jsonl",
                     help="one JSON object per line with a 'prompt' (default: HumanEval)")
@@ -108,10 +109,6 @@ def add_eval_draft_parser(sub) -> None:
 
 
 def run_eval_draft(args: argparse.Namespace) -> int:
-    from bench.run import load_prompts
-    from models.loading import load_pair
-    from distill.data import target_continuations
-
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     torch.set_num_threads(args.threads)

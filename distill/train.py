@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
 from distill.curve import agreements, eval_sets, record_point
+from distill.evaluate import evaluate, format_report
 from distill.data import ChunkStream, coverage, prefetched, training_files
 from distill.student import choose_vocab, initial_draft, new_vocabulary
 from models.draft import build_student, check_layers, save_draft, target_fingerprint
@@ -276,8 +277,6 @@ def train_loop(config: TrainConfig, target, student, optimizer, stream: ChunkStr
 def report(config: TrainConfig, target, student, sets: dict, progress: Progress, tokens_per_s: float) -> int:
     """Saves the draft with its training record: the HumanEval evaluation (what `ouroboros
     eval-draft` reports) and the agreement on every held-out set (the curve's last point)."""
-    from distill.evaluate import evaluate, format_report
-
     items = sets.get("humaneval", [])
     evaluation = evaluate(target, student.eval(), items) if items else None
     by_set = record_point(config.out, progress.tokens_seen, progress.minutes, student, sets) if sets else {}

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from kvcache.slots import Slot
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
 SUPPORTED_LAYER_TYPES = (FULL, SLIDING, CHUNKED)
@@ -32,8 +35,6 @@ class AttentionKind:
 
 def attention_kinds(config) -> list[AttentionKind]:
     """One AttentionKind per decoder layer; ValueError for a model we cannot keep in step."""
-    from transformers.cache_utils import get_layer_types_and_kwargs
-
     text = config.get_text_config(decoder=True)
     name = getattr(text, "model_type", "this model")
     if name in RECURRENT_MODEL_TYPES:
@@ -52,8 +53,6 @@ def attention_kinds(config) -> list[AttentionKind]:
 
 def free_cache(cache) -> None:
     """A session is done: its KV slot (if it has one) goes back to the pool now."""
-    from kvcache.slots import Slot
-
     if isinstance(cache, Slot):
         cache.free()
 
@@ -133,8 +132,6 @@ def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache, token
 def model_cache(cache, widths: list[int] | None = None, slots: list | None = None):
     """The Cache object to hand the model for a pass: a DynamicCache as it is, or for KV slots
     the pool's pass cache (kvcache.slots), whose lengths are restored if the pass fails."""
-    from kvcache.slots import Slot
-
     slots = slots if slots is not None else [cache] if isinstance(cache, Slot) else None
     if slots is None:
         yield cache

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from kvcache.attention import AttentionKind, forward_one, layer_masks, model_dtype, new_cache
+from kvcache.attention import AttentionKind, forward_one, layer_masks, model_cache, model_dtype, new_cache
 from kvcache.packed import has_packed_layers, only_tokens
+from kvcache.slots import Slot
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,6 @@ def batched_forward(model: torch.nn.Module, kinds: list[AttentionKind], caches: 
     """Logits (n_i, vocab) for every row's new tokens; each cache gains its own n_i entries.
     Rows in KV slots of one pool go in one pass over the slots; any others (DynamicCaches: no
     slot was free) in one padded pass."""
-    from kvcache.slots import Slot
-
     # rows in slot order: consecutive slots then make a view, not a gather
     in_slots = sorted((i for i, cache in enumerate(caches) if isinstance(cache, Slot)), key=lambda i: caches[i].index)
     if len({id(caches[i].pool) for i in in_slots}) > 1:
@@ -117,8 +116,6 @@ def _slots_forward(model: torch.nn.Module, kinds: list[AttentionKind], slots: Se
                    ) -> list[torch.Tensor]:
     """Row i's key columns are its slot's: its bases_i cached entries, then its n_i new ones,
     then columns of no concern up to the longest row (masked out). Padding queries see column 0."""
-    from kvcache.attention import model_cache
-
     device = next(model.parameters()).device
     bases = [slot.get_seq_length() for slot in slots]
     widths = [len(row.tokens) for row in rows]

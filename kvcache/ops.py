@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from kvcache.slots import Slot
+
 
 def keep_cache_entries(cache: DynamicCache, indices: list[int]) -> None:
     """Keep only the given sequence positions of every layer, in order: a prefix crop (a view)
     when they are 0..n-1, else a gather that moves kept entries into place. Keys keep the
     rotary positions they were computed at, so a moved entry must already sit at its final one.
     Every layer must keep all its entries: a sliding layer's running count would not follow."""
-    from kvcache.slots import Slot
-
     if isinstance(cache, Slot):
         cache.keep(indices)
         return

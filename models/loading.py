@@ -16,6 +16,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from kvcache.cpu_attention import use_cpu_attention
+from kvcache.packed import pack_linears
+from models.draft import build_student, load_draft_dir
+
 BUILTIN_TARGET = "smollm2-135m"
 BUILTIN_DRAFT = "smollm2-135m-draft"  # distilled by `ouroboros train-draft`, shipped in models/builtin/
 BUILTIN_DRAFT_DIR = Path(__file__).parent / "builtin" / BUILTIN_DRAFT
@@ -129,9 +133,6 @@ def for_engine(model: torch.nn.Module, packed: bool = True) -> torch.nn.Module:
     this device (kvcache.packed), unless --no-packed-weights, and on a CPU its grouped-query
     attention computed without copying keys and values (kvcache.cpu_attention). In place; no
     training after it."""
-    from kvcache.cpu_attention import use_cpu_attention
-    from kvcache.packed import pack_linears
-
     if packed:
         pack_linears(model)
     use_cpu_attention(model)
@@ -139,30 +140,15 @@ def for_engine(model: torch.nn.Module, packed: bool = True) -> torch.nn.Module:
 
 
 def layers_draft(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
-    """A draft made of some of the target's decoder layers plus its embeddings, final norm and
-    LM head (weights copied, so the draft can live on another device)."""
-    num_layers = target.config.num_hidden_layers
-    if not layers or any(not 0 <= i < num_layers for i in layers):
-        raise ValueError(f"draft layers must be within 0..{num_layers - 1}, got {layers}")
-    config = copy.deepcopy(target.config)
-    config.num_hidden_layers = len(layers)
-    if getattr(config, "layer_types", None):
-        config.layer_types = [target.config.layer_types[i] for i in layers]
-    draft = type(target)(config).to(dtype=next(target.parameters()).dtype)
-    state = target.state_dict()
-    prefix = "model.layers."
-    mapped = {}
-    for key, value in state.items():
-        if key.startswith(prefix):
-            index, rest = key[len(prefix) :].split(".", 1)
-            if int(index) in layers:
-                mapped[f"{prefix}{layers.index(int(index))}.{rest}"] = value.clone()
-        else:
-            mapped[key] = value.clone()
-    draft.load_state_dict(mapped, strict=False)
-    if getattr(config, "tie_word_embeddings", False):
-        draft.tie_weights()
-    return draft.eval()
+    """A draft made of some of the target's decoder layers plus its embedding, final norm and
+    LM head (models.draft.build_student with the whole vocabulary; weights copied, so the draft
+    can live on another device). Where the target ties its head to its embedding, so does the
+    draft: one copy of that matrix, not two."""
+    draft = build_student(target, layers, None)
+    if getattr(target.config, "tie_word_embeddings", False):
+        draft.config.tie_word_embeddings = True
+        draft.lm_head.weight = draft.get_input_embeddings().weight
+    return draft
 
 
 def load_draft(
@@ -174,8 +160,6 @@ def load_draft(
     if callable(target) and not isinstance(target, torch.nn.Module) and _needs_target(spec):
         target = target()
     if spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists():
-        from models.draft import load_draft_dir
-
         path = BUILTIN_DRAFT_DIR if spec == BUILTIN_DRAFT else Path(spec)
         if not (path / "draft.json").exists():
             raise ValueError(f"the built-in draft is missing from {path}: reinstall the package")
