@@ -10,6 +10,15 @@ import torch
 
 from launch import config as cfg
 
+from drafter.engine import DraftEngine
+from launch.reference import target_alone
+from launch.sequential import engine_alone, generate
+from launch.serve import LocalPipeline, add_serve_flags
+from models.loading import for_engine, load_pair
+from protocol.client import Client
+from verifier.engine import TargetEngine
+from verifier.sampling import SamplingParams
+
 CONTENDERS = ("target", "target-1thread", "target-engine", "hf-assisted", "hf-prompt-lookup", "sequential",
               "sequential-1thread", "pipeline")
 
@@ -53,8 +62,6 @@ class InProcess:
 
 class TargetAlone(InProcess):
     def decode(self, ids, max_new_tokens):
-        from launch.reference import target_alone
-
         s = self.shared
         return Outcome(target_alone(s.target, ids, max_new_tokens, s.stops, s.sampling), 0.0)
 
@@ -63,8 +70,6 @@ class EngineAlone(InProcess):
     """Our target engine (packed weights, our caches and masks) with no drafts."""
 
     def decode(self, ids, max_new_tokens):
-        from launch.sequential import engine_alone
-
         s = self.shared
         return Outcome(engine_alone(s.target_engine(), ids, max_new_tokens, s.stops, s.sampling), 0.0)
 
@@ -83,8 +88,6 @@ class HFDecoding(InProcess):
 
 class Sequential(InProcess):
     def decode(self, ids, max_new_tokens):
-        from launch.sequential import generate
-
         s = self.shared
         result = generate(s.target_engine(), s.draft_engine(), ids, max_new_tokens, s.stops, sampling=s.sampling)
         m = result.metrics
@@ -96,9 +99,6 @@ class Pipeline:
     `pipeline@DRAFT` runs it with another draft, so drafts meet head to head in one run."""
 
     def __init__(self, args: argparse.Namespace, shared: "Shared", name: str = "pipeline") -> None:
-        from launch.serve import LocalPipeline, add_serve_flags
-        from protocol.client import Client
-
         serve_parser = argparse.ArgumentParser()
         add_serve_flags(serve_parser)
         serve_args = serve_parser.parse_args([])  # serve's defaults, then this run's models and knobs
@@ -136,9 +136,6 @@ class Shared:
     """Models loaded once for every in-process contender."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from models.loading import load_pair
-        from verifier.sampling import SamplingParams
-
         self.args = args
         self.pair = load_pair(args.target, args.draft, args.device, args.device, args.dtype)
         self.target, self.tokenizer = self.pair.target, self.pair.tokenizer
@@ -152,13 +149,9 @@ class Shared:
     def _engine_copy(self, model: torch.nn.Module) -> torch.nn.Module:
         """The engines get their own copies, packed as the pipeline's are; HF's contenders keep
         the plain models."""
-        from models.loading import for_engine
-
         return for_engine(copy.deepcopy(model), packed=not self.args.no_packed_weights)
 
     def target_engine(self):
-        from verifier.engine import TargetEngine
-
         if self._target_engine is None:
             self._target_engine = TargetEngine(self._engine_copy(self.target),
                                                cuda_graphs=not self.args.no_cuda_graphs)
@@ -168,8 +161,6 @@ class Shared:
 
     def draft_engine(self):
         """One drafter across prompts, so its phrase pool warms up as the pipeline's does."""
-        from drafter.engine import DraftEngine
-
         if self._draft_engine is None:
             self._draft_engine = DraftEngine(self._engine_copy(self.pair.draft), cfg.drafter_config(self.args),
                                              cuda_graphs=not self.args.no_cuda_graphs)

@@ -17,6 +17,13 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache
 
+from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
+from kvcache.batch import BatchRow, batched_forward
+from kvcache.graphs import GraphedPasses
+from kvcache.ops import keep_cache_entries
+from kvcache.slots import SlotPool
+from models.loading import for_engine, load_pair
+
 CONTEXT = 150  # cached tokens before every timed pass (the prefill has none)
 TOKENS = (1, 2, 4, 8, 16, 32)
 ROWS = (1, 2, 4, 8)
@@ -63,25 +70,17 @@ class EnginePasses(_Passes):
     """Passes through kvcache.attention / kvcache.batch on KV slots, as both engines run them."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from kvcache.attention import attention_kinds
-        from kvcache.slots import SlotPool
-
         super().__init__(model)
         self.kinds = attention_kinds(model.config)
         parameter = next(model.parameters())
         self.slots = SlotPool(model.config, max(ROWS) + 1, CONTEXT + max(TOKENS), parameter.dtype, parameter.device)
 
     def _cache(self, tokens: list[int]):
-        from kvcache.attention import new_cache, prefill
-
         cache = new_cache(self.slots)
         prefill(self.model, self.kinds, cache, tokens)
         return cache
 
     def tokens(self, count: int) -> float:
-        from kvcache.attention import forward_one
-        from kvcache.ops import keep_cache_entries
-
         cache = self._cache(self.ids(CONTEXT))
         causal = torch.ones(count, count, dtype=torch.bool, device=self.device).tril()
         positions = list(range(CONTEXT, CONTEXT + count))
@@ -89,9 +88,6 @@ class EnginePasses(_Passes):
                           lambda: keep_cache_entries(cache, list(range(CONTEXT))))
 
     def rows(self, count: int) -> float:
-        from kvcache.batch import BatchRow, batched_forward
-        from kvcache.ops import keep_cache_entries
-
         caches = [self._cache(self.ids(CONTEXT, r)) for r in range(count)]
         rows = [BatchRow([self.ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool, device=self.device)) for r in range(count)]
 
@@ -110,8 +106,6 @@ class GraphPasses(EnginePasses):
     graphs (kvcache.graphs), each captured in the warm-up."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from kvcache.graphs import GraphedPasses
-
         super().__init__(model)
         self.graphs = GraphedPasses(model, self.kinds, self.slots)
 
@@ -120,17 +114,11 @@ class GraphPasses(EnginePasses):
         return lambda: self.graphs.forward(caches, rows, bucket)
 
     def tokens(self, count: int) -> float:
-        from kvcache.batch import BatchRow
-        from kvcache.ops import keep_cache_entries
-
         cache = self._cache(self.ids(CONTEXT))
         row = BatchRow(self.ids(count, 1), list(range(CONTEXT, CONTEXT + count)), torch.ones(count, count).bool().tril())
         return self.time(self._graphed([cache], [row]), lambda: keep_cache_entries(cache, list(range(CONTEXT))))
 
     def rows(self, count: int) -> float:
-        from kvcache.batch import BatchRow
-        from kvcache.ops import keep_cache_entries
-
         caches = [self._cache(self.ids(CONTEXT, r)) for r in range(count)]
         rows = [BatchRow([self.ids(1, r)[0]], [CONTEXT], torch.ones(1, 1, dtype=torch.bool)) for r in range(count)]
 
@@ -170,8 +158,6 @@ class HFPasses(_Passes):
 
 def measure(models: dict[str, torch.nn.Module], packed: bool, progress=None) -> list[dict]:
     """Every pass of the curve for each model, via our engine and via HF."""
-    from models.loading import for_engine
-
     passes = []
     for name, model in models.items():
         runners = [("engine", lambda: EnginePasses(for_engine(copy.deepcopy(model), packed))),
@@ -206,8 +192,6 @@ def format_table(passes: list[dict]) -> str:
 
 
 def run_pass_costs(args: argparse.Namespace) -> int:
-    from models.loading import load_pair
-
     threads = max(1, args.threads // 2)  # what each process of the pipeline gets
     torch.set_num_threads(threads)
     pair = load_pair(args.target, args.draft, args.device, args.device, dtype=args.dtype)

@@ -16,6 +16,8 @@ from bench.prompts import load_prompts
 from bench.contenders import CONTENDERS, Outcome, build_contenders
 from bench.report import write_report
 
+from bench.pass_costs import run_pass_costs
+
 DEFAULT_CONTENDERS = "target,target-1thread,hf-assisted,hf-prompt-lookup,sequential,pipeline"
 
 
@@ -103,8 +105,6 @@ class Tally:
 def run_bench(args: argparse.Namespace) -> int:
     cfg.resolve_model_flags(args)
     if args.pass_costs:
-        from bench.pass_costs import run_pass_costs
-
         return run_pass_costs(args)
     prompts = load_prompts(args.prompts, args.limit)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
@@ -174,6 +174,7 @@ def _cell(value: float | None, digits: int) -> str:
 
 
 def plot(report: dict, path: str) -> None:
+    # matplotlib is optional: the chart is drawn only where it is installed
     import matplotlib
 
     matplotlib.use("Agg")

@@ -27,6 +27,7 @@ SHAPES = {
 
 
 def random_model(shape: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    # here, not at the top: transformers' model classes load only when a shape is built
     from transformers import AutoConfig, AutoModelForCausalLM
 
     family, fields = SHAPES[shape]

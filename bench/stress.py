@@ -1,6 +1,8 @@
 """`ouroboros stress`: many concurrent clients, every output checked against the target alone."""
 from __future__ import annotations
 
+import re
+import subprocess
 import argparse
 import asyncio
 import json
@@ -14,10 +16,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from bench.run import load_prompts
+from launch.reference import target_alone
+from launch.sequential import engine_alone
+from launch.serve import LocalPipeline, add_serve_flags
+from models.loading import for_engine, load_model, load_tokenizer
+from protocol.async_client import AsyncClient
+from verifier.engine import TargetEngine
+
 
 def add_stress_parser(sub) -> None:
-    from launch.serve import add_serve_flags
-
     stress = sub.add_parser("stress", help="concurrent clients against the pipeline, outputs checked")
     mode = stress.add_mutually_exclusive_group()
     mode.add_argument("--connect", metavar="ADDR", help="a running `ouroboros serve`")
@@ -61,11 +69,6 @@ def references(args: argparse.Namespace, prompts: list[str]) -> tuple[list[list[
     """Prompt ids and what the pipeline must answer for each, computed first, in-process: the
     target alone (HF greedy) in float32, our engine without drafts in other dtypes (README: what
     identical means)."""
-    from launch.reference import target_alone
-    from launch.sequential import engine_alone
-    from models.loading import for_engine, load_model, load_tokenizer
-    from verifier.engine import TargetEngine
-
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     tokenizer, model = load_tokenizer(args.target), load_model(args.target, "cpu", args.dtype)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -104,8 +107,6 @@ class ZmqDoor:
         self.endpoint, self.args = endpoint, args
 
     def session(self):
-        from protocol.async_client import AsyncClient
-
         return AsyncClient(self.endpoint, timeout=self.args.timeout, curve_keys=self.args.curve_keys)
 
     async def request(self, client, ids: list[int], expected: list[int], record: Record) -> None:
@@ -121,6 +122,7 @@ class HttpDoorClients:
         self.url, self.args, self.decode = url, args, decode
 
     def session(self):
+        # the openai client is optional: needed only with --http
         import openai
 
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=self.args.timeout)
@@ -147,9 +149,6 @@ class HttpDoorClients:
 
 def start_door_process(args: argparse.Namespace, endpoint: str):
     """`ouroboros http-door` in its own process, as a user would run it: (process, base url)."""
-    import re
-    import subprocess
-
     cmd = [sys.executable, "-m", "launch.cli", "http-door", "--connect", endpoint, "--target", args.target,
            "--port", "0", "--timeout", str(args.timeout)]
     cmd += ["--curve-keys", args.curve_keys] if args.curve_keys else []
@@ -232,9 +231,6 @@ def summarize(records: list[Record], kill: KillState, elapsed: float, restarts: 
 
 
 def run_stress(args: argparse.Namespace) -> int:
-    from bench.run import load_prompts
-    from launch.serve import LocalPipeline
-
     if args.clients < 1 or args.requests < 1 or args.max_new_tokens < 1 or args.rounds < 1:
         raise ValueError("--clients, --requests, --max-new-tokens and --rounds must be >= 1")
     if args.kill_drafter_after is not None and (args.connect or args.http or args.rounds > 1):
@@ -247,8 +243,6 @@ def run_stress(args: argparse.Namespace) -> int:
     try:
         doors = [ZmqDoor(endpoint, args)]
         if args.http:
-            from models.loading import load_tokenizer
-
             tokenizer = load_tokenizer(args.target)
             door_proc, url = start_door_process(args, endpoint)
             doors.append(HttpDoorClients(url, args, lambda t: tokenizer.decode(t, skip_special_tokens=True)))

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None, parser: Callable[[], argparse.ArgumentPa
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    # here, not at the top: the CURVE key tools load only for `keys`
     from protocol.curve import create_keys
 
     root = create_keys(args.dir, overwrite=args.overwrite)
@@ -113,6 +114,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.in_process or args.target_only:
         return _generate_in_process(args)
+    # here, not at the top: the parent of the processes never loads torch or a model
     from launch.serve import LocalPipeline
     from protocol.client import Client
 
@@ -139,6 +141,7 @@ def _stream_completion(client, args: argparse.Namespace) -> int:
 
 
 def _generate_in_process(args: argparse.Namespace) -> int:
+    # here, not at the top: torch and the models load only in the command that needs them
     import torch
 
     from launch.local import InProcessPipeline

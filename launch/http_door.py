@@ -6,6 +6,7 @@ import argparse
 import signal
 import threading
 
+from launch.config import add_security_flags
 from protocol.sockets import is_loopback
 
 
@@ -20,7 +21,7 @@ def add_http_flags(parser: argparse.ArgumentParser, port_flag: str) -> None:
 
 
 def add_http_door_parser(sub) -> None:
-    from launch.config import add_security_flags
+    # here, not at the top: the model names come with torch; `--help` stays fast
     from models.loading import BUILTIN_TARGET
 
     door = sub.add_parser("http-door", help="the OpenAI-compatible HTTP door for a running verifier")
@@ -46,6 +47,7 @@ def start_http_door(target: str, port: int, host: str, api_key: str | None, curv
     """The door listening in a daemon thread; `door.endpoint` may be set later (/health answers
     503 until it is). Returns (door, uvicorn server)."""
     try:
+        # the HTTP extra (starlette, uvicorn) is optional: imported only with --http
         from gateway.app import HttpDoor, serve_in_thread
     except ImportError as exc:
         raise RuntimeError(f"the HTTP door needs the HTTP extra: pip install '.[http]' ({exc})") from None

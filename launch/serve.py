@@ -14,14 +14,12 @@ import time
 from collections import deque
 
 from launch import config as cfg
-from launch.http_door import check_http_flags, start_http_door
+from launch.http_door import add_http_flags, check_http_flags, start_http_door
 from launch.workers import REFUSED_EXIT_CODE
 from protocol.sockets import bind_address, warn_if_public
 
 
 def add_serve_parser(sub) -> None:
-    from launch.http_door import add_http_flags
-
     serve = sub.add_parser("serve", help="start the two-process pipeline on this machine",
                            epilog="with --verifier vllm, flags after `--` go to vLLM's OpenAI server")
     add_serve_flags(serve)
@@ -230,6 +228,7 @@ class LocalPipeline:
 
 def run_serve(args: argparse.Namespace) -> int:
     if args.verifier == "vllm":
+        # here, not at the top: the vLLM door's code loads only for --verifier vllm
         from launch.vllm_serve import run_vllm_serve
 
         return run_vllm_serve(args)

@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from launch import config as cfg
 from launch.cli import build_parser
 from launch.serve import solo_threads, takes_turns
 from launch.workers import run_drafter, run_verifier
@@ -42,8 +43,6 @@ def _drafter_host(is_single_node: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     serve_args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    from launch import config as cfg
-
     cfg.resolve_model_flags(serve_args)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from launch import config as cfg
 from launch.workers import REFUSED_EXIT_CODE
+from verifier.vllm_door import ENDPOINT_ENV, FINGERPRINT_ENV, TIMEOUT_ENV
 
 VLLM_VERSION = "0.32.0"  # the vLLM CPU build the door is tested against (make install-vllm)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,6 @@ def vllm_command(args: argparse.Namespace, python: str, model_dir: str) -> list[
 
 
 def vllm_env(args: argparse.Namespace, drafter_endpoint: str, fingerprint: str) -> dict[str, str]:
-    from verifier.vllm_door import ENDPOINT_ENV, FINGERPRINT_ENV, TIMEOUT_ENV
-
     env = dict(os.environ)
     timeout = cfg.verifier_config(args).draft_timeout_s
     env.update({ENDPOINT_ENV: drafter_endpoint, FINGERPRINT_ENV: fingerprint, TIMEOUT_ENV: str(timeout),
@@ -63,6 +62,7 @@ def cpu_env(env: dict[str, str]) -> dict[str, str]:
 def drafter_command(args: argparse.Namespace, endpoint: str) -> list[str]:
     """As `serve` starts its drafter: where it shares the CPU with vLLM, it drafts only while vLLM
     waits in `propose` (--pre-drafts auto = off there), never beside vLLM's step."""
+    # here, not at the top: launch.serve imports this module for --verifier vllm (a cycle at import time)
     from launch.serve import takes_turns
 
     shares_cpu = args.target_device == "cpu" and args.draft_device == "cpu"
@@ -88,6 +88,7 @@ def is_healthy(url: str) -> bool:
 
 
 def run_vllm_serve(args: argparse.Namespace) -> int:
+    # here, not at the top: torch and the models load only in the command that needs them
     from models.loading import load_tokenizer, resolve_path, tokenizer_fingerprint
 
     if args.http is None:

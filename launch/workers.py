@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 
-import torch
 import zmq
 
 from launch import config as cfg
@@ -64,6 +63,7 @@ def _log_to_stderr(role: str) -> None:
 def _capture_graphs(engine, max_rows: int) -> None:
     """On CUDA: capture the common pass shapes (up to `max_rows` rows, the process's batch limit)
     now, so no early request pays for them."""
+    # here, not at the top: each process loads only its own role's engine, and torch with it
     from kvcache.graphs import MAX_TOKENS, MAX_WIDTH
 
     if engine.graphs is None:
@@ -76,6 +76,9 @@ def _capture_graphs(engine, max_rows: int) -> None:
 
 
 def run_verifier(args: argparse.Namespace) -> int:
+    # here, not at the top: a verifier process loads only the verifier's engine, and torch with it
+    import torch
+
     from models.loading import for_engine, load_model, load_tokenizer, tokenizer_fingerprint
     from verifier.engine import TargetEngine
     from verifier.server import VerifierServer
@@ -107,6 +110,9 @@ def run_verifier(args: argparse.Namespace) -> int:
 
 
 def run_drafter(args: argparse.Namespace) -> int:
+    # here, not at the top: a drafter process loads only the drafter's engine, and torch with it
+    import torch
+
     from drafter.engine import DraftEngine
     from drafter.pool import PhrasePool
     from drafter.server import DrafterServer

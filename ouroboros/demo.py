@@ -25,6 +25,7 @@ def demo_prompts(tokenizer) -> list[tuple[str, str]]:
 
 
 def load_target(args: argparse.Namespace):
+    # here, not at the top: torch and the models load only in the command that needs them
     from models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.target)
@@ -89,6 +90,7 @@ def print_table(rows: list[tuple], threads: int) -> None:
 
 
 def chart(rows: list[tuple], path: Path) -> None:
+    # matplotlib is optional: the chart is drawn only where it is installed
     import matplotlib
 
     matplotlib.use("Agg")
