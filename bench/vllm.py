@@ -18,13 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bench.prompts import humaneval_prompts
 from models.loading import resolve_path
+from launch import config as cfg
 from launch.vllm_serve import DEFAULT_VLLM_PYTHON, cpu_env, free_port
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
 
 def servers(args: argparse.Namespace, port: int) -> dict[str, list[str]]:
-    python = os.environ.get("OUROBOROS_VLLM_PYTHON") or str(DEFAULT_VLLM_PYTHON)
+    python = cfg.vllm_python_env() or str(DEFAULT_VLLM_PYTHON)
     plain = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_path("smollm2-135m"),
              "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port), "--dtype", args.dtype,
              "--max-model-len", "2048"]

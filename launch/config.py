@@ -1,4 +1,12 @@
-"""CLI flags -> the frozen per-role configs (the only place that reads the environment)."""
+"""CLI flags -> the frozen per-role configs, and the launch commands' environment.
+
+The environment variables the launch commands read are read here (the functions at the end):
+OUROBOROS_LOG_LEVEL, OUROBOROS_VLLM_PYTHON, OUROBOROS_DRAFTER_HOST and torchrun's RANK,
+WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT. Below launch, three places read
+their own, since they cannot import it: the model cache (XDG_CACHE_HOME, models.loading), the CPU
+kernels' build (OUROBOROS_KERNEL_DIR, CXX, kvcache.cpu_gemm) and the vLLM door, which vLLM builds
+in its own process and which takes its link from the variables `serve --verifier vllm` sets
+(verifier.vllm_door)."""
 from __future__ import annotations
 
 import argparse
@@ -148,3 +156,37 @@ def algorithm_argv(args: argparse.Namespace) -> list[str]:
 
 def verifier_argv(args: argparse.Namespace) -> list[str]:
     return config_argv(verifier_config(args))
+
+
+def log_level() -> str:
+    """$OUROBOROS_LOG_LEVEL (INFO by default; DEBUG logs every pass and its time)."""
+    return os.environ.get("OUROBOROS_LOG_LEVEL", "INFO").upper()
+
+
+def vllm_python_env() -> str | None:
+    """$OUROBOROS_VLLM_PYTHON: the interpreter of the venv vLLM is installed in."""
+    return os.environ.get("OUROBOROS_VLLM_PYTHON")
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchrunEnv:
+    """What torchrun tells each of its processes, and OUROBOROS_DRAFTER_HOST (the address other
+    nodes reach the drafter link at, where the ranks are on different nodes)."""
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    master_addr: str
+    master_port: int
+    drafter_host: str | None
+
+
+def torchrun_env() -> TorchrunEnv:
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        return TorchrunEnv(rank, world, int(os.environ.get("LOCAL_RANK", rank)),
+                           int(os.environ.get("LOCAL_WORLD_SIZE", world)), os.environ["MASTER_ADDR"],
+                           int(os.environ["MASTER_PORT"]), os.environ.get("OUROBOROS_DRAFTER_HOST") or None)
+    except KeyError as exc:
+        raise SystemExit(f"launch.torchrun runs under torchrun, which sets {exc.args[0]}: torchrun --nproc-per-node 2 "
+                         "-m launch.torchrun ...") from None

@@ -6,7 +6,6 @@ rendezvous store, so `--nnodes 2` puts the drafter on another node with no extra
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 from datetime import timedelta
@@ -29,13 +28,13 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def _drafter_host(is_single_node: bool) -> str:
+def _drafter_host(env: cfg.TorchrunEnv) -> str:
     """Loopback when both ranks share the node; else this node's address, as others see it."""
-    if is_single_node:
+    if env.local_world == env.world:
         return "127.0.0.1"
-    host = os.environ.get("OUROBOROS_DRAFTER_HOST") or socket.gethostbyname(socket.gethostname())
+    host = env.drafter_host or socket.gethostbyname(socket.gethostname())
     if is_loopback(host):
-        host = os.environ["MASTER_ADDR"]
+        host = env.master_addr
     print(f"ouroboros: warning: the drafter link listens on {host}, reachable from other nodes",
           file=sys.stderr)
     return host
@@ -44,23 +43,23 @@ def _drafter_host(is_single_node: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     serve_args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
     cfg.resolve_model_flags(serve_args)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    env = cfg.torchrun_env()
+    rank, world, local_rank = env.rank, env.world, env.local_rank
     if world != 2:
         raise SystemExit(f"launch.torchrun needs exactly 2 processes (verifier + drafter), got {world}")
     has_gpu = torch.cuda.is_available()
     device = f"cuda:{local_rank}" if has_gpu else "cpu"
     dist.init_process_group(backend="nccl" if has_gpu else "gloo", timeout=timedelta(minutes=10))
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+    store = dist.TCPStore(env.master_addr, env.master_port, world,
                           is_master=False, timeout=timedelta(seconds=serve_args.ready_timeout))
 
     def role(**settings) -> argparse.Namespace:  # serve's parsed flags, and this role's own
         return argparse.Namespace(**(vars(serve_args) | {"device": device} | settings))
 
-    shares_cpu = not has_gpu and int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
+    shares_cpu = not has_gpu and env.local_world == world
     serve_args.pre_drafts = "off" if takes_turns(serve_args, shares_cpu) else "on"
     if rank == 0:
-        host = _drafter_host(int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world)
+        host = _drafter_host(env)
         endpoint = f"tcp://{host}:{_free_port(host)}"
         store.set(ENDPOINT_KEY, endpoint)
         client = serve_args.bind or f"tcp://{serve_args.host}:{serve_args.port or '*'}"

@@ -27,7 +27,7 @@ PROPOSER = "verifier.vllm_door.OuroborosProposer"
 
 def vllm_python(args: argparse.Namespace) -> str:
     """--vllm-python, else $OUROBOROS_VLLM_PYTHON, else the venv `make install-vllm` makes."""
-    python = args.vllm_python or os.environ.get("OUROBOROS_VLLM_PYTHON") or str(DEFAULT_VLLM_PYTHON)
+    python = args.vllm_python or cfg.vllm_python_env() or str(DEFAULT_VLLM_PYTHON)
     if not os.access(python, os.X_OK):
         raise ValueError(f"--vllm-python {python}: no such interpreter (run `make install-vllm`, which sets up vLLM "
                          f"{VLLM_VERSION} in {DEFAULT_VLLM_PYTHON.parent.parent})")

@@ -54,7 +54,7 @@ def _stop_on_signals(server) -> None:
 
 def _log_to_stderr(role: str) -> None:
     """INFO by default; OUROBOROS_LOG_LEVEL=DEBUG adds every pass and its time (ms since start)."""
-    level = os.environ.get("OUROBOROS_LOG_LEVEL", "INFO").upper()
+    level = cfg.log_level()
     detailed = level == "DEBUG"
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                         format=f"[{role}] %(relativeCreated)d %(message)s" if detailed else f"[{role}] %(message)s")
