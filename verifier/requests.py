@@ -94,7 +94,6 @@ class ServerRequest:
     started: float = field(default_factory=time.monotonic)
     waiting_since: float = field(default_factory=time.monotonic)
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> draft
-    early_bases: set[int] = field(default_factory=set)  # drafts that arrived before their base
     new_tokens: list[int] = field(default_factory=list)
     text: IncrementalText | None = None  # the new tokens' client text (set at admission)
     chars_sent: int = 0
@@ -177,21 +176,14 @@ class ServerRequest:
 
         A drafter drafts ahead at ever larger bases and goes back only when it drops its
         speculation (drafter.server: next_base returns to the committed end), so a draft
-        supersedes every pending one based beyond it: those were pre-drafts of text that did
-        not come. Over MAX_PENDING_DRAFTS the one drafted farthest ahead goes, never one that
-        fits now (the one a round waits for)."""
+        supersedes every pending one based at or beyond its own: those were pre-drafts of text
+        that did not come, or an older draft of the same base. Over MAX_PENDING_DRAFTS the one
+        drafted farthest ahead goes, never one that fits now (the one a round waits for)."""
         if draft.base_length + len(draft.trunk) < self.committed_length:
             self.stats.num_stale_drafts += 1
             return False
-        for base in [b for b in self.drafts if b > draft.base_length]:
+        for base in [b for b in self.drafts if b >= draft.base_length]:
             del self.drafts[base]
-            self.early_bases.discard(base)
-            self.stats.num_stale_drafts += 1
-        if draft.base_length > self.committed_length:
-            self.early_bases.add(draft.base_length)
-        else:  # drafted after its base was committed (a redraft supersedes an early one)
-            self.early_bases.discard(draft.base_length)
-        if draft.base_length in self.drafts:  # a redraft on the same base supersedes the old one
             self.stats.num_stale_drafts += 1
         self.drafts[draft.base_length] = draft
         while len(self.drafts) > MAX_PENDING_DRAFTS:
@@ -213,9 +205,10 @@ class ServerRequest:
             draft = self.drafts.pop(base)
             covered = length - base
             if chosen is None and self._fits(draft):
-                is_predraft = draft.drafted_ahead or base in self.early_bases or base < length
+                # drafted before its base was verified (the drafter says so), or before the
+                # text it is rebased over was (a round ran without it)
+                is_predraft = draft.drafted_ahead or base < length
                 chosen = (list(draft.trunk[covered:]), [list(b) for b in draft.branches], is_predraft)
             else:
                 self.stats.num_stale_drafts += 1
-        self.early_bases = {b for b in self.early_bases if b > length}
         return chosen
