@@ -13,6 +13,7 @@ from kvcache.graphs import GraphedPasses
 from kvcache.ops import keep_cache_entries
 from kvcache.packed import has_packed_layers
 from kvcache.slots import Slot, SlotPool, resolve_max_len
+from protocol.validation import prompt_problem
 from verifier.sampling import SamplingParams, next_tokens
 from verifier.tree import accept_greedy, build_tree
 
@@ -78,17 +79,9 @@ class TargetEngine:
         """The prompt as ints; ValueError if it is empty, holds ids the target does not have, or
         it and max_new_tokens would run past the target's context."""
         tokens = [int(t) for t in prompt_ids]
-        if not tokens:
-            raise ValueError("the prompt is empty: give at least one token")
-        if len(tokens) + max_new_tokens > self.max_context:
-            raise ValueError(
-                f"the prompt ({len(tokens)} tokens) plus max_new_tokens ({max_new_tokens}) is over the max context "
-                f"of {self.max_context} tokens (the model's context, or --max-len): shorten the prompt or lower "
-                "max_new_tokens"
-            )
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the target vocabulary (size {self.vocab_size})")
+        problem = prompt_problem(tokens, max_new_tokens, self.vocab_size, self.max_context)
+        if problem is not None:
+            raise ValueError(problem)
         return tokens
 
     @torch.inference_mode()

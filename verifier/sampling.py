@@ -1,10 +1,11 @@
 """Lossless sampling: the target's processed distribution and draws keyed by (seed, position)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from protocol.validation import sampling_problem
 
 _MASK64 = (1 << 64) - 1
 
@@ -17,12 +18,9 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        problem = sampling_problem(self.temperature, self.top_p, self.top_k)
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def is_greedy(self) -> bool:

@@ -31,9 +31,9 @@ def test_valid_requests_pass():
     (dict(top_p=1.01), "top_p"),
     (dict(top_p=float("nan")), "top_p"),
     (dict(top_k=-1), "top_k"),
-    (dict(prompt_ids=[1, 100]), r"prompt_ids\[1\].*vocab_size=100"),
+    (dict(prompt_ids=[1, 100]), r"prompt_ids: token id 100 at \[1\].*vocab_size=100"),
     (dict(stop_token_ids=[100]), r"stop_token_ids\[0\]"),
-    (dict(prompt_ids=list(range(9))), "max context 8"),
+    (dict(prompt_ids=list(range(9))), "max context of 8"),
 ])
 def test_invalid_requests_raise(changes, names):
     with pytest.raises(ProtocolError, match=names) as info:
