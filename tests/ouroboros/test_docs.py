@@ -47,3 +47,26 @@ def test_no_tracked_file_is_a_diary():
             if DIARY.search(line):
                 found.append(f"{name}:{number}: {line.strip()[:100]}")
     assert not found, "\n".join(found)
+
+
+def test_the_recipes_commands_parse():
+    """Every `$cli ...` command of the shipped draft's recipes is one the CLI takes, flags and all
+    (a shell variable stands in as a value its flag takes)."""
+    import shlex
+
+    from ouroboros.cli import build_parser
+
+    parser = build_parser()
+    stand_in = {"--minutes": "1", "--threads": "1", "--batch-size": "1", "--layers": "0"}
+    for recipe in ("gpu_recipe.sh", "chat_recipe.sh"):
+        text = (ROOT / "distill" / recipe).read_text().replace("\\\n", " ")
+        commands = [line.split("$cli", 1)[1] for line in text.splitlines() if line.lstrip().startswith("$cli")]
+        assert commands, recipe
+        for command in commands:
+            argv = []
+            for word in shlex.split(command):
+                if word.startswith((">", "2>", "&")):
+                    break
+                if "[@]" not in word:
+                    argv.append(stand_in.get(argv[-1] if argv else "", "x") if "$" in word else word)
+            parser.parse_args(argv)  # exits (a test failure) on a flag the command does not take
