@@ -58,3 +58,9 @@ def choose_vocab(config, tokenizer, files, full_size: int, progress: Progress) -
     vocab_ids, counts = frequent_vocab(tokenizer, files, config.vocab_size, full_size, config.seed)
     progress.vocab_coverage = coverage(vocab_ids, counts)
     return vocab_ids
+
+
+def init_training(config) -> dict | None:
+    """--init's own training record, so a fine-tuned draft's file tells both stages."""
+    path = BUILTIN_DRAFT_DIR if config.init == BUILTIN_DRAFT else Path(config.init) if config.init else None
+    return json.loads((path / "draft.json").read_text()).get("training") if path else None

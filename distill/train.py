@@ -17,7 +17,7 @@ from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpo
 from distill.curve import agreements, eval_sets, record_point
 from distill.evaluate import evaluate, format_report
 from distill.data import ChunkStream, coverage, prefetched, training_files
-from distill.student import choose_vocab, initial_draft, new_vocabulary
+from distill.student import choose_vocab, init_training, initial_draft, new_vocabulary
 from models.draft import build_student, check_layers, save_draft, target_fingerprint
 from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
 
@@ -290,6 +290,7 @@ def report(config: TrainConfig, target, student, sets: dict, progress: Progress,
         "agreement": evaluation["agreement"] if evaluation else None,
         "agreement_by_set": {k: v for k, v in by_set.items() if k not in ("tokens", "minutes")},
         "evaluation": evaluation,  # distill.evaluate: what `ouroboros eval-draft` reports
+        "init": config.init, "revocab": config.revocab, "init_training": init_training(config),
     }
     save_draft(student, config.out, config.target, list(config.layers), meta, fingerprint=target_fingerprint(target))
     print(json.dumps(meta, indent=2))
