@@ -1,5 +1,5 @@
-"""What a target pass costs for its size, measured online: the cost half of the speculation
-decision (verifier.speculation). On a GPU a pass of 64 tokens costs about what one token does;
+"""What a round costs, measured online: the target pass for its size, and the verifier's wait for
+drafts of each length (the cost half of the speculation decision, verifier.speculation). On a GPU a pass of 64 tokens costs about what one token does;
 on a CPU each token costs compute (here ~40 ms for 1 token, ~55 ms for 9 on two threads), and a
 batched pass pads every row to the widest tree."""
 from __future__ import annotations
@@ -120,3 +120,41 @@ def cut_draft(trunk: Sequence[int], branches: Sequence[Sequence[int]], num_token
         kept.append(list(branch[:room]))
         room -= len(kept[-1])
     return trunk, kept
+
+
+class DraftWait:
+    """Seconds the verifier stands idle before a pass, for the longest draft k asked of the
+    round: w(0) = the median idle of rounds that asked for none; w(k) = c + b*k for k > 0, a
+    Theil-Sen line (median of pairwise slopes, then the median intercept) through the median
+    idle at each length asked, since any draft costs a pass or so of the drafter's plus its tokens.
+    Each kind keeps its last COST_WINDOW rounds, so neither pushes the other out, and medians
+    leave a single stall (a drafter restarting, a preempted process) without weight."""
+
+    def __init__(self) -> None:
+        self.drafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
+        self.undrafted: deque[float] = deque(maxlen=COST_WINDOW)
+        self.line = (0.0, 0.0)  # (c, b), refitted as drafted rounds come
+
+    def observe(self, draft_length: int, seconds: float) -> None:
+        if draft_length <= 0:
+            self.undrafted.append(max(seconds, 0.0))
+            return
+        self.drafted.append((draft_length, max(seconds, 0.0)))
+        by_length: dict[int, list[float]] = {}
+        for k, waited in self.drafted:
+            by_length.setdefault(k, []).append(waited)
+        points = sorted((k, median(waits)) for k, waits in by_length.items())  # one per length asked
+        slopes = [(s2 - s1) / (k2 - k1) for i, (k1, s1) in enumerate(points) for k2, s2 in points[i + 1 :]]
+        slope = max(median(slopes), 0.0) if slopes else points[0][1] / points[0][0]
+        self.line = (max(median(w - slope * k for k, w in points), 0.0) if slopes else 0.0, slope)
+
+    def estimate(self, draft_length: int, is_stale: bool = False) -> float | None:
+        """None until a round that asked for a draft was timed; `is_stale`: as if drafts cost
+        no more waiting than rounds without (to see whether re-timing them could pay)."""
+        if not self.drafted:
+            return None
+        base = median(self.undrafted) if self.undrafted else 0.0
+        if draft_length == 0 or is_stale:
+            return base
+        fixed, per_token = self.line
+        return max(fixed + per_token * draft_length, base)

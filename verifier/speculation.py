@@ -28,14 +28,11 @@ timed afresh, and draft waits not timed for RETIME_AFTER rounds are timed again 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from statistics import median
-
-from verifier.pass_cost import COST_WINDOW, PassCostModel
+from verifier.acceptance import AgreementTrace
+from verifier.pass_cost import DraftWait, PassCostModel
 
 log = logging.getLogger("ouroboros.verifier")
 
-HISTORY = 64  # committed positions of a request whose agreement is remembered: a few seconds of text, so a change shows soon
 MIN_TIMED = 4  # rounds with and without a draft a drafter is timed in before the decision trusts its costs
 MIN_EVIDENCE = 16  # judged positions a request's trace needs to serve as the next request's prior
 PRIOR_POSITIONS = 4  # a request's own agreement is weighed against its prior as n judged positions to this many
@@ -46,104 +43,6 @@ NEAR_ZERO = 0.05  # agreement at or below this, on that evidence, cannot be a dr
 # would pay at no extra wait, one round drafts to time it again (the load or the drafter may have
 # changed since). It costs at most one round's draft steps in this many.
 RETIME_AFTER = 256
-
-
-class AgreementTrace:
-    """One request's teacher-forced agreement bits over its latest committed positions, and at
-    its latest round starts how many tokens the verifier's own prompt lookup got right there."""
-
-    def __init__(self) -> None:
-        self.bits: deque[int] = deque(maxlen=HISTORY)
-        self.end: int | None = None  # the position after the last bit
-        self.lookups: deque[tuple[int, int]] = deque(maxlen=HISTORY // 2)  # (round start, lookup tokens right)
-
-    def add(self, start: int, bits: list[int]) -> None:
-        if self.end is not None and start != self.end:  # a gap (a re-synced drafter): start afresh
-            self.bits.clear()
-        self.bits.extend(1 if bit else 0 for bit in bits)
-        self.end = start + len(bits)
-
-    def run_at(self, position: int) -> tuple[int, bool] | None:
-        """(the draft's run of agreements from `position`, whether it is still going at the
-        trace's end, so only a lower bound); None where the trace does not cover it."""
-        if self.end is None or not self.end - len(self.bits) <= position < self.end:
-            return None
-        run, index = 0, position - (self.end - len(self.bits))
-        while index + run < len(self.bits) and self.bits[index + run]:
-            run += 1
-        return run, index + run == len(self.bits)
-
-    def expected_committed(self, max_length: int) -> list[float]:
-        """C(k) - 1 for k = 0..max_length, over the recent round starts p: a k-token trunk and
-        the root lookup are verified side by side, so a round accepts max(min(run(p), k), m(p)).
-        A run still going counts only for the k it already reaches (as in expected_accepted).
-        Without round starts covered yet, over every judged position with no lookup."""
-        samples = [(*found, matched) for p, matched in self.lookups if (found := self.run_at(p)) is not None]
-        if not samples:
-            return self.expected_accepted(max_length)
-        expected = []
-        for k in range(max_length + 1):
-            known = [max(min(run, k), matched) for run, is_open, matched in samples if not is_open or run >= k]
-            expected.append(sum(known) / len(known) if known else float(k))
-        return expected
-
-    def expected_accepted(self, max_length: int) -> list[float]:
-        """E(k) for k = 0..max_length over every judged position. A run still going at the
-        trace's end is only a lower bound, so it counts for the k it already reaches; every other
-        run counts for every k."""
-        closed: dict[int, int] = {}  # run length -> positions whose run ended with a disagreement
-        num_open, run = 0, 0  # the trailing ones: positions whose run is still going
-        for bit in reversed(self.bits):
-            run = run + 1 if bit else 0
-            if num_open == run - 1 and bit and not closed:
-                num_open = run
-            else:
-                closed[run] = closed.get(run, 0) + 1
-        expected = []
-        for k in range(max_length + 1):
-            counted = max(num_open - k + 1, 0) if k else num_open  # open runs already at least k long
-            total = k * counted + sum(min(r, k) * c for r, c in closed.items())
-            count = counted + sum(closed.values())
-            expected.append(total / count if count else float(k))
-        return expected
-
-
-class DraftWait:
-    """Seconds the verifier stands idle before a pass, for the longest draft k asked of the
-    round: w(0) = the median idle of rounds that asked for none; w(k) = c + b*k for k > 0, a
-    Theil-Sen line (median of pairwise slopes, then the median intercept) through the median
-    idle at each length asked, since any draft costs a pass or so of the drafter's plus its tokens.
-    Each kind keeps its last COST_WINDOW rounds, so neither pushes the other out, and medians
-    leave a single stall (a drafter restarting, a preempted process) without weight."""
-
-    def __init__(self) -> None:
-        self.drafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
-        self.undrafted: deque[float] = deque(maxlen=COST_WINDOW)
-        self.line = (0.0, 0.0)  # (c, b), refitted as drafted rounds come
-
-    def observe(self, draft_length: int, seconds: float) -> None:
-        if draft_length <= 0:
-            self.undrafted.append(max(seconds, 0.0))
-            return
-        self.drafted.append((draft_length, max(seconds, 0.0)))
-        by_length: dict[int, list[float]] = {}
-        for k, waited in self.drafted:
-            by_length.setdefault(k, []).append(waited)
-        points = sorted((k, median(waits)) for k, waits in by_length.items())  # one per length asked
-        slopes = [(s2 - s1) / (k2 - k1) for i, (k1, s1) in enumerate(points) for k2, s2 in points[i + 1 :]]
-        slope = max(median(slopes), 0.0) if slopes else points[0][1] / points[0][0]
-        self.line = (max(median(w - slope * k for k, w in points), 0.0) if slopes else 0.0, slope)
-
-    def estimate(self, draft_length: int, is_stale: bool = False) -> float | None:
-        """None until a round that asked for a draft was timed; `is_stale`: as if drafts cost
-        no more waiting than rounds without (to see whether re-timing them could pay)."""
-        if not self.drafted:
-            return None
-        base = median(self.undrafted) if self.undrafted else 0.0
-        if draft_length == 0 or is_stale:
-            return base
-        fixed, per_token = self.line
-        return max(fixed + per_token * draft_length, base)
 
 
 class SpeculationDecision:

@@ -8,7 +8,9 @@ import pytest
 from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.speculation import HISTORY, MIN_TIMED, PRIOR_POSITIONS, RETIME_AFTER, AgreementTrace, DraftWait, SpeculationDecision
+from verifier.acceptance import HISTORY, AgreementTrace
+from verifier.pass_cost import DraftWait
+from verifier.speculation import MIN_TIMED, PRIOR_POSITIONS, RETIME_AFTER, SpeculationDecision
 
 GAMMA = 8
 CPU = (0.04, 0.004, 0.002)  # a + b*rows*width + d*rows: a small model on two CPU cores
