@@ -1,5 +1,5 @@
-"""vLLM alone, vLLM with n-gram speculation, and vLLM with our drafter (`serve --verifier vllm`),
-one after the other on the same prompts and the same OpenAI-style client:
+"""vLLM alone, vLLM with n-gram speculation, vLLM with our drafter (`serve --verifier vllm`) and
+our own server (`serve --http`: our engine verifies), one after the other on the same prompts and the same OpenAI-style client:
 
     python -m bench.vllm --dtype bfloat16 --clients 1,8 --limit 8 --max-new-tokens 128
 
@@ -31,7 +31,10 @@ def servers(args: argparse.Namespace, port: int) -> dict[str, list[str]]:
              "--max-model-len", "2048"]
     ours = [sys.executable, "-m", "launch.cli", "serve", "--verifier", "vllm", "--http", str(port), "--dtype", args.dtype,
             "--max-len", "2048", *args.door_flags.split()]
-    return {"vllm": plain, "vllm-ngram": [*plain, "--speculative-config", json.dumps(NGRAM)], "vllm+ouroboros": ours}
+    own = [sys.executable, "-m", "launch.cli", "serve", "--http", str(port), "--port", str(free_port()), "--dtype",
+           args.dtype, "--max-len", "2048"]
+    return {"vllm": plain, "vllm-ngram": [*plain, "--speculative-config", json.dumps(NGRAM)], "vllm+ouroboros": ours,
+            "ouroboros": own}
 
 
 def complete(port: int, prompt: str, max_tokens: int) -> tuple[int, str]:
@@ -60,13 +63,15 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument("--limit", type=int, default=8, help="HumanEval prompts (each client count runs them all)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--servers", default="vllm,vllm-ngram,vllm+ouroboros", help="which, comma-separated")
+    parser.add_argument("--servers", default="vllm,vllm-ngram,vllm+ouroboros", help="which, comma-separated, of vllm, vllm-ngram, vllm+ouroboros, ouroboros")
     parser.add_argument("--door-flags", default="", help="extra flags for `serve --verifier vllm`, in one string")
     args = parser.parse_args()
     prompts = humaneval_prompts(args.limit)
     counts = [int(c) for c in args.clients.split(",")]
     texts: dict[tuple[str, int], list[str]] = {}
     chosen = args.servers.split(",")
+    if unknown := set(chosen) - set(servers(args, 0)):
+        parser.error(f"unknown --servers {', '.join(sorted(unknown))}; choose from {', '.join(servers(args, 0))}")
     for name, command in servers(args, port := free_port()).items():
         if name not in chosen:
             continue
@@ -81,7 +86,8 @@ def main() -> int:
                     done = list(pool.map(lambda p: complete(port, p, args.max_new_tokens), prompts))
                 rate = sum(n for n, _ in done) / (time.perf_counter() - started)
                 texts[name, clients] = [t for _, t in done]
-                same = texts[name, clients] == texts.get(("vllm", clients), texts[name, clients])
+                plain_texts = texts.get(("vllm", clients))
+                same = "not compared (vllm not run)" if plain_texts is None else texts[name, clients] == plain_texts
                 print(f"{name:16s} {clients} clients: {rate:7.1f} tok/s; text equals vllm's: {same}", flush=True)
         finally:
             process.terminate()
