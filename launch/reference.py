@@ -24,7 +24,7 @@ def target_alone(
             eos_token_id=list(stop_token_ids) or None, pad_token_id=0,
             **({} if stop_token_ids else {"min_new_tokens": max_new_tokens}),
         )
-        return finish(out[0, len(prompt_ids) :].tolist(), max_new_tokens, set(stop_token_ids))[0]
+        return finish(out[0, len(prompt_ids) :].tolist(), 0, max_new_tokens, set(stop_token_ids))[0]
     tokens, new = list(prompt_ids), []
     cache = DynamicCache(config=model.config)
     feed = tokens
@@ -33,7 +33,8 @@ def target_alone(
                        logits_to_keep=1).logits[0]
         token = next_tokens(logits, [len(tokens)], sampling)[0]
         tokens.append(token)
-        new, reason = finish(new + [token], max_new_tokens, set(stop_token_ids))
+        kept, reason = finish([token], len(new), max_new_tokens, set(stop_token_ids))
+        new += kept
         if reason is not None:
             return new
         feed = [token]

@@ -91,7 +91,8 @@ def generate(
         drafter.learn(trunk, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
         if on_round is not None:
             on_round(t_session, d_session, result)
-        new_tokens, reason = finish(new_tokens + result.appended, max_new_tokens, stops)
+        kept, reason = finish(result.appended, len(new_tokens), max_new_tokens, stops)
+        new_tokens += kept
     return GenerationResult(new_tokens, reason, metrics(stats, d_session, len(new_tokens)))
 
 
@@ -104,7 +105,8 @@ def engine_alone(target: TargetEngine, prompt_ids: Sequence[int], max_new_tokens
     reason = None
     while reason is None:
         result = target.verify(session, [], [], sampling)
-        new_tokens, reason = finish(new_tokens + result.appended, max_new_tokens, set(stop_token_ids))
+        kept, reason = finish(result.appended, len(new_tokens), max_new_tokens, set(stop_token_ids))
+        new_tokens += kept
     return new_tokens
 
 

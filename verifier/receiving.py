@@ -147,7 +147,7 @@ class Receiving:
         request = self.requests.get(msg.request_id)
         if request is not None and request.client == identity:
             self.end(request, Done(request_id=msg.request_id, finish_reason=FinishReason.CANCELLED,
-                                   prompt_tokens=request.session.num_prompt, completion_tokens=len(request.new_tokens),
+                                   prompt_tokens=request.session.num_prompt, completion_tokens=request.num_output,
                                    metrics=self.metrics_of(request)))
 
 

@@ -94,7 +94,7 @@ class ServerRequest:
     started: float = field(default_factory=time.monotonic)
     waiting_since: float = field(default_factory=time.monotonic)
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> draft
-    new_tokens: list[int] = field(default_factory=list)
+    num_output: int = 0  # the new tokens the client gets: session.tokens after the prompt, up to a stop
     text: IncrementalText | None = None  # the new tokens' client text (set at admission)
     chars_sent: int = 0
     chars_checked: int = 0  # text searched for stop strings
@@ -114,7 +114,7 @@ class ServerRequest:
         one-token round, and one whose trunk fails at its first token still has a path."""
         draft = self.take_draft()
         trunk, branches, is_predraft = draft or ([], [], False)
-        budget = draft_budget(self.max_new_tokens, len(self.new_tokens))
+        budget = draft_budget(self.max_new_tokens, self.num_output)
         trunk = trunk[: max(min(budget, self.draft_length), 0)]
         lookup = own_lookup(self.session.tokens)[: max(budget, 0)] if own_lookup is not None else []
         if trunk[: len(lookup)] == lookup:
@@ -131,7 +131,7 @@ class ServerRequest:
         cut = self.text.stop_cut(self.stop_strings, self.chars_checked) if self.stop_strings else None
         self.chars_checked = len(self.text.text)
         if cut is not None:
-            self.new_tokens, self.text_limit = self.new_tokens[: cut[0]], cut[1]
+            self.num_output, self.text_limit = cut
         return cut is not None
 
     def take_chunk(self, tokens: list[int], is_final: bool) -> tuple[list[int], str] | None:
@@ -141,7 +141,7 @@ class ServerRequest:
         self.unsent.extend(tokens)
         if not self.unsent or (not self.is_stream and not is_final):
             return None
-        if self.text.settled < len(self.new_tokens) and not is_final:
+        if self.text.settled < self.num_output and not is_final:
             return None
         end = len(self.text.text) if self.text_limit is None else min(self.text_limit, len(self.text.text))
         delta, self.chars_sent = self.text.text[self.chars_sent : end], max(end, self.chars_sent)
@@ -169,7 +169,7 @@ class ServerRequest:
 
     def needs_no_draft(self) -> bool:
         """Only the target's own next token is left to produce."""
-        return self.max_new_tokens - len(self.new_tokens) <= 1
+        return self.max_new_tokens - self.num_output <= 1
 
     def offer(self, draft: Draft) -> bool:
         """Keep a draft for its base; False (stale) if it cannot cover the committed text.

@@ -134,15 +134,14 @@ class VerifierServer(Receiving):
             request.stats.record(len(plan.trunk), result, plan.is_predraft, has_draft=plan.has_draft,
                                  wait_s=request.round_wait_s)
             self.stats.record_round(len(plan.trunk), result.num_trunk_accepted, plan.is_predraft, request.round_wait_s)
-            kept, reason = finish(request.new_tokens + result.appended, request.max_new_tokens,
-                                  request.stop_token_ids)
-            previous = len(request.new_tokens)
-            request.new_tokens = kept
+            kept, reason = finish(result.appended, request.num_output, request.max_new_tokens, request.stop_token_ids)
+            previous = request.num_output
+            request.num_output += len(kept)
             request.waiting_since = time.monotonic()
-            self.stats.generation_tokens += len(kept) - previous
-            if request.commit_text(kept[previous:], is_final=reason is not None):
+            self.stats.generation_tokens += len(kept)
+            if request.commit_text(kept, is_final=reason is not None):
                 reason = FinishReason.STOP
-            committed.append((request, plan, result, request.new_tokens[previous:], reason, length))
+            committed.append((request, plan, result, kept[: max(request.num_output - previous, 0)], reason, length))
         return committed
 
     def send(self, committed: list[tuple]) -> None:
@@ -158,7 +157,7 @@ class VerifierServer(Receiving):
                 seed = request.sampling.seed if request.sampling else None
                 self.end(request, Done(request_id=request.request_id, finish_reason=reason, seed=seed,
                                        prompt_tokens=request.session.num_prompt,
-                                       completion_tokens=len(request.new_tokens), metrics=self.metrics_of(request)))
+                                       completion_tokens=request.num_output, metrics=self.metrics_of(request)))
                 continue
             request.draft_length = length
             self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
@@ -218,7 +217,7 @@ class VerifierServer(Receiving):
 
     def metrics_of(self, request: ServerRequest) -> dict[str, float]:
         """The request's speculative metrics, and how long the drafter has been up (-1: none)."""
-        return request.stats.as_metrics(len(request.new_tokens)) | {"drafter_uptime_s": self.link.uptime_s()}
+        return request.stats.as_metrics(request.num_output) | {"drafter_uptime_s": self.link.uptime_s()}
 
     def open_admitted(self) -> None:
         """Tell the drafter of the requests admitted since: only once a burst of arrivals is all
@@ -233,7 +232,7 @@ class VerifierServer(Receiving):
         request.draft_length = self.scheduler.next_lengths([request])[0]
         request.waiting_since = time.monotonic()  # its first draft is due from now
         self.link.send(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
-                             max_new_tokens=request.max_new_tokens - len(request.new_tokens),
+                             max_new_tokens=request.max_new_tokens - request.num_output,
                              draft_length=request.draft_length))
 
     def reply(self, identity: bytes, msg) -> bool:

@@ -4,14 +4,18 @@ from __future__ import annotations
 from collections.abc import Collection
 
 
-def finish(tokens: list[int], max_new_tokens: int, stop_token_ids: Collection[int]) -> tuple[list[int], str | None]:
-    """Cut new tokens after the first stop token or at max_new_tokens; None = keep going."""
-    for i, token in enumerate(tokens[:max_new_tokens]):
+def finish(appended: list[int], num_kept: int, max_new_tokens: int, stop_token_ids: Collection[int]
+           ) -> tuple[list[int], str | None]:
+    """Of the tokens just `appended` after `num_kept` new tokens kept already, those the output
+    keeps: cut after the first stop token or at max_new_tokens (work of the appended tokens
+    alone); None = keep going."""
+    room = max_new_tokens - num_kept
+    for i, token in enumerate(appended[:room]):
         if token in stop_token_ids:
-            return tokens[: i + 1], "stop"
-    if len(tokens) >= max_new_tokens:
-        return tokens[:max_new_tokens], "length"
-    return tokens, None
+            return appended[: i + 1], "stop"
+    if len(appended) >= room:
+        return appended[:room], "length"
+    return appended, None
 
 
 def find_stop_string(text: str, stops: Collection[str], start: int = 0) -> int | None:

@@ -170,7 +170,7 @@ def test_the_scheduler_waits_only_for_drafts_asked_for():
     request.draft_length = 0
     assert scheduler.pick_ready(is_drafter_absent=False) == [request]  # none is coming
     assert scheduler.is_drafter_idle
-    request.new_tokens = [1] * 63  # one token left: the target's own, no draft can help
+    request.num_output = 63  # one token left: the target's own, no draft can help
     assert scheduler.next_lengths([request]) == [0]
 
 
