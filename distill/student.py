@@ -1,11 +1,13 @@
 """Where a train-draft run's student starts: a fresh draft of target layers with a vocabulary
-chosen from the data, a shipped draft (--init), or that draft with a new vocabulary (--revocab)."""
+chosen from the data, a shipped draft (--init), or that draft with a new vocabulary (--revocab);
+and what it learns from: the target's distribution over the draft's vocabulary."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from distill.checkpoint import Progress
 from distill.data import coverage, frequent_vocab, stream_vocab
@@ -64,3 +66,20 @@ def init_training(config) -> dict | None:
     """--init's own training record, so a fine-tuned draft's file tells both stages."""
     path = BUILTIN_DRAFT_DIR if config.init == BUILTIN_DRAFT else Path(config.init) if config.init else None
     return json.loads((path / "draft.json").read_text()).get("training") if path else None
+
+
+def distill_loss(target: torch.nn.Module, head_rows: torch.Tensor, student: torch.nn.Module,
+                 batch: torch.Tensor, is_bf16: bool = False) -> tuple[torch.Tensor, float]:
+    """KL(teacher || student) per token, both softmaxes over the draft's vocabulary: the
+    teacher's logits are its final hidden states times the same output-embedding rows the
+    draft's head started from. Also returns the top-1 agreement on the batch. With is_bf16 both
+    forwards run under bfloat16 autocast (weights and the loss stay float32)."""
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=is_bf16):
+        with torch.no_grad():
+            hidden = target.base_model(input_ids=batch, use_cache=False).last_hidden_state
+            teacher = F.linear(hidden, head_rows).float().flatten(0, 1).log_softmax(-1)
+        student_logits = student(input_ids=batch, use_cache=False).logits
+    student_logp = student_logits.float().flatten(0, 1).log_softmax(-1)
+    loss = F.kl_div(student_logp, teacher, log_target=True, reduction="batchmean")
+    agreement = (student_logp.argmax(-1) == teacher.argmax(-1)).float().mean().item()
+    return loss, agreement

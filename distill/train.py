@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
 from distill.curve import agreements, eval_sets, record_point
 from distill.evaluate import evaluate, format_report
 from distill.data import ChunkStream, coverage, prefetched, training_files
-from distill.student import choose_vocab, init_training, initial_draft, new_vocabulary
+from distill.student import choose_vocab, distill_loss, init_training, initial_draft, new_vocabulary
 from models.draft import build_student, check_layers, save_draft, target_fingerprint
 from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
 
@@ -192,23 +191,6 @@ def run_train_draft(args: argparse.Namespace) -> int:
         record_point(config.out, progress.tokens_seen, progress.minutes, student, sets)
     tokens_per_s = train_loop(config, target, student, optimizer, stream, progress, sets)
     return report(config, target, student, sets, progress, tokens_per_s)
-
-
-def distill_loss(target: torch.nn.Module, head_rows: torch.Tensor, student: torch.nn.Module,
-                 batch: torch.Tensor, is_bf16: bool = False) -> tuple[torch.Tensor, float]:
-    """KL(teacher || student) per token, both softmaxes over the draft's vocabulary: the
-    teacher's logits are its final hidden states times the same output-embedding rows the
-    draft's head started from. Also returns the top-1 agreement on the batch. With is_bf16 both
-    forwards run under bfloat16 autocast (weights and the loss stay float32)."""
-    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=is_bf16):
-        with torch.no_grad():
-            hidden = target.base_model(input_ids=batch, use_cache=False).last_hidden_state
-            teacher = F.linear(hidden, head_rows).float().flatten(0, 1).log_softmax(-1)
-        student_logits = student(input_ids=batch, use_cache=False).logits
-    student_logp = student_logits.float().flatten(0, 1).log_softmax(-1)
-    loss = F.kl_div(student_logp, teacher, log_target=True, reduction="batchmean")
-    agreement = (student_logp.argmax(-1) == teacher.argmax(-1)).float().mean().item()
-    return loss, agreement
 
 
 def learning_rate(config: TrainConfig, step: int, fraction_done: float) -> float:

@@ -112,14 +112,7 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
             if vllm.poll() is not None:
                 print(f"ouroboros: vLLM exited with code {vllm.returncode}; stopping", file=sys.stderr, flush=True)
                 return vllm.returncode or 1
-            if drafter.poll() is not None:
-                if drafter.returncode == REFUSED_EXIT_CODE:  # a restart cannot help
-                    print("ouroboros: the drafter was refused; vLLM decodes alone", file=sys.stderr, flush=True)
-                else:
-                    restarts += 1
-                    print(f"ouroboros: the drafter exited with code {drafter.returncode}; restarting it "
-                          f"(restart {restarts})", file=sys.stderr, flush=True)
-                    drafter = subprocess.Popen(drafter_command(args, drafter_endpoint))
+            drafter, restarts = _keep_drafter(drafter, args, drafter_endpoint, restarts)
             if not is_ready and is_healthy(health):
                 is_ready = True
                 print(f"ouroboros: vLLM {VLLM_VERSION} serving http://{args.http_host}:{args.http}/v1 with our drafter "
@@ -131,11 +124,29 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
             stop.wait(0.5)
         return 0
     finally:
-        for child in (drafter, vllm):
-            if child.poll() is None:
-                child.terminate()
-        for child in (drafter, vllm):
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        _stop_all([child for child in (drafter, vllm) if child is not None])
+
+
+def _keep_drafter(drafter: subprocess.Popen | None, args: argparse.Namespace, endpoint: str, restarts: int
+                  ) -> tuple[subprocess.Popen | None, int]:
+    """A drafter that exited is started again; one refused by the door is not (a restart cannot
+    help): None from then on, and vLLM decodes alone."""
+    if drafter is None or drafter.poll() is None:
+        return drafter, restarts
+    if drafter.returncode == REFUSED_EXIT_CODE:
+        print("ouroboros: the drafter was refused; vLLM decodes alone", file=sys.stderr, flush=True)
+        return None, restarts
+    print(f"ouroboros: the drafter exited with code {drafter.returncode}; restarting it (restart {restarts + 1})",
+          file=sys.stderr, flush=True)
+    return subprocess.Popen(drafter_command(args, endpoint)), restarts + 1
+
+
+def _stop_all(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
