@@ -20,7 +20,6 @@ from transformers import DynamicCache
 from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
 from kvcache.batch import BatchRow, batched_forward
 from kvcache.graphs import GraphedPasses
-from kvcache.ops import keep_cache_entries
 from kvcache.slots import SlotPool
 from models.loading import for_engine, load_pair
 
@@ -85,7 +84,7 @@ class EnginePasses(_Passes):
         causal = torch.ones(count, count, dtype=torch.bool, device=self.device).tril()
         positions = list(range(CONTEXT, CONTEXT + count))
         return self.time(lambda: forward_one(self.model, self.kinds, cache, self.ids(count, 1), positions, causal),
-                          lambda: keep_cache_entries(cache, list(range(CONTEXT))))
+                          lambda: cache.keep(list(range(CONTEXT))))
 
     def rows(self, count: int) -> float:
         caches = [self._cache(self.ids(CONTEXT, r)) for r in range(count)]
@@ -93,7 +92,7 @@ class EnginePasses(_Passes):
 
         def undo() -> None:
             for cache in caches:
-                keep_cache_entries(cache, list(range(CONTEXT)))
+                cache.keep(list(range(CONTEXT)))
 
         return self.time(lambda: batched_forward(self.model, self.kinds, caches, rows), undo)
 
@@ -116,7 +115,7 @@ class GraphPasses(EnginePasses):
     def tokens(self, count: int) -> float:
         cache = self._cache(self.ids(CONTEXT))
         row = BatchRow(self.ids(count, 1), list(range(CONTEXT, CONTEXT + count)), torch.ones(count, count).bool().tril())
-        return self.time(self._graphed([cache], [row]), lambda: keep_cache_entries(cache, list(range(CONTEXT))))
+        return self.time(self._graphed([cache], [row]), lambda: cache.keep(list(range(CONTEXT))))
 
     def rows(self, count: int) -> float:
         caches = [self._cache(self.ids(CONTEXT, r)) for r in range(count)]
@@ -124,7 +123,7 @@ class GraphPasses(EnginePasses):
 
         def undo() -> None:
             for cache in caches:
-                keep_cache_entries(cache, list(range(CONTEXT)))
+                cache.keep(list(range(CONTEXT)))
 
         return self.time(self._graphed(caches, rows), undo)
 

@@ -7,14 +7,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
-from transformers import DynamicCache
 
 from drafter.config import DrafterConfig
-from kvcache.attention import attention_kinds, free_cache, new_cache
+from kvcache.attention import attention_kinds, new_cache
 from kvcache.slots import Slot, SlotPool, resolve_max_len
 from kvcache.batch import BatchRow, run_pass
 from kvcache.graphs import GraphedPasses
-from kvcache.ops import keep_cache_entries
 from drafter.lookahead import PassLayout, build_pass_layout, longest_phrase_match
 from protocol.prompt_lookup import NgramIndex
 from drafter.pool import PhrasePool
@@ -40,7 +38,7 @@ class DraftEngine(OutcomeDrafting):
     def __init__(self, model: torch.nn.Module, config: DrafterConfig, pool: PhrasePool | None = None,
                  max_sessions: int = 16, max_len: int | None = None, cuda_graphs: bool = True) -> None:
         """KV slots for `max_sessions` sessions of up to `max_len` tokens (kvcache.slots), plus room
-        for one lookahead pass past the end; a session past those gets a plain cache. On CUDA,
+        for one lookahead pass past the end (no more sessions at once: kvcache.attention.NoFreeSlot). On CUDA,
         draft passes over slots replay CUDA graphs (kvcache.graphs) unless `cuda_graphs` is False."""
         self.model = model.eval()
         self.config = config
@@ -93,7 +91,7 @@ class DraftEngine(OutcomeDrafting):
 
     def close(self, session: DraftSession) -> None:
         """The request is done (or re-opened): its KV slot is free at once."""
-        free_cache(session.cache)
+        session.cache.free()
 
     def goal(self, session: DraftSession, budget: int | None) -> int:
         """Draft tokens wanted beyond the committed text: the asked length, within the budget."""
@@ -199,7 +197,7 @@ class DraftEngine(OutcomeDrafting):
             rows = [0] + [row_of[s] for s in layout.phrase_indices[best][:best_len]] if best_len else [0]
             for offset, candidates in enumerate(self.top_candidates(logits[rows])):
                 session.candidates[len(session.tokens) + offset] = candidates
-        keep_cache_entries(session.cache, keep)
+        session.cache.keep(keep)
         if layout.last_row_indices:  # a pass without the window leaves it as it was
             self._slide_window(session, [predictions[row_of[i]] for i in layout.last_row_indices])
         session.tokens.extend(appended)
@@ -228,7 +226,7 @@ class DraftEngine(OutcomeDrafting):
         if not kept:
             session.tokens = session.tokens[: start + common] + [int(t) for t in appended[common:]]
             valid = min(session.cache_length, start + common)
-            keep_cache_entries(session.cache, list(range(valid)))
+            session.cache.keep(list(range(valid)))
         session.num_committed = start + len(appended)
         session.candidates = {p: c for p, c in session.candidates.items()
                               if session.num_committed <= p < len(session.tokens)}
@@ -286,7 +284,7 @@ class DraftEngine(OutcomeDrafting):
             self.pool.add(window[0][col], [row[col] for row in window[1:]] + [token])
         session.window = window[1:] + [new_level]
 
-    def _forward(self, cache: DynamicCache | Slot, layout) -> torch.Tensor:
+    def _forward(self, cache: Slot, layout) -> torch.Tensor:
         """The logits of the layout's `logit_indices` after one pass (kvcache.batch.run_pass)."""
         row = BatchRow(layout.tokens, layout.positions, layout.visible)
         return run_pass(self.model, self.kinds, self.graphs, [cache], [row], keep=[layout.logit_indices])[0]

@@ -12,6 +12,7 @@ from drafter.engine import DraftEngine
 from drafter.outcomes import outcome_rank
 from drafter.session import DraftBlock
 from drafter.scheduler import DraftScheduler, DrafterRequest
+from kvcache.slots import NoFreeSlot
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
@@ -28,7 +29,8 @@ class DrafterServer:
         self.engine = engine
         self.endpoint = endpoint
         self.hello = Hello(drafter_id=uuid.uuid4().hex, vocab_size=vocab_size,
-                           tokenizer_fingerprint=tokenizer_fingerprint, max_draft_length=engine.config.gamma)
+                           tokenizer_fingerprint=tokenizer_fingerprint, max_draft_length=engine.config.gamma,
+                           max_sessions=engine.slots.num_slots)
         self.refusal: str | None = None  # why the verifier refused this drafter (it then stops)
         self.scheduler = DraftScheduler(engine)
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
@@ -89,8 +91,14 @@ class DrafterServer:
             log.warning("error from the verifier: %s: %s", msg.code, msg.message)
 
     def handle_open(self, msg: Open) -> None:
-        """A new request, or a re-sync: the verifier's committed tokens are the truth."""
-        session = self.engine.open(msg.token_ids, msg.draft_length)
+        """A new request, or a re-sync: the verifier's committed tokens are the truth. A re-synced
+        request's old session goes first, so its KV slot serves the new one."""
+        self.scheduler.remove(msg.request_id)
+        try:
+            session = self.engine.open(msg.token_ids, msg.draft_length)
+        except NoFreeSlot as exc:  # the verifier opened more than Hello.max_sessions at once
+            log.error("cannot draft for %s: %s", msg.request_id, exc)
+            return
         self.scheduler.add(DrafterRequest(msg.request_id, session, len(msg.token_ids), msg.max_new_tokens,
                                           next_base=len(msg.token_ids)))
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import DynamicCache
-
 from drafter.outcomes import OutcomeBranch
 from kvcache.slots import Slot
 from protocol.prompt_lookup import NgramIndex
@@ -20,7 +18,7 @@ class DraftSession:
 
     tokens: list[int]  # committed tokens, then the draft model's own greedy continuation
     num_committed: int
-    cache: DynamicCache | Slot
+    cache: Slot
     window: list[list[int]]
     draft_length: int  # trunk tokens the verifier asked for (0: keep the cache and agreement in step)
     judged: int = 0

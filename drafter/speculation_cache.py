@@ -5,7 +5,7 @@ Layout of a session's cache while it holds outcome branches: entries 0..chain-1 
 (entry j at position j), then each tree pass appends one entry per live branch. A branch's token
 sees the chain's entries before its position and its own branch's entries, exactly what it
 would see had the text gone its way, so its entries stay valid when the verdict lands on it:
-they are then moved into place behind the chain's (kvcache.ops.keep_cache_entries), and the
+they are then moved into place behind the chain's (kvcache.slots.Slot.keep), and the
 cache is what a fresh prefill of the new text gives. On any other verdict they are dropped."""
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import torch
 from drafter.outcomes import CANDIDATES_PER_POSITION, OutcomeBranch, branch_entries, likely_outcomes, matching_branch
 from drafter.session import DraftSession
 from kvcache.attention import forward_one
-from kvcache.ops import keep_cache_entries
 from kvcache.slots import Slot
 
 
@@ -106,7 +105,7 @@ class OutcomeDrafting:
     def drop_outcomes(self, session: DraftSession) -> None:
         """Forget the tree: its entries leave the cache, which holds the chain's alone again."""
         if session.outcome_base is not None and session.cache_length > session.outcome_chain:
-            keep_cache_entries(session.cache, list(range(session.outcome_chain)))
+            session.cache.keep(list(range(session.outcome_chain)))
         session.outcomes, session.outcome_base = [], None
 
     def adopt_outcome(self, session: DraftSession, appended: Sequence[int], chain_extra: int) -> bool:
@@ -117,7 +116,7 @@ class OutcomeDrafting:
         if branch is None or len(branch.tokens) - (session.num_committed + len(appended) - branch.position) <= chain_extra:
             return False
         position = branch.position
-        keep_cache_entries(session.cache, branch_entries(branch, session.outcome_chain))
+        session.cache.keep(branch_entries(branch, session.outcome_chain))
         session.tokens = session.tokens[:position] + branch.tokens
         for offset, candidates in enumerate(branch.candidates):
             session.candidates[position + 1 + offset] = candidates

@@ -1,9 +1,10 @@
 """Attention kinds of a model's layers, the caches both engines keep, and the masks that apply
 every kind: full, sliding window, chunked, and alternating mixes of them (Gemma 2).
 
-Every cache and every custom mask goes through here. Our caches keep every entry of every layer
-(a sliding layer's cache in transformers keeps only its last window-1 entries, too few for a tree
-pass and impossible to crop back), so the window is applied by the mask instead: transformers
+Every session's cache is a KV slot (kvcache.slots), and every custom mask goes through here. A slot
+keeps every entry of every layer (a sliding layer's cache in transformers keeps only its last
+window-1 entries, too few for a tree pass and impossible to crop back), so the window is applied
+by the mask instead: transformers
 does not apply it to a custom 4-D mask. The rules, at absolute positions q (query) and k (key),
 are transformers' own (masking_utils): sliding window W sees k with q - W < k <= q; chunk C sees
 k with k // C == q // C."""
@@ -13,10 +14,9 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 from transformers.cache_utils import get_layer_types_and_kwargs
 
-from kvcache.slots import Slot
+from kvcache.slots import NoFreeSlot, Slot, SlotPool
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
 SUPPORTED_LAYER_TYPES = (FULL, SLIDING, CHUNKED)
@@ -51,17 +51,13 @@ def attention_kinds(config) -> list[AttentionKind]:
     return kinds
 
 
-def free_cache(cache) -> None:
-    """A session is done: its KV slot (if it has one) goes back to the pool now."""
-    if isinstance(cache, Slot):
-        cache.free()
-
-
-def new_cache(slots=None):
-    """An empty cache that keeps every entry of every layer (see the module docstring): a row of
-    the KV slot pool `slots` (kvcache.slots.SlotPool) when one is free, else a DynamicCache."""
-    slot = slots.allocate() if slots is not None else None
-    return slot if slot is not None else DynamicCache()
+def new_cache(slots: SlotPool) -> Slot:
+    """An empty cache for a new session: a free row of the KV slot pool."""
+    slot = slots.allocate()
+    if slot is None:
+        raise NoFreeSlot(f"all {slots.num_slots} KV slots are taken (--max-sessions {slots.num_slots}): "
+                         "no more sessions at once")
+    return slot
 
 
 def _allowed_by_kind(kind: AttentionKind, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
@@ -93,15 +89,44 @@ def layer_masks(kinds: list[AttentionKind], visible: torch.Tensor, query_positio
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
+@dataclass(frozen=True)
+class BatchRow:
+    tokens: list[int]  # the new tokens of this sequence
+    positions: list[int]  # their positions (base + depth for a tree)
+    visible: torch.Tensor  # (n, n) bool: new token q may attend to new token k
+
+
+def pass_visibility(bases: list[int], rows: list[BatchRow], num_rows: int, width: int, length: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one builder of a pass's attention inputs, for eager, batched and graphed passes alike:
+    (visible (R, W, L) bool, query positions (R, W), key positions (R, L)) on the host. Row i's
+    new token q, at rows[i].positions[q], sees the row's base_i cached entries (entry j sits at
+    position j) and, in columns base_i.., the new tokens rows[i].visible[q] allows. Padding (the
+    tokens past a row's width, rows past the real ones) sits at position 0 and sees column 0
+    alone, never an empty softmax. The layer kinds' rules apply on top (layer_masks)."""
+    visible = torch.zeros(num_rows, width, length, dtype=torch.bool)
+    visible[:, :, 0] = True
+    query_positions = torch.zeros(num_rows, width, dtype=torch.long)
+    key_positions = torch.arange(length).repeat(num_rows, 1)
+    for i, (base, row) in enumerate(zip(bases, rows)):
+        n = len(row.tokens)
+        visible[i, :n, 0] = False
+        visible[i, :n, :base] = True
+        visible[i, :n, base : base + n] = row.visible
+        query_positions[i, :n] = torch.tensor(row.positions)
+        key_positions[i, base : base + n] = query_positions[i, :n]
+    return visible, query_positions, key_positions
+
+
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
 @torch.inference_mode()
-def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache, tokens: list[int],
+def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache: Slot, tokens: list[int],
                 positions: list[int], visible: torch.Tensor, logits_to_keep: list[int] | int = 0,
                 past: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
-    """One pass of one sequence after its cache (a DynamicCache or a KV slot): new token i sits
+    """One pass of one sequence after its cache (a KV slot): new token i sits
     at positions[i] and sees every cached entry (entry j sits at position j) and the new tokens
     `visible[i]` allows, as its layer kind permits. `past` = (seen, positions) narrows that for
     a cache holding entries of several continuations (drafter.outcomes): seen[i, j] says whether
@@ -110,32 +135,27 @@ def forward_one(model: torch.nn.Module, kinds: list[AttentionKind], cache, token
     device = next(model.parameters()).device
     base = cache.get_seq_length()
     n = len(tokens)
-    seen = torch.ones(1, n, base + n, dtype=torch.bool, device=device)
-    seen[0, :, base:] = visible.to(device)
+    seen, query_positions, key_positions = pass_visibility([base], [BatchRow(tokens, positions, visible.cpu())], 1, n,
+                                                           base + n)
     if past is not None:
-        seen[0, :, :base] = past[0].to(device)
-    query_positions = torch.tensor([positions], device=device)
+        seen[0, :, :base] = past[0].cpu()
+        key_positions[0, :base] = torch.tensor(past[1], dtype=torch.long)
+    query_positions = query_positions.to(device)
     if n == 1 and past is None and all(kind.layer_type == FULL for kind in kinds):
         mask = None  # one query that sees everything: no mask at all (sdpa's fastest path)
     else:
-        past_positions = torch.arange(base) if past is None else torch.tensor(past[1], dtype=torch.long)
-        key_positions = torch.cat([past_positions.to(device)[None], query_positions], dim=1)
-        mask = layer_masks(kinds, seen, query_positions, key_positions, model_dtype(model))
+        mask = layer_masks(kinds, seen.to(device), query_positions, key_positions.to(device), model_dtype(model))
     keep = torch.tensor(logits_to_keep, device=device) if isinstance(logits_to_keep, list) else logits_to_keep
-    with model_cache(cache, [n]) as model_view:
+    with model_cache([cache], [n]) as model_view:
         out = model(input_ids=torch.tensor([tokens], device=device), position_ids=query_positions,
                     attention_mask=mask, cache=model_view, use_cache=True, logits_to_keep=keep)
     return out.logits[0]
 
 
 @contextlib.contextmanager
-def model_cache(cache, widths: list[int] | None = None, slots: list | None = None):
-    """The Cache object to hand the model for a pass: a DynamicCache as it is, or for KV slots
-    the pool's pass cache (kvcache.slots), whose lengths are restored if the pass fails."""
-    slots = slots if slots is not None else [cache] if isinstance(cache, Slot) else None
-    if slots is None:
-        yield cache
-        return
+def model_cache(slots: list[Slot], widths: list[int]):
+    """The Cache object to hand the model for a pass over these KV slots: the pool's pass cache
+    (kvcache.slots), whose lengths are restored if the pass fails."""
     pool = slots[0].pool
     bases = [slot.get_seq_length() for slot in slots]
     try:
@@ -148,7 +168,7 @@ def model_cache(cache, widths: list[int] | None = None, slots: list | None = Non
         pool.end_pass()
 
 
-def prefill(model: torch.nn.Module, kinds: list[AttentionKind], cache: DynamicCache, tokens: list[int]) -> None:
+def prefill(model: torch.nn.Module, kinds: list[AttentionKind], cache: Slot, tokens: list[int]) -> None:
     """Feed `tokens` causally after the cache (only the last position's logits are computed)."""
     base = cache.get_seq_length()
     n = len(tokens)

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvcache.attention import AttentionKind, layer_masks, model_dtype
-from kvcache.batch import BatchRow
+from kvcache.attention import AttentionKind, BatchRow, layer_masks, model_dtype, pass_visibility
 from kvcache.slots import PassPlan, Slot, SlotPool
 
 MIN_LENGTH = 256  # the shortest key length a graph reads (shorter contexts share it)
@@ -76,23 +75,16 @@ class _StaticPass:
              dtype: torch.dtype) -> None:
         """Copy one pass's inputs into the static tensors (built on the host, one copy each)."""
         r, w, length = self.bucket.rows, self.bucket.width, self.bucket.length
+        bases = [slot.get_seq_length() for slot in slots]
+        visible, positions, key_positions = pass_visibility(bases, list(rows), r, w, length)
         ids = torch.zeros(r, w, dtype=torch.long)
-        positions = torch.zeros(r, w, dtype=torch.long)
         row_index = torch.full((r,), slots[0].index, dtype=torch.long)
         columns = torch.full((r, w), pool.max_len, dtype=torch.long)
-        visible = torch.zeros(r, w, length, dtype=torch.bool)
-        visible[:, :, 0] = True  # padding sees column 0 alone (never an empty softmax)
-        key_positions = torch.arange(length).repeat(r, 1)
-        for i, (slot, row) in enumerate(zip(slots, rows)):
-            base, n = slot.get_seq_length(), len(row.tokens)
+        for i, (slot, row, base) in enumerate(zip(slots, rows, bases)):
+            n = len(row.tokens)
             ids[i, :n] = torch.tensor(row.tokens)
-            positions[i, :n] = torch.tensor(row.positions)  # padding tokens at 0, as in kvcache.batch
             row_index[i] = slot.index
             columns[i, :n] = torch.arange(base, base + n)
-            visible[i, :n, 0] = False
-            visible[i, :n, :base] = True
-            visible[i, :n, base : base + n] = row.visible
-            key_positions[i, base : base + n] = positions[i, :n]
         masks = layer_masks(kinds, visible, positions, key_positions, dtype)
         for static, host in ((self.input_ids, ids), (self.position_ids, positions), (self.plan.rows, row_index),
                              (self.plan.write_columns, columns)):
@@ -122,7 +114,7 @@ class GraphedPasses:
     def bucket(self, slots: Sequence[Slot], rows: Sequence[BatchRow]) -> Bucket | None:
         """The bucket of this pass, or None if it runs eagerly (too wide, too many rows, or not
         every row in this pool's slots)."""
-        if not slots or any(not isinstance(slot, Slot) or slot.pool is not self.pool for slot in slots):
+        if not slots or any(slot.pool is not self.pool for slot in slots):
             return None
         length = max(slot.get_seq_length() + len(row.tokens) for slot, row in zip(slots, rows))
         if length > self.pool.max_len:

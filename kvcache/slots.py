@@ -119,6 +119,10 @@ class SlotView:
         return self.pool.values[self.layer_idx][self.slot : self.slot + 1, :, : self.pool.lengths[self.slot]]
 
 
+class NoFreeSlot(RuntimeError):
+    """Every KV slot is taken: a process holds no more sessions at once than its pool has slots."""
+
+
 class Slot:
     """A sequence's row in a SlotPool. The row returns to the pool on free(), or when this
     object is dropped; a freed slot refuses passes."""

@@ -93,6 +93,8 @@ def generate(
             on_round(t_session, d_session, result)
         kept, reason = finish(result.appended, len(new_tokens), max_new_tokens, stops)
         new_tokens += kept
+    target.close(t_session)  # the KV slots, free for the next request (a failed one frees them as it drops)
+    drafter.close(d_session)
     return GenerationResult(new_tokens, reason, metrics(stats, d_session, len(new_tokens)))
 
 
@@ -107,6 +109,7 @@ def engine_alone(target: TargetEngine, prompt_ids: Sequence[int], max_new_tokens
         result = target.verify(session, [], [], sampling)
         kept, reason = finish(result.appended, len(new_tokens), max_new_tokens, set(stop_token_ids))
         new_tokens += kept
+    target.close(session)
     return new_tokens
 
 

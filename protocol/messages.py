@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 6  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
+PROTOCOL_VERSION = 7  # 2: Hello's tokenizer fingerprint, Error(refused), Verdict's counts, Resync;
 # 3: Verdict.wants_draft; 4: Open.wants_draft; 5: the verifier decides each draft's length
-# (Open/Verdict.draft_length, Hello.max_draft_length), Agreement; 6: Status's pre-draft counters
+# (Open/Verdict.draft_length, Hello.max_draft_length), Agreement; 6: Status's pre-draft counters;
+# 7: Hello.max_sessions
 
 # Limits the codec enforces on every decoded message.
 MAX_TOKENS_PER_LIST = 65536  # any list on the wire, except the outer list of branches
@@ -122,6 +123,7 @@ class Hello:
     vocab_size: int  # rows of the draft's output layer (a pair may differ by padding rows)
     tokenizer_fingerprint: str  # models.loading.tokenizer_fingerprint: equal means one token space
     max_draft_length: int  # the longest trunk it drafts (--gamma): the verifier asks for no more
+    max_sessions: int  # requests it keeps at once (its KV slots): the verifier opens no more there
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ class DrafterLink:
         self.seen = 0.0  # last sign of life (a draft), or the latest work given
         self.since = 0.0  # when the live drafter's handshake was done
         self.is_absent = True
+        self.max_sessions = 0  # requests the live drafter keeps at once (its Hello): no more are opened there
 
     def accept(self, identity: bytes) -> bool:
         """A drafter's handshake; True when it is a new one (its requests need a re-sync)."""

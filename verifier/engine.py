@@ -5,12 +5,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
-from kvcache.attention import attention_kinds, free_cache, new_cache, prefill
+from kvcache.attention import attention_kinds, new_cache, prefill
 from kvcache.batch import BatchRow, run_pass
 from kvcache.graphs import GraphedPasses
-from kvcache.ops import keep_cache_entries
 from kvcache.packed import has_packed_layers
 from kvcache.slots import Slot, SlotPool, resolve_max_len
 from protocol.validation import prompt_problem
@@ -25,7 +23,7 @@ class TargetSession:
 
     tokens: list[int]
     num_prompt: int
-    cache: DynamicCache | Slot
+    cache: Slot
     max_context: int = 1 << 30  # the target's context: no position may reach it
 
     @property
@@ -55,8 +53,8 @@ class VerifyResult:
 class TargetEngine:
     def __init__(self, model: torch.nn.Module, max_sessions: int = 16, max_len: int | None = None,
                  cuda_graphs: bool = True) -> None:
-        """KV slots for `max_sessions` requests of up to `max_len` tokens (kvcache.slots); a
-        session past those gets a plain cache. On CUDA, verification passes over slots replay
+        """KV slots for `max_sessions` requests of up to `max_len` tokens (kvcache.slots): no
+        more sessions at once (the server admits no more; kvcache.attention.NoFreeSlot). On CUDA, verification passes over slots replay
         CUDA graphs (kvcache.graphs) unless `cuda_graphs` is False."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
@@ -95,7 +93,7 @@ class TargetEngine:
 
     def close(self, session: TargetSession) -> None:
         """The request is done: its KV slot is free for the next one at once."""
-        free_cache(session.cache)
+        session.cache.free()
 
     @torch.inference_mode()
     def verify(
@@ -139,7 +137,7 @@ class TargetEngine:
         path, next_token = accept_greedy(tree, predictions)
 
         # accepted branch entries move into place: their rotary positions are already final
-        keep_cache_entries(session.cache, list(range(base + 1)) + [base + node for node in path])
+        session.cache.keep(list(range(base + 1)) + [base + node for node in path])
         appended = [tree.tokens[node] for node in path] + [next_token]
         session.tokens.extend(appended)
         trunk_nodes = set(tree.trunk_nodes)

@@ -83,15 +83,18 @@ class Receiving:
         if is_new:  # (re-)sync: the verifier's committed tokens are the truth
             self.stats.num_drafter_handshakes += 1
             self.speculation.reset_drafter(max(msg.max_draft_length, 0))
-            log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.requests))
+            self.link.max_sessions = max(msg.max_sessions, 0)
+            log.info("drafter %s connected (room for %d requests); re-syncing %d requests", msg.drafter_id,
+                     self.link.max_sessions, len(self.requests))
             for request in self.requests.values():
                 request.drafts.clear()
-                self.open_on_drafter(request)
+                request.is_on_drafter, request.draft_length = False, 0
+            self.open_admitted()
 
     def handle_resync(self, msg: Resync) -> None:
         """The drafter lost step with a request: re-open it there from the committed tokens."""
         request = self.requests.get(msg.request_id)
-        if request is not None:
+        if request is not None and request.is_on_drafter:
             log.info("drafter asked to re-sync %s at %d tokens", msg.request_id, request.committed_length)
             request.drafts.clear()
             self.open_on_drafter(request)

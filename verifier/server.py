@@ -159,6 +159,8 @@ class VerifierServer(Receiving):
                                        prompt_tokens=request.session.num_prompt,
                                        completion_tokens=request.num_output, metrics=self.metrics_of(request)))
                 continue
+            if not request.is_on_drafter:
+                continue  # the drafter has no room for it (open_admitted)
             request.draft_length = length
             self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
                                     appended=result.appended, num_trunk_verified=len(plan.trunk),
@@ -221,10 +223,12 @@ class VerifierServer(Receiving):
 
     def open_admitted(self) -> None:
         """Tell the drafter of the requests admitted since: only once a burst of arrivals is all
-        prefilled, so each prefill runs while the drafter is idle, on its cores too (pick_threads)."""
-        for request in list(self.requests.values()):
-            if not request.is_on_drafter:
-                self.open_on_drafter(request)
+        prefilled, so each prefill runs while the drafter is idle, on its cores too (pick_threads);
+        and no more at once than it has room for (Hello.max_sessions). The rest go to the target
+        alone until a request there ends."""
+        room = self.link.max_sessions - sum(request.is_on_drafter for request in self.requests.values())
+        for request in [request for request in self.requests.values() if not request.is_on_drafter][: max(room, 0)]:
+            self.open_on_drafter(request)
 
     def open_on_drafter(self, request: ServerRequest) -> None:
         self.link.gave_work()

@@ -68,6 +68,7 @@ class DrafterDoor:
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.is_absent = True
+        self.max_sessions = 0  # rows the drafter keeps at once (its Hello); the rest decode alone
         self.sessions: dict[str, Session] = {}
         self.by_key: dict[tuple[int, ...], list[str]] = {}
         self.key_lengths: set[int] = set()  # the lengths of the keys in by_key
@@ -90,7 +91,12 @@ class DrafterDoor:
             self.decision.observe_pass(self.last_widths, started - self.last_return, is_drafting=False)
         live = [(i, s) for i, s in enumerate(matched) if s is not None]
         lengths = self.decision.choose([s.request_id for _, s in live]) if not self.is_absent else [0] * len(live)
+        room = self.max_sessions - sum(session.asked >= 0 for session in self.sessions.values())
         for (i, session), length in zip(live, lengths):
+            if session.asked < 0 and room <= 0:  # the drafter has no room for another row: vLLM decodes it
+                session.tokens = list(rows[i])  # alone, until room frees and it is opened there with its text
+                continue
+            room -= session.asked < 0
             self.advance(session, rows[i], min(length, self.max_tokens, self.max_model_len - len(rows[i]) - 1))
         waited = self.wait_for_drafts([s for _, s in live if s.asked > 0])
         if live and not self.is_absent:
@@ -234,7 +240,9 @@ class DrafterDoor:
         if is_new:
             self.counters["handshakes"] += 1
             self.decision.reset_drafter(min(max(msg.max_draft_length, 0), self.max_tokens))
-            log.info("drafter %s connected; re-syncing %d requests", msg.drafter_id, len(self.sessions))
+            self.max_sessions = max(msg.max_sessions, 0)
+            log.info("drafter %s connected (room for %d rows); re-syncing %d requests", msg.drafter_id,
+                     self.max_sessions, len(self.sessions))
             for session in self.sessions.values():
                 session.asked = -1
                 session.drafts.clear()

@@ -11,13 +11,14 @@ from drafter.engine import DraftEngine
 from drafter.outcomes import OutcomeBranch, likely_outcomes, matching_branch
 from tests.conftest import reference_greedy
 from tests.families import FAMILIES, family_model
-from kvcache.attention import attention_kinds, new_cache, prefill
+from kvcache.attention import attention_kinds, prefill
+from tests.kvcache.test_slots import fresh_slot
 
 
 def assert_cache_is_a_fresh_prefill(model, session):
     """The session's cache holds what a fresh prefill of its text (but the last token) holds, in a
     cache that keeps every entry (sliding layers too: the mask applies the window)."""
-    expected = new_cache()
+    expected = fresh_slot(model)
     prefill(model, attention_kinds(model.config), expected, session.tokens[:-1])
     for got, want in zip(session.cache.layers, expected.layers):
         torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-4)

@@ -102,7 +102,7 @@ def hostile_frames(rng: random.Random) -> list[bytes]:
                               num_trunk_accepted=0, trunk_predictions=[],
                               branch_predictions=[], draft_length=4)),
                encode(Resync(request_id="nobody")),
-               encode(Hello(drafter_id="impostor", vocab_size=7, tokenizer_fingerprint="x", max_draft_length=4))]
+               encode(Hello(drafter_id="impostor", vocab_size=7, tokenizer_fingerprint="x", max_draft_length=4, max_sessions=4))]
     return frames
 
 

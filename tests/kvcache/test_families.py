@@ -5,11 +5,12 @@ import torch
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from kvcache.attention import CHUNKED, FULL, SLIDING, AttentionKind, attention_kinds, layer_masks, new_cache, prefill
+from kvcache.attention import CHUNKED, FULL, SLIDING, AttentionKind, attention_kinds, layer_masks, prefill
 from launch.reference import target_alone
 from launch.sequential import generate
 from tests.conftest import reference_greedy
 from tests.families import FAMILIES, verify_ragged_rounds, WINDOW, family_pair, make_tokenizer
+from tests.kvcache.test_slots import fresh_slot
 from verifier.engine import TargetEngine
 from verifier.sampling import SamplingParams
 
@@ -27,7 +28,7 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def assert_cache_is_a_fresh_prefill(engine: TargetEngine, session) -> None:
-    fresh = new_cache()
+    fresh = fresh_slot(engine.model)
     prefill(engine.model, engine.kinds, fresh, session.tokens[:-1])
     assert session.cache_length == len(session.tokens) - 1
     for ours, theirs in zip(session.cache.layers, fresh.layers):

@@ -7,12 +7,11 @@ import torch
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from kvcache.attention import attention_kinds, new_cache, prefill
-from kvcache.batch import batched_forward
+from kvcache.attention import attention_kinds, prefill
 from kvcache.graphs import MAX_TOKENS, MAX_WIDTH, MIN_LENGTH, Bucket, GraphedPasses, bucket_for
 from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
 from tests.families import family_pair
-from tests.kvcache.test_slots import PROMPTS, assert_same_entries, pool_for, rows_for
+from tests.kvcache.test_slots import PROMPTS, alone, assert_same_entries, pool_for, rows_for
 from verifier.engine import TargetEngine
 
 
@@ -28,28 +27,26 @@ def test_buckets_round_up_to_powers_of_two_within_bounds():
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma2", "qwen2-padded", "phi3"])
-def test_static_pass_equals_plain_caches_with_padding_rows_and_tokens(family):
+def test_static_pass_equals_each_row_alone_with_padding_rows_and_tokens(family):
     target, _ = family_pair(family, 320)
     kinds = attention_kinds(target.config)
     pool = pool_for(target, num_slots=5, max_len=300)  # poisoned with NaN: nothing may leak from it
     held = [pool.allocate() for _ in range(5)]
     slots = [held[3], held[0], held[2]]  # scattered, out of order
-    plain = [new_cache() for _ in slots]
     prompts = PROMPTS[2], PROMPTS[0], PROMPTS[3]
-    for caches in (slots, plain):
-        for cache, prompt in zip(caches, prompts):
-            prefill(target, kinds, cache, prompt)
+    for slot, prompt in zip(slots, prompts):
+        prefill(target, kinds, slot, prompt)
     # 3 ragged rows -> a bucket of 4 rows x 8 tokens over MIN_LENGTH columns: a padding row, padding tokens
     work = [(prompts[0], [6, 7, 8, 9, 10]), (prompts[1], [11]), (prompts[2], [12, 13, 14])]
     graphs = GraphedPasses(target, kinds, pool, capture=False)
     bucket = graphs.bucket(slots, rows_for(work))
     assert bucket == Bucket(4, 8, 256)
     got = graphs.forward(slots, rows_for(work), bucket)
-    want = batched_forward(target, kinds, plain, rows_for(work))
+    want, reference = alone(target, kinds, work)
     for g, w, (_, new) in zip(got, want, work):
         assert g.shape[0] == len(new)
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-    assert_same_entries(slots, plain)
+    assert_same_entries(slots, reference)
     assert pool.lengths[held[1].index] == pool.lengths[held[4].index] == 0  # untouched rows stay empty
 
 

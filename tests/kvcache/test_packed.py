@@ -43,10 +43,10 @@ def test_packed_engines_decode_what_hf_decodes_unpacked(family):
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma2", "qwen2"])
 def test_packed_layers_skip_the_padding_of_a_batched_pass_with_the_same_results(family, monkeypatch):
     """Rows of 5, 1 and 3 tokens padded to 5: the packed layers compute the 9 real tokens only,
-    and every row's logits and KV entries are those of the unpacked model on plain caches."""
-    from kvcache.attention import attention_kinds, new_cache, prefill
+    and every row's logits and KV entries are those of the unpacked model, each row alone."""
+    from kvcache.attention import attention_kinds, prefill
     from kvcache.batch import batched_forward
-    from tests.kvcache.test_slots import PROMPTS, assert_same_entries, pool_for, rows_for
+    from tests.kvcache.test_slots import PROMPTS, alone, assert_same_entries, pool_for, rows_for
 
     target, _ = family_pair(family, 320)
     packed = copy.deepcopy(target)
@@ -54,22 +54,20 @@ def test_packed_layers_skip_the_padding_of_a_batched_pass_with_the_same_results(
     kinds = attention_kinds(target.config)
     pool = pool_for(packed)  # NaN-poisoned: padding must not turn into NaN in any real row
     slots = [pool.allocate() for _ in range(3)]
-    plain = [new_cache() for _ in range(3)]
     prompts = PROMPTS[0], PROMPTS[2], PROMPTS[1]
-    for model, caches in ((packed, slots), (target, plain)):
-        for cache, prompt in zip(caches, prompts):
-            prefill(model, kinds, cache, prompt)
+    for slot, prompt in zip(slots, prompts):
+        prefill(packed, kinds, slot, prompt)
     rows_computed = []
     linear = PackedLinear._linear
     monkeypatch.setattr(PackedLinear, "_linear", lambda self, x: rows_computed.append(x.shape[-2]) or linear(self, x))
     work = [(prompts[0], [6, 7, 8, 9, 10]), (prompts[1], [11]), (prompts[2], [12, 13, 14])]
     got = batched_forward(packed, kinds, slots, rows_for(work))
-    want = batched_forward(target, kinds, plain, rows_for(work))
     assert set(rows_computed) == {9}  # 9 real tokens of the 15 in the padded batch, in every layer
+    want, reference = alone(target, kinds, work)
     for g, w in zip(got, want):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-    assert_same_entries(slots, plain)
+    assert_same_entries(slots, reference)
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
@@ -78,10 +76,10 @@ def test_engine_models_attend_without_copying_keys_and_values(family, monkeypatc
     repeat_kv (a copy of the cache per layer) is never called, and the greedy text is HF's."""
     import transformers.integrations.sdpa_attention as hf_sdpa
 
-    from kvcache.attention import attention_kinds, new_cache, prefill
+    from kvcache.attention import attention_kinds, prefill
     from kvcache.batch import batched_forward
     from models.loading import for_engine
-    from tests.kvcache.test_slots import PROMPTS, pool_for, rows_for
+    from tests.kvcache.test_slots import PROMPTS, alone, pool_for, rows_for
 
     tokenizer = make_tokenizer()
     target, _ = family_pair(family, len(tokenizer))
@@ -96,17 +94,15 @@ def test_engine_models_attend_without_copying_keys_and_values(family, monkeypatc
     monkeypatch.setattr(hf_sdpa, "repeat_kv", no_copies)
     assert engine_alone(TargetEngine(engine_model), ids, 30) == expected
     kinds = attention_kinds(target.config)
-    slots = [pool_for(engine_model).allocate() for _ in range(1)] + [new_cache()]
+    pool = pool_for(engine_model)
+    slots = [pool.allocate() for _ in range(2)]
     prompts = PROMPTS[0], PROMPTS[1]
     for cache, prompt in zip(slots, prompts):
         prefill(engine_model, kinds, cache, prompt)
     work = [(prompts[0], [6, 7, 8]), (prompts[1], [11, 12])]
     got = batched_forward(engine_model, kinds, slots, rows_for(work))
     monkeypatch.undo()
-    plain = [new_cache(), new_cache()]
-    for cache, prompt in zip(plain, prompts):
-        prefill(target, kinds, cache, prompt)
-    for g, w in zip(got, batched_forward(target, kinds, plain, rows_for(work))):
+    for g, w in zip(got, alone(target, kinds, work)[0]):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 

@@ -1,12 +1,12 @@
-"""KV slots: passes over slots (one, consecutive, scattered, mixed with plain caches) compute what
-plain caches compute, crops and moves stay inside the slot, and memory is bounded up front."""
+"""KV slots: batched passes over slots (consecutive, scattered, ragged) compute what each row's
+pass alone computes, and HF's own forward; crops and moves stay inside the slot; a full pool
+refuses a session; memory is bounded up front."""
 import pytest
 import torch
 
 from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
 from kvcache.batch import BatchRow, batched_forward
-from kvcache.ops import keep_cache_entries
-from kvcache.slots import SlotPool, resolve_max_len, slot_bytes
+from kvcache.slots import NoFreeSlot, SlotPool, resolve_max_len, slot_bytes
 from tests.families import family_pair
 
 PROMPTS = [[5, 9, 13, 2, 7, 30, 11], [3, 4, 5], [8, 1, 2, 9, 9, 4, 17, 12, 6, 50, 3], [40, 41]]
@@ -20,6 +20,24 @@ def pool_for(model, num_slots=4, max_len=64, poison=True) -> SlotPool:
     return pool
 
 
+def fresh_slot(model, max_len=512):
+    """An empty slot of a pool of its own."""
+    parameter = next(model.parameters())
+    return new_cache(SlotPool(model.config, 1, max_len, parameter.dtype, parameter.device))
+
+
+def alone(model, kinds, prompts_and_new):
+    """The reference for a batched pass: each row prefilled in a slot of its own and run by
+    itself (no batch, no padding). Returns (logits per row, the slots)."""
+    logits, slots = [], []
+    for (prompt, _), row in zip(prompts_and_new, rows_for(prompts_and_new)):
+        slot = fresh_slot(model)
+        prefill(model, kinds, slot, prompt)
+        logits.append(forward_one(model, kinds, slot, row.tokens, row.positions, row.visible))
+        slots.append(slot)
+    return logits, slots
+
+
 def rows_for(prompts_and_new):
     rows = []
     for prompt, new in prompts_and_new:
@@ -30,30 +48,24 @@ def rows_for(prompts_and_new):
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma2"])
-@pytest.mark.parametrize("order", ["consecutive", "scattered", "mixed"])
-def test_batched_passes_over_slots_equal_plain_caches(family, order):
+@pytest.mark.parametrize("order", ["consecutive", "scattered", "reversed"])
+def test_batched_passes_over_slots_equal_each_row_alone_and_hf(family, order):
     target, _ = family_pair(family, 320)
     kinds = attention_kinds(target.config)
     pool = pool_for(target)
     held = [pool.allocate() for _ in range(4)]
-    if order == "scattered":  # slots 0 and 2: attention reads a gather, not a view
-        held[1] = held[3] = None
-        slots = [held[0], held[2]]
-    else:
-        slots = held[:2]
-    if order == "mixed":
-        slots = [slots[0], new_cache()]  # a plain cache beside a slot (the pool was full)
-    plain = [new_cache(), new_cache()]
+    slots = {"consecutive": held[:2], "scattered": [held[0], held[2]], "reversed": [held[3], held[1]]}[order]
     prompts = PROMPTS[2], PROMPTS[1]
-    for cache_pair in (slots, plain):
-        for cache, prompt in zip(cache_pair, prompts):
-            prefill(target, kinds, cache, prompt)
+    for slot, prompt in zip(slots, prompts):
+        prefill(target, kinds, slot, prompt)
     work = [(prompts[0], [6, 7, 8, 9, 10]), (prompts[1], [11])]  # ragged: one row is padded
     got = batched_forward(target, kinds, slots, rows_for(work))
-    want = batched_forward(target, kinds, plain, rows_for(work))
-    for g, w in zip(got, want):
+    want, reference = alone(target, kinds, work)
+    for g, w, (prompt, new) in zip(got, want, work):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-    assert_same_entries(slots, plain)
+        hf = target(input_ids=torch.tensor([prompt + new])).logits[0, len(prompt):]  # HF's own causal pass
+        torch.testing.assert_close(g, hf, atol=1e-4, rtol=1e-4)
+    assert_same_entries(slots, reference)
 
 
 def assert_same_entries(caches, others) -> None:
@@ -69,24 +81,26 @@ def test_crop_and_move_stay_inside_the_slot():
     target, _ = family_pair("llama", 320)
     kinds = attention_kinds(target.config)
     pool = pool_for(target)
-    slot, plain = pool.allocate(), new_cache()
-    for cache in (slot, plain):
-        prefill(target, kinds, cache, PROMPTS[0])
-        forward_one(target, kinds, cache, [3, 4, 5, 6], [7, 8, 8, 9], torch.ones(4, 4, dtype=torch.bool).tril())
-        keep_cache_entries(cache, list(range(7)) + [9, 10])  # an accepted branch moves into place
-    assert slot.get_seq_length() == plain.get_seq_length() == 9
-    for ours, theirs in zip(slot.layers, plain.layers):
-        torch.testing.assert_close(ours.keys, theirs.keys)
-    keep_cache_entries(slot, list(range(5)))  # a crop is a length reset
+    slot, other = pool.allocate(), pool.allocate()
+    prefill(target, kinds, slot, PROMPTS[0])
+    forward_one(target, kinds, slot, [3, 4, 5, 6], [7, 8, 8, 9], torch.ones(4, 4, dtype=torch.bool).tril())
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in slot.layers]
+    slot.keep(list(range(7)) + [9, 10])  # an accepted branch moves into place
+    assert slot.get_seq_length() == 9 and other.get_seq_length() == 0
+    for layer, (keys, values) in zip(slot.layers, before):
+        torch.testing.assert_close(layer.keys, torch.cat([keys[:, :, :7], keys[:, :, 9:11]], dim=2))
+        torch.testing.assert_close(layer.values, torch.cat([values[:, :, :7], values[:, :, 9:11]], dim=2))
+    slot.keep(list(range(5)))  # a crop is a length reset
     assert slot.get_seq_length() == 5 and slot.layers[0].keys.shape[2] == 5
 
 
-def test_slots_come_back_and_a_full_pool_falls_back_to_plain_caches():
+def test_slots_come_back_and_a_full_pool_refuses_a_session():
     target, _ = family_pair("llama", 320)
     pool = pool_for(target, num_slots=2, poison=False)
     first, second = new_cache(pool), new_cache(pool)
     assert pool.num_free == 0
-    assert type(new_cache(pool)).__name__ == "DynamicCache"
+    with pytest.raises(NoFreeSlot, match="--max-sessions 2"):
+        new_cache(pool)
     del first
     assert pool.num_free == 1
     assert new_cache(pool).index == 0  # the lowest free slot first: busy rows stay consecutive

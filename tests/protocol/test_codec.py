@@ -24,7 +24,7 @@ SAMPLES = [
     Done(request_id="r1", finish_reason="stop", prompt_tokens=3, completion_tokens=2, seed=-5,
          metrics={"acceptance_rate": 0.75, "tokens_per_round": 3.5}),
     Error(request_id="r1", code="invalid_request", message="empty prompt"),
-    Hello(drafter_id="d0", vocab_size=49152, tokenizer_fingerprint="0f3a", max_draft_length=8),
+    Hello(drafter_id="d0", vocab_size=49152, tokenizer_fingerprint="0f3a", max_draft_length=8, max_sessions=16),
     Draft(request_id="r1", base_length=10, base_tail=[7, 8, 9], trunk=[1, 2, 3],
           branches=[[4, 5], [], [6]]),
     HelloAck(vocab_size=49152),

@@ -34,7 +34,7 @@ def exchange(server, peer, frame: bytes):
 
 def test_a_drafter_with_another_tokenizer_is_refused_with_the_reason(link):
     server, peer = link
-    reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96, tokenizer_fingerprint="other", max_draft_length=4)))
+    reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96, tokenizer_fingerprint="other", max_draft_length=4, max_sessions=4)))
     assert isinstance(reply, Error) and reply.code == ErrorCode.REFUSED and "tokenizer differs" in reply.message
     assert server.link.identity is None
 
@@ -42,7 +42,8 @@ def test_a_drafter_with_another_tokenizer_is_refused_with_the_reason(link):
 def test_a_padded_vocabulary_with_the_same_tokenizer_is_welcome(link):
     server, peer = link
     reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96 + 64,
-                                                tokenizer_fingerprint="fp-of-the-target", max_draft_length=4)))
+                                                tokenizer_fingerprint="fp-of-the-target", max_draft_length=4,
+                                                max_sessions=4)))
     assert isinstance(reply, HelloAck) and reply.vocab_size == 96 and server.link.identity is not None
 
 
