@@ -3,6 +3,7 @@ import msgpack
 import pytest
 import zmq
 
+from protocol.client import make_generate
 from protocol.codec import decode, encode
 from protocol.messages import PROTOCOL_VERSION, Error, ErrorCode, Hello, HelloAck
 from tests.conftest import tiny_model
@@ -54,3 +55,23 @@ def test_a_peer_on_another_protocol_version_is_told_so(link):
     reply = exchange(server, peer, old_hello)
     assert isinstance(reply, Error) and reply.code == ErrorCode.REFUSED
     assert f"unsupported protocol version 1 (expected {PROTOCOL_VERSION})" in reply.message
+
+
+def test_no_more_requests_are_opened_on_the_drafter_than_its_hello_has_room_for(link):
+    """Past the drafter's KV slots (Hello.max_sessions) a request goes to the target alone; it
+    is opened there as soon as one there ends."""
+    server, peer = link
+    reply = exchange(server, peer, encode(Hello(drafter_id="d", vocab_size=96, tokenizer_fingerprint="fp-of-the-target",
+                                                max_draft_length=4, max_sessions=1)))
+    assert isinstance(reply, HelloAck)
+    first, second = (make_generate([5, 6, 7, n], is_stream=False, max_new_tokens=8) for n in (8, 9))
+    for msg in (first, second):
+        server.handle_generate(b"client", msg)
+    server.open_admitted()
+    opened = [decode(peer.recv()) for _ in range(1)]
+    assert [type(m).__name__ for m in opened] == ["Open"] and not peer.poll(200)  # one, not two
+    assert [r.is_on_drafter for r in server.requests.values()] == [True, False]
+    server.end(server.requests[opened[0].request_id], None)
+    server.open_admitted()
+    after = [decode(peer.recv()) for _ in range(2)]
+    assert [(type(m).__name__, m.request_id) for m in after] == [("Close", first.request_id), ("Open", second.request_id)]

@@ -22,9 +22,9 @@ def target(tiny_dirs):
     return load_model(tiny_dirs["target"]).eval()
 
 
-def start_drafter(endpoint: str, target_dir: str) -> subprocess.Popen:
+def start_drafter(endpoint: str, target_dir: str, *flags: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "drafter", "--connect", endpoint, "--target", target_dir,
-                             "--draft", "layers:0", "--gamma", "6"], stderr=subprocess.DEVNULL)
+                             "--draft", "layers:0", "--gamma", "6", *flags], stderr=subprocess.DEVNULL)
 
 
 def wait_for_drafter(door: DrafterDoor, seconds: float = 120.0) -> None:
@@ -81,6 +81,30 @@ def test_drafts_are_accepted_and_finished_rows_are_closed(door, target, tiny_dir
         assert 0 < door.counters["accepted_tokens"] <= accepted  # it learns of a row's last step only if the row stays
         door.step([])  # the next step, without the finished rows: their sessions are closed
         assert len(door.sessions) == 0
+    finally:
+        drafter.kill()
+        drafter.wait()
+
+
+def test_rows_past_the_drafters_room_decode_alone_and_are_opened_as_room_frees(door, target, tiny_dirs):
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
+    drafter = start_drafter(door.endpoint, tiny_dirs["target"], "--max-sessions", "1")
+    try:
+        wait_for_drafter(door)
+        assert door.max_sessions == 1  # from its Hello
+        rows = [p + verify(target, p, []) for p in prompts]
+        for _ in range(3):
+            door.step(rows)
+            assert len(door.sessions) == 2
+            assert sorted(session.asked >= 0 for session in door.sessions.values()) == [False, True]  # one there
+            rows = [r + verify(target, r, []) for r in rows]
+        alone = next(s for s in door.sessions.values() if s.asked < 0)
+        row = next(r for r in rows if r[: len(alone.tokens)] == alone.tokens)
+        door.step([row])  # the other row ended: its room goes to this one
+        assert list(door.sessions.values()) == [alone] and alone.asked >= 0
+        texts, accepted = decode(door, target, [row], 32)
+        assert texts == [reference_greedy(target, row, 32)] and accepted > 0
     finally:
         drafter.kill()
         drafter.wait()
