@@ -35,6 +35,7 @@ class DrafterServer:
         self.scheduler = DraftScheduler(engine)
         self.requests = self.scheduler.requests  # read here; added and removed by the scheduler
         self.is_acknowledged = False
+        self.last_hello = 0.0  # when Hello was last sent (again until acknowledged)
         self.record = open(engine.config.record_rounds, "a", buffering=1) if engine.config.record_rounds else None
         self.is_running = True
         self.ctx = zmq.Context.instance()
@@ -43,17 +44,33 @@ class DrafterServer:
             secure_client(self.socket, curve_keys)
 
     def serve_loop(self) -> None:
+        """Receive, then advance: one iteration per draft pass."""
         self.socket.connect(self.endpoint)
         log.info("saying Hello to the verifier at %s", self.endpoint)
         self.send(self.hello)
-        last_hello = time.monotonic()
+        self.last_hello = time.monotonic()
         while self.is_running:
-            if self.socket.poll(0 if self.scheduler.is_busy() else 50):
-                self.drain()
-            if not self.is_acknowledged and time.monotonic() - last_hello > 1.0:
-                self.send(self.hello)  # the verifier may not have been listening yet
-                last_hello = time.monotonic()
+            self.receive()
             self.advance()
+
+    def advance(self) -> None:
+        """Schedule (drafter.scheduler.plan), send the blocks ready (the verifier may be waiting
+        for them), run one draft pass, send what it judged."""
+        ready, batch, tree = self.scheduler.plan()
+        for request in ready:
+            self.send_block(request)
+        self.run(batch, tree)
+        for request in batch:
+            self.send_agreement(request)
+
+    def receive(self) -> None:
+        """What the verifier sent (waiting briefly when there is nothing to draft); Hello again
+        until it is acknowledged, since the verifier may not have been listening yet."""
+        if self.socket.poll(0 if self.scheduler.is_busy() else 50):
+            self.drain()
+        if not self.is_acknowledged and time.monotonic() - self.last_hello > 1.0:
+            self.send(self.hello)
+            self.last_hello = time.monotonic()
 
     def drain(self, limit: int = 256) -> None:
         for _ in range(limit):
@@ -173,15 +190,11 @@ class DrafterServer:
         request.passes_at_verdict, request.last_verdict = passes, now
 
     # ---- drafting ----
-    def advance(self) -> None:
-        """Send every block that is ready, then one batched draft pass (drafter.scheduler)."""
-        ready, batch, tree = self.scheduler.plan()
-        for request in ready:
-            self.send_block(request)
+    def run(self, batch: list[DrafterRequest], tree: DrafterRequest | None) -> None:
+        """One draft pass (drafter.scheduler.plan): the batch's next step, else a tree of
+        outcomes for one request's next round."""
         if batch:
             self.engine.step_batch([request.session for request in batch])
-            for request in batch:
-                self.send_agreement(request)
         elif tree is not None:
             self.engine.step_outcomes(tree.session, self.scheduler.outcome_depth(tree))
 
