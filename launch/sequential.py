@@ -84,11 +84,7 @@ def generate(
         # no trunk: the drafter's prompt-lookup branch sits at the root, as the verifier's own does
         decision.observe_lookup("", len(t_session.tokens) - len(result.appended), 0 if trunk else result.num_accepted)
         stats.record(len(trunk), result)
-        drafter.sync(d_session, result.appended)
-        judged = drafter.take_agreement(d_session)
-        if judged is not None:
-            decision.observe_agreement("", *judged)
-        drafter.learn(trunk, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
+        _sync_drafter(drafter, d_session, decision, trunk, result)
         if on_round is not None:
             on_round(t_session, d_session, result)
         kept, reason = finish(result.appended, len(new_tokens), max_new_tokens, stops)
@@ -96,6 +92,17 @@ def generate(
     target.close(t_session)  # the KV slots, free for the next request (a failed one frees them as it drops)
     drafter.close(d_session)
     return GenerationResult(new_tokens, reason, metrics(stats, d_session, len(new_tokens)))
+
+
+def _sync_drafter(drafter: DraftEngine, session: DraftSession, decision: SpeculationDecision, trunk: list[int],
+                  result: VerifyResult) -> None:
+    """The drafter after a verification: its cache to the committed text, what it judged there to
+    the decision, the target's predictions to its phrase pool."""
+    drafter.sync(session, result.appended)
+    judged = drafter.take_agreement(session)
+    if judged is not None:
+        decision.observe_agreement("", *judged)
+    drafter.learn(trunk, result.num_trunk_accepted, result.trunk_predictions, result.branch_predictions)
 
 
 def engine_alone(target: TargetEngine, prompt_ids: Sequence[int], max_new_tokens: int,
