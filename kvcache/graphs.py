@@ -32,7 +32,10 @@ from kvcache.slots import PassPlan, Slot, SlotPool
 MIN_LENGTH = 256  # the shortest key length a graph reads (shorter contexts share it)
 MAX_WIDTH = 64  # wider passes (a prefill) run eagerly: they are bound by arithmetic, not launches
 MAX_TOKENS = 256  # rows x width of the largest graph; more runs eagerly
-MAX_GRAPHS = 64  # captured graphs kept (least recently used dropped): each holds its static inputs
+# Graphs kept (least recently used dropped past it). Every bucket a default pool can reach fits
+# (16 rows x 4096 columns: 160, reachable_buckets), so none is dropped and captured again mid-request;
+# their static inputs take about r*w*L mask entries each, some 60 MB for all 160 in float32.
+MAX_GRAPHS = 256
 START_WIDTHS = (1, 2, 4, 8, 16)  # widths captured at start-up, each for every row bucket, at MIN_LENGTH
 
 
@@ -54,6 +57,18 @@ def bucket_for(num_rows: int, width: int, length: int, max_rows: int, max_len: i
     if width > MAX_WIDTH or rows * width > MAX_TOKENS or rows > _power_of_two_at_least(max_rows):
         return None
     return Bucket(rows, width, min(max(_power_of_two_at_least(length), MIN_LENGTH), max_len))
+
+
+def reachable_buckets(max_rows: int, max_len: int) -> list[Bucket]:
+    """Every bucket bucket_for can give a pool of `max_rows` slots of `max_len` tokens."""
+    lengths = sorted({min(max(1 << k, MIN_LENGTH), max_len) for k in range(max_len.bit_length() + 1)})
+    found = []
+    for rows_log in range(_power_of_two_at_least(max_rows).bit_length()):
+        for width_log in range(MAX_WIDTH.bit_length()):
+            bucket = bucket_for(1 << rows_log, 1 << width_log, 1, max_rows, max_len)
+            if bucket is not None and bucket.rows == 1 << rows_log and bucket.width == 1 << width_log:
+                found += [Bucket(bucket.rows, bucket.width, length) for length in lengths]
+    return found
 
 
 class _StaticPass:
@@ -110,6 +125,11 @@ class GraphedPasses:
         self.memory_pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.num_captured = 0
         self.capture_failed = False  # the forward could not be captured: every pass runs eagerly
+        num_reachable = len(reachable_buckets(pool.num_slots, pool.max_len))
+        if self.capture and num_reachable > MAX_GRAPHS:
+            logging.info("%d pass shapes can reach CUDA graphs, %d are kept: the least recently used are captured "
+                         "again when next needed (fewer --max-sessions or a shorter --max-len keep them all)",
+                         num_reachable, MAX_GRAPHS)
 
     def bucket(self, slots: Sequence[Slot], rows: Sequence[BatchRow]) -> Bucket | None:
         """The bucket of this pass, or None if it runs eagerly (too wide, too many rows, or not

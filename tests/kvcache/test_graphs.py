@@ -8,7 +8,7 @@ import torch
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
 from kvcache.attention import attention_kinds, prefill
-from kvcache.graphs import MAX_TOKENS, MAX_WIDTH, MIN_LENGTH, Bucket, GraphedPasses, bucket_for
+from kvcache.graphs import MAX_GRAPHS, MAX_TOKENS, MAX_WIDTH, MIN_LENGTH, Bucket, GraphedPasses, bucket_for, reachable_buckets
 from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
 from tests.families import family_pair
 from tests.kvcache.test_slots import PROMPTS, alone, assert_same_entries, pool_for, rows_for
@@ -125,6 +125,16 @@ def compare_draft_engines(family: str, device: str, capture: bool) -> DraftEngin
 def test_draft_engine_through_static_passes_equals_eager_passes(family):
     static = compare_draft_engines(family, "cpu", capture=False)
     assert {b.rows for b in static.graphs.passes} == {1, 4}
+
+
+@pytest.mark.parametrize("max_rows, max_len", [(16, 4096), (8, 4096 + 40), (3, 200), (16, 300)])
+def test_every_bucket_a_pass_can_reach_is_listed_and_a_default_pool_keeps_them_all(max_rows, max_len):
+    reachable = set(reachable_buckets(max_rows, max_len))
+    lengths = sorted({1, 2, 255, 256, 257, 1000, 4000, max_len - 1, max_len} & set(range(1, max_len + 1)))
+    met = {bucket_for(rows, width, length, max_rows, max_len) for rows in range(1, max_rows + 1)
+           for width in range(1, MAX_WIDTH + 1) for length in lengths} - {None}
+    assert met <= reachable and {(b.rows, b.width) for b in met} == {(b.rows, b.width) for b in reachable}
+    assert len(reachable) <= MAX_GRAPHS  # the verifier's and the drafter's default pools: nothing is dropped
 
 
 def test_graphs_past_the_cap_are_dropped_least_recently_used_and_made_again(monkeypatch):
