@@ -116,12 +116,12 @@ def run_drafter(args: argparse.Namespace) -> int:
     from drafter.engine import DraftEngine
     from drafter.pool import PhrasePool
     from drafter.server import DrafterServer
-    from models.loading import draft_tokenizer, for_engine, load_draft, load_model, tokenizer_fingerprint
+    from models.loading import draft_tokenizer, for_engine, load_draft, tokenizer_fingerprint
 
     _log_to_stderr("drafter")
     torch.set_num_threads(args.threads)
     drafter_config = cfg.drafter_config(args)
-    draft = load_draft(args.draft, lambda: load_model(args.target, "cpu", args.dtype), args.device, args.dtype)
+    draft = load_draft(args.draft, args.target, args.device, args.dtype)  # of the target, only what the draft needs
     for_engine(draft, packed=not args.no_packed_weights)
     pool = PhrasePool.load(args.pool_file) if args.pool_file and os.path.exists(args.pool_file) else None
     if args.max_sessions < 1:

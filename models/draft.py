@@ -12,6 +12,12 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM
+
+try:  # transformers >= 5: build a model without initialising weights that are loaded next
+    from transformers.initialization import no_init_weights
+except ImportError:  # older: initialise them (slower, same result)
+    from contextlib import nullcontext as no_init_weights
 
 FORMAT = "ouroboros-draft"
 FORMAT_VERSION = 1
@@ -50,6 +56,37 @@ def build_student(target: nn.Module, layers: list[int], vocab_ids: torch.LongTen
     else:
         student.lm_head.weight.data.copy_(head)
     return student.eval()
+
+
+class TargetEmbedding(nn.Module):
+    """All a shipped draft takes from its target: the config and the input embedding
+    (models.loading.read_embedding reads it alone, so a drafter never loads the target's layers)."""
+
+    def __init__(self, config, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding.from_pretrained(weight, freeze=True)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding
+
+
+def _draft_shell(target: TargetEmbedding, layers: list[int], vocab_ids: torch.LongTensor | None) -> nn.Module:
+    """A draft of the target's class and shapes, its embedding the target's, every other weight
+    left to the shipped file (build_student's layout, without the target's layers)."""
+    check_layers(target, layers)
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers, config.tie_word_embeddings = len(layers), False
+    if getattr(config, "layer_types", None):
+        config.layer_types = [target.config.layer_types[i] for i in layers]
+    weight = target.get_input_embeddings().weight
+    with no_init_weights():
+        student = AutoModelForCausalLM.from_config(config, dtype=weight.dtype)
+    student.get_input_embeddings().weight.data.copy_(weight)
+    if vocab_ids is not None:
+        student.lm_head = nn.Linear(config.hidden_size, vocab_ids.numel(), bias=False, dtype=weight.dtype)
+        student.register_buffer("draft_token_ids", vocab_ids.to(torch.long).clone())
+    return student
 
 
 def check_layers(target: nn.Module, layers: list[int]) -> None:
@@ -108,7 +145,8 @@ def load_draft_dir(
     path: str | os.PathLike, target: nn.Module, device: str = "cpu", dtype: str | torch.dtype = "float32",
     target_name: str | None = None,
 ) -> nn.Module:
-    """Assemble a standard transformers draft from the target's embedding and the shipped part."""
+    """Assemble a standard transformers draft from the target's embedding and the shipped part;
+    `target` is the target model or just its TargetEmbedding."""
     path = Path(path)
     if not (path / META_FILE).exists() or not (path / WEIGHTS_FILE).exists():
         raise ValueError(f"{path} is not a draft directory: it needs {META_FILE} and {WEIGHTS_FILE}")
@@ -116,7 +154,10 @@ def load_draft_dir(
     _check_matches(info, target, target_name, path)
     state = load_file(str(path / WEIGHTS_FILE))
     token_ids = state.get("draft_token_ids")
-    student = build_student(target, info["layers"], token_ids)
+    if isinstance(target, TargetEmbedding):
+        student = _draft_shell(target, info["layers"], token_ids)
+    else:
+        student = build_student(target, info["layers"], token_ids)
     missing, unexpected = student.load_state_dict(state, strict=False)
     if set(missing) != {EMBEDDING_KEY} or unexpected:
         raise ValueError(f"{path / WEIGHTS_FILE} does not fit the target: missing {missing}, unexpected {unexpected}")

@@ -9,16 +9,16 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from kvcache.cpu_attention import use_cpu_attention
 from kvcache.packed import pack_linears
-from models.draft import build_student, load_draft_dir
+from models.draft import EMBEDDING_KEY, TargetEmbedding, build_student, load_draft_dir
 
 BUILTIN_TARGET = "smollm2-135m"
 BUILTIN_DRAFT = "smollm2-135m-draft"  # distilled by `ouroboros train-draft`, shipped in models/builtin/
@@ -151,14 +151,33 @@ def layers_draft(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
     return draft
 
 
-def load_draft(
-    spec: str, target: torch.nn.Module | Callable[[], torch.nn.Module], device: str, dtype: str
-) -> torch.nn.Module:
+def read_embedding(name: str, dtype: str = "float32") -> TargetEmbedding | None:
+    """The target's config and input embedding, read alone from its safetensors file: all a
+    shipped draft needs of it (a 70B target's layers never load in the drafter). None where the
+    target is not a local safetensors checkpoint with that tensor; then load the whole target."""
+    path = Path(resolve_path(name))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        file = path / json.loads(index.read_text()).get("weight_map", {}).get(EMBEDDING_KEY, "-")
+    else:
+        file = path / "model.safetensors"
+    if not file.is_file():
+        return None
+    with safe_open(str(file), framework="pt") as weights:
+        if EMBEDDING_KEY not in weights.keys():
+            return None
+        embedding = weights.get_tensor(EMBEDDING_KEY).to(DTYPES[dtype])
+    return TargetEmbedding(AutoConfig.from_pretrained(path), embedding)
+
+
+def load_draft(spec: str, target: torch.nn.Module | str, device: str, dtype: str) -> torch.nn.Module:
     """`layers:0,1` builds a draft from the target's layers; a draft directory (train-draft's
     output, or the built-in name) is assembled with the target's embedding; else it is loaded.
-    `target` may be a loader, called only when the draft needs the target's weights."""
-    if callable(target) and not isinstance(target, torch.nn.Module) and _needs_target(spec):
-        target = target()
+    `target` may be the target's name: then only what the draft needs of it is loaded (for a
+    draft directory its embedding alone, where read_embedding can)."""
+    if isinstance(target, str) and _needs_target(spec):
+        is_draft_dir = spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists()
+        target = (read_embedding(target, dtype) if is_draft_dir else None) or load_model(target, "cpu", dtype)
     if spec == BUILTIN_DRAFT or (Path(spec) / "draft.json").exists():
         path = BUILTIN_DRAFT_DIR if spec == BUILTIN_DRAFT else Path(spec)
         if not (path / "draft.json").exists():

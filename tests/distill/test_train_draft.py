@@ -71,6 +71,28 @@ def test_round_trip_gives_the_same_logits_and_ships_no_embedding(tmp_path):
     assert info["vocab_size"] == 7 and info["layers"] == [0, 2] and info["hidden_size"] == 48
 
 
+@pytest.mark.parametrize("vocab", [None, [0, 5, 7, 9, 11, 40, 95]])
+def test_a_draft_assembled_from_the_targets_embedding_alone_equals_one_from_the_whole_target(tiny_target_dir, tmp_path,
+                                                                                            monkeypatch, vocab):
+    """The drafter reads only the target's embedding from its file (read_embedding): the draft is
+    the same, bit for bit, and the target's model is never built."""
+    from models.loading import load_draft, load_model
+
+    target = load_model(str(tiny_target_dir))
+    student = build_student(target, [0, 2], torch.tensor(vocab) if vocab else None)
+    student.model.layers[0].mlp.up_proj.weight.data.add_(0.01)  # as if trained
+    save_draft(student, tmp_path, str(tiny_target_dir), [0, 2], {"minutes": 0})
+    whole = load_draft(str(tmp_path), target, "cpu", "float32")
+    monkeypatch.setattr("models.loading.load_model", lambda *a, **k: pytest.fail("the whole target was loaded"))
+    alone = load_draft(str(tmp_path), str(tiny_target_dir), "cpu", "float32")
+    assert type(alone) is type(whole)
+    for (name, ours), (_, theirs) in zip([*alone.state_dict().items(), *alone.named_buffers()],
+                                         [*whole.state_dict().items(), *whole.named_buffers()]):
+        assert torch.equal(ours, theirs), name
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    assert torch.equal(alone(input_ids=ids).logits, whole(input_ids=ids).logits)
+
+
 def test_full_precision_round_trip_is_exact(tmp_path):
     target = tiny_model("qwen2", layers=2)
     student = build_student(target, [1], None)
