@@ -5,11 +5,13 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Unpack
 
 import zmq
 import zmq.asyncio
 
-from protocol.client import Accumulator, Chunk, Completion, StreamResult, make_generate, status_of, timeout_error
+from protocol.client import (Accumulator, Chunk, Completion, GenerateParams, StreamResult, make_generate, status_of,
+                             timeout_error)
 from protocol.codec import decode, encode
 from protocol.errors import ClientClosed, ProtocolError
 from protocol.messages import Cancel, Generate, Message, Status, StatusQuery
@@ -72,30 +74,19 @@ class AsyncClient:
         self._reader: asyncio.Task | None = None
         self.is_closed = False
 
-    async def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
-                       temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                       seed: int | None = None, stop: Sequence[str] = (),
-                       stop_token_ids: Sequence[int] = ()) -> Completion:
-        """Run one request to completion; a str prompt is text, a sequence of ints is token ids."""
-        request = make_generate(
-            prompt, is_stream=False, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_k=top_k, top_p=top_p, seed=seed, stop=stop, stop_token_ids=stop_token_ids,
-        )
+    async def generate(self, prompt: str | Sequence[int], **params: Unpack[GenerateParams]) -> Completion:
+        """Run one request to completion; a str prompt is text, a sequence of ints is token ids;
+        `params` as GenerateParams (defaults: make_generate's)."""
+        request = make_generate(prompt, is_stream=False, **params)
         result = StreamResult()
         async for _ in self._run(request, result):
             pass
         return result.completion
 
-    def stream(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
-               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int | None = None, stop: Sequence[str] = (),
-               stop_token_ids: Sequence[int] = ()) -> AsyncStream:
+    def stream(self, prompt: str | Sequence[int], **params: Unpack[GenerateParams]) -> AsyncStream:
         """Start one streamed request; it is sent on the first iteration of the AsyncStream."""
         self._check_open()
-        request = make_generate(
-            prompt, is_stream=True, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_k=top_k, top_p=top_p, seed=seed, stop=stop, stop_token_ids=stop_token_ids,
-        )
+        request = make_generate(prompt, is_stream=True, **params)
         result = StreamResult()
         return AsyncStream(self._run(request, result), result)
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import zmq
 
@@ -39,6 +40,18 @@ class Completion:
     completion_tokens: int
     seed: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+class GenerateParams(TypedDict, total=False):
+    """What a request may set besides its prompt; each default is make_generate's."""
+
+    max_new_tokens: int
+    temperature: float  # 0 = greedy
+    top_k: int  # 0 = off
+    top_p: float  # 1 = off
+    seed: int | None  # sampling is reproducible with a seed
+    stop: Sequence[str]  # the text ends before the first one
+    stop_token_ids: Sequence[int]  # the text ends after the first one
 
 
 def make_generate(prompt: str | Sequence[int], *, is_stream: bool, max_new_tokens: int = 128,
@@ -155,30 +168,19 @@ class Client:
         self._active_request_id: str | None = None
         self.is_closed = False
 
-    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int | None = None, stop: Sequence[str] = (),
-                 stop_token_ids: Sequence[int] = ()) -> Completion:
-        """Run one request to completion; a str prompt is text, a sequence of ints is token ids."""
-        request = make_generate(
-            prompt, is_stream=False, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_k=top_k, top_p=top_p, seed=seed, stop=stop, stop_token_ids=stop_token_ids,
-        )
+    def generate(self, prompt: str | Sequence[int], **params: Unpack[GenerateParams]) -> Completion:
+        """Run one request to completion; a str prompt is text, a sequence of ints is token ids;
+        `params` as GenerateParams (defaults: make_generate's)."""
+        request = make_generate(prompt, is_stream=False, **params)
         result = StreamResult()
         for _ in self._run(request, result):
             pass
         return result.completion
 
-    def stream(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128,
-               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int | None = None, stop: Sequence[str] = (),
-               stop_token_ids: Sequence[int] = ()) -> Stream:
+    def stream(self, prompt: str | Sequence[int], **params: Unpack[GenerateParams]) -> Stream:
         """Start one streamed request; it is sent on the first iteration of the Stream."""
         self._check_open()
-        request = make_generate(
-            prompt, is_stream=True, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_k=top_k, top_p=top_p, seed=seed, stop=stop, stop_token_ids=stop_token_ids,
-        )
+        request = make_generate(prompt, is_stream=True, **params)
         result = StreamResult()
         return Stream(self._run(request, result), result)
 
