@@ -36,6 +36,7 @@ MAX_TOKENS = 256  # rows x width of the largest graph; more runs eagerly
 # (16 rows x 4096 columns: 160, reachable_buckets), so none is dropped and captured again mid-request;
 # their static inputs take about r*w*L mask entries each, some 60 MB for all 160 in float32.
 MAX_GRAPHS = 256
+MAX_STATIC_BYTES = 256 << 20  # and their static inputs within this (long contexts: fewer graphs kept)
 START_WIDTHS = (1, 2, 4, 8, 16)  # widths captured at start-up, each for every row bucket, at MIN_LENGTH
 
 
@@ -85,6 +86,9 @@ class _StaticPass:
         self.masks = layer_masks(kinds, torch.ones(r, w, length, dtype=torch.bool, device=device),
                                  self.position_ids, torch.zeros(r, length, dtype=torch.long, device=device), dtype)
         self.graph: torch.cuda.CUDAGraph | None = None
+        masks = list(self.masks.values()) if isinstance(self.masks, dict) else [self.masks]
+        self.nbytes = sum(t.numel() * t.element_size() for t in (*masks, self.input_ids, self.position_ids,
+                                                                 self.plan.rows, self.plan.write_columns))
 
     def fill(self, kinds: list[AttentionKind], pool: SlotPool, slots: Sequence[Slot], rows: Sequence[BatchRow],
              dtype: torch.dtype) -> None:
@@ -202,10 +206,12 @@ class GraphedPasses:
         if bucket in self.passes:
             self.passes.move_to_end(bucket)
             return self.passes[bucket]
-        if len(self.passes) >= MAX_GRAPHS:
+        static = _StaticPass(bucket, self.kinds, self.pool, self.dtype)
+        while self.passes and (len(self.passes) >= MAX_GRAPHS
+                               or sum(p.nbytes for p in self.passes.values()) + static.nbytes > MAX_STATIC_BYTES):
             self.passes.popitem(last=False)
-        self.passes[bucket] = _StaticPass(bucket, self.kinds, self.pool, self.dtype)
-        return self.passes[bucket]
+        self.passes[bucket] = static
+        return static
 
     def _run(self, static: _StaticPass) -> None:
         """The static pass: the model's own forward over the static tensors; logits to the buffer."""

@@ -155,6 +155,8 @@ def read_embedding(name: str, dtype: str = "float32") -> TargetEmbedding | None:
     """The target's config and input embedding, read alone from its safetensors file: all a
     shipped draft needs of it (a 70B target's layers never load in the drafter). None where the
     target is not a local safetensors checkpoint with that tensor; then load the whole target."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = Path(resolve_path(name))
     index = path / "model.safetensors.index.json"
     if index.is_file():

@@ -53,6 +53,7 @@ class Session:
     asked: int = 0  # draft tokens asked for the round that starts at len(tokens)
     proposed: list[int] = field(default_factory=list)  # what vLLM was given to verify
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> the latest draft there
+    is_new: bool = True  # matched for the first time this step: vLLM's step included its prefill
 
 
 class DrafterDoor:
@@ -87,7 +88,7 @@ class DrafterDoor:
         self.drain()
         matched = self.match(rows)
         if self.last_return is not None and self.last_widths and all(
-                session is not None and session.asked >= 0 for session in matched):
+                session is not None and not session.is_new for session in matched):
             self.decision.observe_pass(self.last_widths, started - self.last_return, is_drafting=False)
         live = [(i, s) for i, s in enumerate(matched) if s is not None]
         lengths = self.decision.choose([s.request_id for _, s in live]) if not self.is_absent else [0] * len(live)
@@ -104,6 +105,7 @@ class DrafterDoor:
         drafts: list[list[int]] = [[] for _ in rows]
         for i, session in live:
             drafts[i] = session.proposed = self.usable(session)
+            session.is_new = False
         self.counters["steps"] += 1
         self.last_widths = [1 + len(drafts[i]) for i, _ in live]
         self.last_return = time.monotonic()

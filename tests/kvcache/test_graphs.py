@@ -137,13 +137,19 @@ def test_every_bucket_a_pass_can_reach_is_listed_and_a_default_pool_keeps_them_a
     assert len(reachable) <= MAX_GRAPHS  # the verifier's and the drafter's default pools: nothing is dropped
 
 
-def test_graphs_past_the_cap_are_dropped_least_recently_used_and_made_again(monkeypatch):
-    monkeypatch.setattr("kvcache.graphs.MAX_GRAPHS", 2)
+@pytest.mark.parametrize("cap", ["count", "bytes"])
+def test_graphs_past_the_cap_are_dropped_least_recently_used_and_made_again(monkeypatch, cap):
     model = tiny_model("llama")
     prompt = [5, 17, 33, 2, 40, 41, 5, 17]
     expected = reference_greedy(model, prompt, 16)
     engine = TargetEngine(model, max_sessions=2, max_len=200)
     engine.graphs = GraphedPasses(model, engine.kinds, engine.slots, capture=False)
+    if cap == "count":
+        monkeypatch.setattr("kvcache.graphs.MAX_GRAPHS", 2)
+    else:  # room for the static inputs of the two widest buckets, no more
+        widest = [engine.graphs._static(Bucket(1, w, 200)).nbytes for w in (4, 8)]
+        engine.graphs.passes.clear()
+        monkeypatch.setattr("kvcache.graphs.MAX_STATIC_BYTES", sum(widest))
     session = engine.open(prompt)
     seen = set()
     for step in range(16):  # widths 1, 2, 4, 8 in turn: four buckets through a cache of two
@@ -153,7 +159,8 @@ def test_graphs_past_the_cap_are_dropped_least_recently_used_and_made_again(monk
         draft = expected[done : done + (0, 1, 3, 7)[step % 4]]
         engine.verify(session, draft)
         seen |= set(engine.graphs.passes)
-        assert len(engine.graphs.passes) <= 2
+        kept = engine.graphs.passes.values()
+        assert len(kept) <= 2 if cap == "count" else sum(static.nbytes for static in kept) <= sum(widest)
     assert len(seen) >= 3
     assert session.tokens[session.num_prompt : session.num_prompt + 16] == expected
     assert session.cache_length == len(session.tokens) - 1

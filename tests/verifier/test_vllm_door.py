@@ -99,6 +99,7 @@ def test_rows_past_the_drafters_room_decode_alone_and_are_opened_as_room_frees(d
             assert len(door.sessions) == 2
             assert sorted(session.asked >= 0 for session in door.sessions.values()) == [False, True]  # one there
             rows = [r + verify(target, r, []) for r in rows]
+        assert len(door.decision.passes.samples) == 2  # steps 2 and 3 are timed: the row left alone decodes too
         alone = next(s for s in door.sessions.values() if s.asked < 0)
         row = next(r for r in rows if r[: len(alone.tokens)] == alone.tokens)
         door.step([row])  # the other row ended: its room goes to this one
