@@ -69,7 +69,8 @@ def drafter_command(args: argparse.Namespace, endpoint: str) -> list[str]:
     args.pre_drafts = "off" if takes_turns(args, shares_cpu) else "on"
     threads = args.drafter_threads or args.threads_per_process
     return [sys.executable, "-m", "launch.cli", "drafter", "--connect", endpoint, "--device", args.draft_device,
-            "--threads", str(threads), *cfg.model_argv(args), *cfg.algorithm_argv(args),
+            "--threads", str(threads), "--max-sessions", str(args.max_sessions), *cfg.model_argv(args),
+            *cfg.algorithm_argv(args),
             *(["--pool-file", args.pool_file] if args.pool_file else [])]
 
 

@@ -36,3 +36,14 @@ def test_every_knob_is_a_serve_flag_with_its_help(config_type):
     for field in dataclasses.fields(config_type):
         if "flag" in field.metadata:
             assert field.metadata["flag"] in text and field.metadata["help"][:20] in text.replace("\n", " ")
+
+
+def test_the_vllm_doors_drafter_holds_as_many_rows_as_serve_is_told():
+    """`serve --verifier vllm --max-sessions N`: the drafter it starts keeps N KV slots, so its
+    Hello tells the door N and more rows decode with vLLM alone."""
+    from launch.vllm_serve import drafter_command
+
+    args = build_parser().parse_args(["serve", "--verifier", "vllm", "--http", "8000", "--max-sessions", "5"])
+    command = drafter_command(args, "tcp://127.0.0.1:1")
+    child = build_parser().parse_args(command[command.index("drafter"):])
+    assert child.max_sessions == 5
