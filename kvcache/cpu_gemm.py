@@ -1,6 +1,7 @@
 """Our CPU kernels for AVX-512 machines, built on first use: the GEMM for small M
-(kvcache/cpu_gemm.cpp, float32 and bfloat16) and the batch-invariant attention
-(kvcache/cpu_attention.cpp, used through kvcache.cpu_attention).
+(kvcache/cpu_gemm.cpp, float32 and bfloat16), the batch-invariant attention
+(kvcache/cpu_attention.cpp, used through kvcache.cpu_attention) and bfloat16 RMSNorm
+(kvcache/cpu_norm.cpp, through kvcache.norms).
 
 oneDNN's and MKL's kernels read the weights more than once or run far below the core's peak for
 the 4-48 rows of a verification pass; ours streams each weight once (measured on this repo's
@@ -32,7 +33,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("cpu_gemm.cpp"), Path(__file__).with_name("cpu_attention.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_gemm.cpp", "cpu_attention.cpp", "cpu_norm.cpp"))
 _ptr, _int = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -116,6 +117,7 @@ def kernel() -> ctypes.CDLL | None:
             library.ouro_attention.argtypes = [ctypes.c_int, _ptr, _int, _int, _int, _int, _ptr, _ptr, _int, _int,
                                                _ptr, _ptr, _ptr, ctypes.c_float, ctypes.c_float, _ptr]
             library.ouro_attention_max_head_dim.restype = _int
+            library.ouro_rms_norm_bf16.argtypes = [_ptr, _int, _int, _ptr, ctypes.c_float, ctypes.c_int, _ptr]
             return library
     log.info("our CPU GEMM is off (%s): linear layers use oneDNN", reason)
     return None

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from kvcache.cpu_attention import use_cpu_attention
+from kvcache.norms import swap_norms
 from kvcache.packed import pack_linears
 from models.draft import EMBEDDING_KEY, TargetEmbedding, build_student, load_draft_dir
 
@@ -130,11 +131,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 
 def for_engine(model: torch.nn.Module, packed: bool = True) -> torch.nn.Module:
     """A loaded model made ready for an engine: its linear layers prepacked where that pays on
-    this device (kvcache.packed), unless --no-packed-weights, and on a CPU its grouped-query
-    attention computed without copying keys and values (kvcache.cpu_attention). In place; no
+    this device (kvcache.packed), unless --no-packed-weights, and on a CPU its RMSNorms in one kernel
+    call each (kvcache.norms) and its grouped-query attention computed without copying keys and
+    values (kvcache.cpu_attention). In place; no
     training after it."""
     if packed:
         pack_linears(model)
+    swap_norms(model)
     use_cpu_attention(model)
     return model
 
