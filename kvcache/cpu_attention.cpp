@@ -11,9 +11,10 @@
 // summed in key order, all in float32.
 // A query that may see no key gets zeros.
 //
-// Inputs are float32 or bfloat16 (E): q (B, H, Q, D) contiguous; k, v (B, Hkv, S, D) with strides
-// in elements (the last dimension contiguous); the additive mask (B, Q, S) with strides, or null
-// for causal: query i sees keys j <= S - Q + i. Output: float32 (B, Q, H, D).
+// Inputs are float32 or bfloat16 (E): q (B, H, Q, D), k, v (B, Hkv, S, D), each with strides in
+// elements (the last dimension contiguous); the additive mask (B, Q, S) with strides, or null for
+// causal: query i sees keys j <= S - Q + i. Output (B, Q, H, D) contiguous: float32, or for
+// bfloat16 inputs bfloat16 (each value rounded once, as torch's .to(torch.bfloat16)).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <math.h>
@@ -78,9 +79,14 @@ struct Query {  // one query of a block: its vector, mask row and visible end, o
   const void* q;
   const void* mask;
   int64_t visible_end;
-  float* out;
+  void* out;  // E: float32 for float32 inputs, bfloat16 bits for bfloat16 ones
   float* scores;
 };
+
+inline void store(float* out, __mmask16 mask, __m512 x) { _mm512_mask_storeu_ps(out, mask, x); }
+inline void store(uint16_t* out, __mmask16 mask, __m512 x) {
+  _mm256_mask_storeu_epi16(out, mask, (__m256i)_mm512_cvtneps_pbh(x));
+}
 
 // QB queries that read the same keys and values (one kv head of one row): each key and value is
 // loaded once for all of them, and each query's numbers are computed exactly as alone.
@@ -166,7 +172,7 @@ void query_block(const Query* block, const E* k, const E* v, Strides kv, int64_t
   for (int b = 0; b < QB; ++b) {
     __m512 inverse = _mm512_set1_ps(total[b] > 0.f ? 1.f / total[b] : 0.f);
     for (int64_t c = 0; c < vectors; ++c)
-      _mm512_mask_storeu_ps(block[b].out + 16 * c, lanes[c], _mm512_mul_ps(acc[b][c], inverse));
+      store((E*)block[b].out + 16 * c, lanes[c], _mm512_mul_ps(acc[b][c], inverse));
   }
 }
 
@@ -188,8 +194,9 @@ inline int vector_index(int64_t D) {  // 1, 2, 4, 8, 16 vectors
 }
 
 template <class E>
-void attention(const E* q, int64_t B, int64_t H, int64_t Q, int64_t D, const E* k, const E* v, int64_t Hkv,
-               int64_t S, Strides kv, const E* mask, Strides mask_strides, float scale, float softcap, float* out) {
+void attention(const E* q, Strides qs, int64_t B, int64_t H, int64_t Q, int64_t D, const E* k, const E* v,
+               int64_t Hkv, int64_t S, Strides kv, const E* mask, Strides mask_strides, float scale, float softcap,
+               E* out) {
   // work item: (row b, kv head g, block of the group's queries); query n of a group is head
   // g * groups + n / Q at position n % Q
   const int64_t groups = H / Hkv, per_group = groups * Q, blocks = (per_group + kQueryBlock - 1) / kQueryBlock;
@@ -203,7 +210,7 @@ void attention(const E* q, int64_t B, int64_t H, int64_t Q, int64_t D, const E* 
       Query block[kQueryBlock];
       for (int64_t n = 0; n < count; ++n) {
         int64_t h = g * groups + (first + n) / Q, i = (first + n) % Q;
-        block[n] = {q + ((b * H + h) * Q + i) * D,
+        block[n] = {q + b * qs.batch + h * qs.head + i * qs.seq,
                     mask ? mask + b * mask_strides.batch + i * mask_strides.head : nullptr, S - Q + i + 1,
                     out + ((b * Q + i) * H + h) * D, scores.data() + n * padded};
       }
@@ -220,20 +227,21 @@ extern "C" {
 
 int64_t ouro_attention_max_head_dim() { return 16 * kMaxVectors; }
 
-// kv_strides and mask_strides: {batch, head (mask: query), seq}, in elements. bf16: every input is
-// bfloat16 bits, else float32.
-void ouro_attention(int bf16, const void* q, int64_t B, int64_t H, int64_t Q, int64_t D, const void* k,
-                    const void* v, int64_t Hkv, int64_t S, const int64_t* kv_strides, const void* mask,
-                    const int64_t* mask_strides, float scale, float softcap, float* out) {
+// q_strides, kv_strides and mask_strides: {batch, head (mask: query), seq}, in elements. bf16:
+// every input and the output are bfloat16 bits, else float32.
+void ouro_attention(int bf16, const void* q, const int64_t* q_strides, int64_t B, int64_t H, int64_t Q, int64_t D,
+                    const void* k, const void* v, int64_t Hkv, int64_t S, const int64_t* kv_strides, const void* mask,
+                    const int64_t* mask_strides, float scale, float softcap, void* out) {
   if (B <= 0 || H <= 0 || Q <= 0 || D <= 0 || D > 16 * kMaxVectors || Hkv <= 0 || H % Hkv) return;
+  Strides qs{q_strides[0], q_strides[1], q_strides[2]};
   Strides kv{kv_strides[0], kv_strides[1], kv_strides[2]};
   Strides ms = mask ? Strides{mask_strides[0], mask_strides[1], mask_strides[2]} : Strides{0, 0, 0};
   if (bf16)
-    attention((const uint16_t*)q, B, H, Q, D, (const uint16_t*)k, (const uint16_t*)v, Hkv, S, kv,
-              (const uint16_t*)mask, ms, scale, softcap, out);
+    attention((const uint16_t*)q, qs, B, H, Q, D, (const uint16_t*)k, (const uint16_t*)v, Hkv, S, kv,
+              (const uint16_t*)mask, ms, scale, softcap, (uint16_t*)out);
   else
-    attention((const float*)q, B, H, Q, D, (const float*)k, (const float*)v, Hkv, S, kv, (const float*)mask, ms,
-              scale, softcap, out);
+    attention((const float*)q, qs, B, H, Q, D, (const float*)k, (const float*)v, Hkv, S, kv, (const float*)mask, ms,
+              scale, softcap, (float*)out);
 }
 
 }  // extern "C"

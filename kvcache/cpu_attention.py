@@ -11,7 +11,7 @@ against 92 us. The model's own modules and masks stay; only the attention functi
 A bfloat16 model takes our batch-invariant attention kernel instead (kvcache/cpu_attention.cpp,
 AVX-512): each query's output is bit for bit the same whatever other queries, rows or padding
 share the pass, so a verification pass and one-token decoding agree exactly. It reads the cache
-in place (bfloat16) and sums in float32. Calls it does not cover (float masks only; no attention
+in place (bfloat16), sums in float32 and rounds each output once. Calls it does not cover (float masks only; no attention
 sinks, no dropout) go to sdpa, said once in the log."""
 from __future__ import annotations
 
@@ -76,19 +76,22 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         return sdpa_without_copies(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                    softcap=softcap, **kwargs)
     batch, heads, queries, dim = query.shape
-    query = query.contiguous()
-    out = torch.empty(batch, queries, heads, dim, dtype=torch.float32)
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    out = torch.empty(batch, queries, heads, dim, dtype=query.dtype)
     mask_strides = None
     if attention_mask is not None:
         mask = attention_mask.expand(batch, 1, queries, key.shape[2])
         mask_strides = (ctypes.c_int64 * 3)(mask.stride(0), mask.stride(2), mask.stride(3))
+    q_strides = (ctypes.c_int64 * 3)(query.stride(0), query.stride(1), query.stride(2))
     kv_strides = (ctypes.c_int64 * 3)(key.stride(0), key.stride(1), key.stride(2))
     scale = scaling if scaling is not None else dim ** -0.5
-    cpu_gemm.kernel().ouro_attention(1, query.data_ptr(), batch, heads, queries, dim, key.data_ptr(), value.data_ptr(),
+    cpu_gemm.kernel().ouro_attention(1, query.data_ptr(), q_strides, batch, heads, queries, dim, key.data_ptr(),
+                                     value.data_ptr(),
                                      key.shape[1], key.shape[2], kv_strides,
                                      None if attention_mask is None else mask.data_ptr(), mask_strides,
                                      float(scale), float(softcap or 0.0), out.data_ptr())
-    return out.to(query.dtype), None
+    return out, None
 
 
 def use_cpu_attention(model: torch.nn.Module) -> bool:
