@@ -12,7 +12,8 @@
 // A query that may see no key gets zeros.
 //
 // Inputs are float32 or bfloat16 (E): q (B, H, Q, D), k, v (B, Hkv, S, D), each with strides in
-// elements (the last dimension contiguous); the additive mask (B, Q, S) with strides, or null for
+// elements (the last dimension contiguous), or k and v a KV slot pool whose row rows[b] holds
+// batch row b's keys (read in place: no gather); the additive mask (B, Q, S) with strides, or null for
 // causal: query i sees keys j <= S - Q + i. Output (B, Q, H, D) contiguous: float32, or for
 // bfloat16 inputs bfloat16 (each value rounded once, as torch's .to(torch.bfloat16)).
 #include <ATen/Parallel.h>
@@ -107,8 +108,12 @@ void query_block(const Query* block, const E* k, const E* v, Strides kv, int64_t
     best[b] = -INFINITY;
     for (int64_t c = 0; c < vectors; ++c) query[b][c] = load((const E*)block[b].q + 16 * c, lanes[c]);
   }
+  const int64_t key_lines = (D * int64_t(sizeof(E)) + 63) / 64;
   for (int64_t j0 = 0; j0 < S; j0 += 16) {  // scores, 16 keys at a time; a skipped key's is -inf
     const int64_t n = S - j0 < 16 ? S - j0 : 16;
+    for (int64_t jj = 16; jj < 32 && j0 + jj < S; ++jj)  // the next block's keys, while this one computes
+      for (int64_t line = 0; line < key_lines; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(k + (j0 + jj) * kv.seq) + 64 * line, _MM_HINT_T0);
     alignas(64) float keys[16][16 * V];  // this block's keys in float32, zeros past S
     for (int64_t jj = 0; jj < 16; ++jj)
       for (int64_t c = 0; c < vectors; ++c)
@@ -159,6 +164,9 @@ void query_block(const Query* block, const E* k, const E* v, Strides kv, int64_t
   for (int b = 0; b < QB; ++b)
     for (int64_t c = 0; c < vectors; ++c) acc[b][c] = _mm512_setzero_ps();
   for (int64_t j = 0; j < S; ++j) {  // weighted values, in key order
+    if (j + 8 < S)
+      for (int64_t line = 0; line < key_lines; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(v + (j + 8) * kv.seq) + 64 * line, _MM_HINT_T0);
     __m512 value[kMaxVectors];
     for (int64_t c = 0; c < vectors; ++c) value[c] = load(v + j * kv.seq + 16 * c, lanes[c]);
     for (int b = 0; b < QB; ++b) {
@@ -195,8 +203,8 @@ inline int vector_index(int64_t D) {  // 1, 2, 4, 8, 16 vectors
 
 template <class E>
 void attention(const E* q, Strides qs, int64_t B, int64_t H, int64_t Q, int64_t D, const E* k, const E* v,
-               int64_t Hkv, int64_t S, Strides kv, const E* mask, Strides mask_strides, float scale, float softcap,
-               E* out) {
+               const int64_t* rows, int64_t Hkv, int64_t S, Strides kv, const E* mask, Strides mask_strides, float scale,
+               float softcap, E* out) {
   // work item: (row b, kv head g, block of the group's queries); query n of a group is head
   // g * groups + n / Q at position n % Q
   const int64_t groups = H / Hkv, per_group = groups * Q, blocks = (per_group + kQueryBlock - 1) / kQueryBlock;
@@ -214,8 +222,9 @@ void attention(const E* q, Strides qs, int64_t B, int64_t H, int64_t Q, int64_t 
                     mask ? mask + b * mask_strides.batch + i * mask_strides.head : nullptr, S - Q + i + 1,
                     out + ((b * Q + i) * H + h) * D, scores.data() + n * padded};
       }
-      const E* keys = k + b * kv.batch + g * kv.head;
-      const E* values = v + b * kv.batch + g * kv.head;
+      const int64_t row = rows ? rows[b] : b;
+      const E* keys = k + row * kv.batch + g * kv.head;
+      const E* values = v + row * kv.batch + g * kv.head;
       kBlocks<E>[count - 1][vector_index(D)](block, keys, values, kv, mask_strides.seq, S, D, scale, softcap);
     }
   });
@@ -227,20 +236,22 @@ extern "C" {
 
 int64_t ouro_attention_max_head_dim() { return 16 * kMaxVectors; }
 
-// q_strides, kv_strides and mask_strides: {batch, head (mask: query), seq}, in elements. bf16:
-// every input and the output are bfloat16 bits, else float32.
+// q_strides, kv_strides and mask_strides: {batch, head (mask: query), seq}, in elements; rows:
+// B row indices into k and v, or null (row b). bf16: every input and the output are bfloat16
+// bits, else float32.
 void ouro_attention(int bf16, const void* q, const int64_t* q_strides, int64_t B, int64_t H, int64_t Q, int64_t D,
-                    const void* k, const void* v, int64_t Hkv, int64_t S, const int64_t* kv_strides, const void* mask,
-                    const int64_t* mask_strides, float scale, float softcap, void* out) {
+                    const void* k, const void* v, const int64_t* rows, int64_t Hkv, int64_t S,
+                    const int64_t* kv_strides, const void* mask, const int64_t* mask_strides, float scale,
+                    float softcap, void* out) {
   if (B <= 0 || H <= 0 || Q <= 0 || D <= 0 || D > 16 * kMaxVectors || Hkv <= 0 || H % Hkv) return;
   Strides qs{q_strides[0], q_strides[1], q_strides[2]};
   Strides kv{kv_strides[0], kv_strides[1], kv_strides[2]};
   Strides ms = mask ? Strides{mask_strides[0], mask_strides[1], mask_strides[2]} : Strides{0, 0, 0};
   if (bf16)
-    attention((const uint16_t*)q, qs, B, H, Q, D, (const uint16_t*)k, (const uint16_t*)v, Hkv, S, kv,
+    attention((const uint16_t*)q, qs, B, H, Q, D, (const uint16_t*)k, (const uint16_t*)v, rows, Hkv, S, kv,
               (const uint16_t*)mask, ms, scale, softcap, (uint16_t*)out);
   else
-    attention((const float*)q, qs, B, H, Q, D, (const float*)k, (const float*)v, Hkv, S, kv, (const float*)mask, ms,
+    attention((const float*)q, qs, B, H, Q, D, (const float*)k, (const float*)v, rows, Hkv, S, kv, (const float*)mask, ms,
               scale, softcap, (float*)out);
 }
 

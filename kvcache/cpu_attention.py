@@ -24,11 +24,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from kvcache import cpu_gemm
+from kvcache.slots import IN_PLACE_ATTENTION, in_place_rows
 
 log = logging.getLogger(__name__)
 
 NAME = "ouroboros_cpu_sdpa"
-EXACT_NAME = "ouroboros_cpu_exact"
+EXACT_NAME = IN_PLACE_ATTENTION
 _said: set[str] = set()
 
 
@@ -66,9 +67,14 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                     softcap: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """Batch-invariant attention (see the module docstring); HF's attention-function signature:
-    query (B, H, Q, D), key and value (B, Hkv, S, D), returns (B, Q, H, D)."""
+    query (B, H, Q, D), key and value (B, Hkv, S, D), returns (B, Q, H, D). Key and value may
+    also be a whole KV slot pool read in place (kvcache.slots.in_place_rows names the slot of
+    each batch row)."""
+    rows = in_place_rows(key)
     refusal = _exact_refusal(query, key, value, attention_mask, dropout, kwargs)
     if refusal is not None:
+        if rows is not None:
+            key, value = key[rows], value[rows]
         if refusal not in _said:
             _said.add(refusal)
             log.warning("attention falls back to sdpa for %s: a wide pass may round differently from a one-token pass",
@@ -87,7 +93,7 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     kv_strides = (ctypes.c_int64 * 3)(key.stride(0), key.stride(1), key.stride(2))
     scale = scaling if scaling is not None else dim ** -0.5
     cpu_gemm.kernel().ouro_attention(1, query.data_ptr(), q_strides, batch, heads, queries, dim, key.data_ptr(),
-                                     value.data_ptr(),
+                                     value.data_ptr(), None if rows is None else rows.data_ptr(),
                                      key.shape[1], key.shape[2], kv_strides,
                                      None if attention_mask is None else mask.data_ptr(), mask_strides,
                                      float(scale), float(softcap or 0.0), out.data_ptr())

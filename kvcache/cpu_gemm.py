@@ -114,7 +114,7 @@ def kernel() -> ctypes.CDLL | None:
             library.ouro_panel_width.restype = _int
             library.ouro_pack_bf16.argtypes = [_ptr, _int, _int, _ptr]
             library.ouro_linear_bf16.argtypes = [_ptr, _int, _int, _ptr, _int, _ptr, _ptr]
-            library.ouro_attention.argtypes = [ctypes.c_int, _ptr, _ptr, _int, _int, _int, _int, _ptr, _ptr, _int, _int,
+            library.ouro_attention.argtypes = [ctypes.c_int, _ptr, _ptr, _int, _int, _int, _int, _ptr, _ptr, _ptr, _int, _int,
                                                _ptr, _ptr, _ptr, ctypes.c_float, ctypes.c_float, _ptr]
             library.ouro_attention_max_head_dim.restype = _int
             library.ouro_rms_norm_bf16.argtypes = [_ptr, _int, _int, _ptr, ctypes.c_float, ctypes.c_int, _ptr]

@@ -3,7 +3,8 @@
 Layer l's keys live in one tensor (slots, kv_heads, max_len + 1, head_dim); a sequence owns a
 row (its slot) and a length. A pass over some rows writes each row's new entries in place at
 that row's own offset and hands attention the rows it needs: a view when the rows are
-consecutive slots, else one gather. Nothing is padded into a batch and split back, a crop is a
+consecutive slots, else the whole pool with each row's slot (in_place_rows) where the attention
+is our exact kernel, which reads them where they lie, else one gather. Nothing is padded into a batch and split back, a crop is a
 length reset, and an accepted branch's entries move inside their row. The last column is a
 scratch column: padding tokens of a ragged pass write there and nobody reads it. The buffers
 are allocated empty, so on a CPU memory is touched only as rows grow into it (a GPU reserves
@@ -62,6 +63,20 @@ class PassPlan:
     single: tuple[int, int, int] | None = None  # one row: (slot, first column, end): a plain slice copy
 
 
+IN_PLACE_ATTENTION = "ouroboros_cpu_exact"  # the attention that reads a pool's rows in place (kvcache.cpu_attention)
+
+
+def _in_place(pool_view: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    pool_view.slot_rows = rows
+    return pool_view
+
+
+def in_place_rows(states: torch.Tensor) -> torch.Tensor | None:
+    """For keys or values a pass handed attention as the whole pool (no gather): batch row b's
+    slot, rows[b] (int64 on the CPU); None for a tensor of the batch's own rows."""
+    return getattr(states, "slot_rows", None)
+
+
 class _PassLayer(CacheLayerMixin):
     """What the model's attention layer l calls during a pass: write the new entries, return the rows."""
 
@@ -91,6 +106,8 @@ class _PassLayer(CacheLayerMixin):
             values[rows, :, plan.write_columns] = value_states.transpose(1, 2).to(values.dtype)
         if plan.row_slice is not None:
             return keys[plan.row_slice, :, : plan.length], values[plan.row_slice, :, : plan.length]
+        if self.pool.reads_in_place:
+            return _in_place(keys[:, :, : plan.length], plan.rows), _in_place(values[:, :, : plan.length], plan.rows)
         return keys[plan.rows, :, : plan.length], values[plan.rows, :, : plan.length]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -166,6 +183,9 @@ class SlotPool:
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.num_finite = [0] * num_slots  # leading columns of a row written or zeroed at least once
+        # our exact attention reads a pass's rows where they lie; any other gets them gathered
+        self.reads_in_place = (self.device.type == "cpu"
+                               and getattr(config, "_attn_implementation", None) == IN_PLACE_ATTENTION)
         self.nbytes = sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
         self.lengths = [0] * num_slots
         self._free = list(range(num_slots))  # a heap: the lowest slot first keeps busy rows consecutive

@@ -9,9 +9,13 @@ import torch
 
 from drafter.config import DrafterConfig
 from drafter.engine import DraftEngine
-from kvcache import cpu_gemm
-from kvcache.attention import forward_one
+from transformers import AttentionInterface
+
+from kvcache import cpu_attention, cpu_gemm
+from kvcache.attention import attention_kinds, forward_one, new_cache, prefill
+from kvcache.batch import BatchRow, batched_forward
 from kvcache.cpu_attention import EXACT_NAME, exact_attention
+from kvcache.slots import SlotPool, in_place_rows
 from kvcache.packed import PackedLinear
 from models.loading import for_engine
 from launch.sequential import engine_alone, generate
@@ -138,6 +142,43 @@ def test_ragged_batched_passes_decode_what_the_engine_decodes_alone(family, toke
     verify_ragged_rounds(engine, sessions, prompts, refs, NEW_TOKENS, len(tokenizer))
     for session, prompt, ref in zip(sessions, prompts, refs):
         assert session.tokens[len(prompt) : len(prompt) + NEW_TOKENS] == ref, family
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_a_batch_of_scattered_slots_is_read_in_place_with_each_rows_own_bits(family, tokenizer):
+    """Rows in slots that are not consecutive: attention reads the pool where they lie (no
+    gather), and each row's logits are those of its pass alone, bit for bit."""
+    target, _ = bf16_pair(family, tokenizer)
+    kinds = attention_kinds(target.config)
+    pool = SlotPool(target.config, 5, 64, torch.bfloat16, "cpu")
+    assert pool.reads_in_place
+    held = [pool.allocate() for _ in range(5)]
+    slots = [held[3], held[0], held[4]]
+    prompts = [[5, 9, 13, 2, 7, 30, 11], [3, 4, 5], [8, 1, 2, 9, 9, 4, 17, 12]]
+    for slot, prompt in zip(slots, prompts):
+        prefill(target, kinds, slot, prompt)
+    new = [[6, 7, 8], [11], [12, 13]]
+    rows = [BatchRow(n, list(range(len(p), len(p) + len(n))), torch.ones(len(n), len(n), dtype=torch.bool).tril())
+            for p, n in zip(prompts, new)]
+    seen = []
+    original = cpu_attention.exact_attention
+
+    def watch(module, query, key, value, *args, **kwargs):
+        seen.append(in_place_rows(key) is not None and key.shape[0] == pool.num_slots)
+        return original(module, query, key, value, *args, **kwargs)
+
+    AttentionInterface.register(EXACT_NAME, watch)
+    try:
+        got = batched_forward(target, kinds, slots, rows)
+    finally:
+        AttentionInterface.register(EXACT_NAME, original)
+    assert seen and all(seen)
+    for logits, prompt, tokens in zip(got, prompts, new):
+        slot = new_cache(SlotPool(target.config, 1, 64, torch.bfloat16, "cpu"))
+        prefill(target, kinds, slot, prompt)
+        alone = torch.cat([forward_one(target, kinds, slot, [t], [len(prompt) + i], torch.ones(1, 1, dtype=torch.bool))
+                           for i, t in enumerate(tokens)])
+        assert torch.equal(logits, alone)
 
 
 def test_seeded_sampling_follows_the_engine_alone(tokenizer):
