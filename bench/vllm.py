@@ -58,7 +58,7 @@ def wait_healthy(port: int, process: subprocess.Popen, seconds: float = 900) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.vllm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.vllm", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument("--limit", type=int, default=8, help="HumanEval prompts (each client count runs them all)")
