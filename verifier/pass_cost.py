@@ -124,22 +124,49 @@ def cut_draft(trunk: Sequence[int], branches: Sequence[Sequence[int]], num_token
 
 class DraftWait:
     """Seconds the verifier stands idle before a pass, for the longest draft k asked of the
-    round: w(0) = the median idle of rounds that asked for none; w(k) = c + b*k for k > 0, a
-    Theil-Sen line (median of pairwise slopes, then the median intercept) through the median
-    idle at each length asked, since any draft costs a pass or so of the drafter's plus its tokens.
-    Each kind keeps its last COST_WINDOW rounds, so neither pushes the other out, and medians
+    round: w(0) = the median idle of rounds that asked for none; for k > 0 a draft drafted on
+    the verdict costs w_fresh(k) = c + b*k, a Theil-Sen line (median of pairwise slopes, then the
+    median intercept) through the median idle at each length asked, since any draft costs a pass
+    or so of the drafter's plus its tokens; one drafted ahead (the speculation cache held the
+    outcome, or a pre-draft on the chain came true) costs w_ahead, the median idle of such rounds,
+    about a round trip. A round whose rows all verified a trunk can be drafted ahead (the drafter
+    pre-drafts only for a trunk's outcomes), with the measured share h of such rounds that were:
+
+        w(k) = h * w_ahead + (1 - h) * w_fresh(k),   h = 0 for a round after one with no trunk.
+
+    Each kind keeps its last COST_WINDOW rounds, so none pushes another out, and medians
     leave a single stall (a drafter restarting, a preempted process) without weight."""
 
     def __init__(self) -> None:
-        self.drafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
+        self.drafted: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # drafted on the verdict
         self.undrafted: deque[float] = deque(maxlen=COST_WINDOW)
+        self.ahead: deque[float] = deque(maxlen=COST_WINDOW)  # drafted ahead
+        self.came_ahead: deque[bool] = deque(maxlen=COST_WINDOW)  # rounds that could have been: were they?
         self.line = (0.0, 0.0)  # (c, b), refitted as drafted rounds come
 
-    def observe(self, draft_length: int, seconds: float) -> None:
+    @property
+    def num_drafted(self) -> int:
+        """Rounds that asked for a draft, timed (drafted ahead or on the verdict)."""
+        return len(self.drafted) + len(self.ahead)
+
+    @property
+    def hit_rate(self) -> float:
+        """h: the share of rounds that could have been drafted ahead that were (0 before any)."""
+        return sum(self.came_ahead) / len(self.came_ahead) if self.came_ahead else 0.0
+
+    def observe(self, draft_length: int, seconds: float, could_be_ahead: bool = False, was_ahead: bool = False) -> None:
+        """A round's idle before its pass; `could_be_ahead`: its drafted rows all verified a
+        trunk the round before; `was_ahead`: their drafts were all drafted ahead."""
+        seconds = max(seconds, 0.0)
         if draft_length <= 0:
-            self.undrafted.append(max(seconds, 0.0))
+            self.undrafted.append(seconds)
             return
-        self.drafted.append((draft_length, max(seconds, 0.0)))
+        if could_be_ahead:
+            self.came_ahead.append(was_ahead)
+        if was_ahead:
+            self.ahead.append(seconds)
+            return
+        self.drafted.append((draft_length, seconds))
         by_length: dict[int, list[float]] = {}
         for k, waited in self.drafted:
             by_length.setdefault(k, []).append(waited)
@@ -148,13 +175,21 @@ class DraftWait:
         slope = max(median(slopes), 0.0) if slopes else points[0][1] / points[0][0]
         self.line = (max(median(w - slope * k for k, w in points), 0.0) if slopes else 0.0, slope)
 
-    def estimate(self, draft_length: int, is_stale: bool = False) -> float | None:
+    def estimate(self, draft_length: int, is_stale: bool = False, can_be_ahead: bool = False) -> float | None:
         """None until a round that asked for a draft was timed; `is_stale`: as if drafts cost
-        no more waiting than rounds without (to see whether re-timing them could pay)."""
-        if not self.drafted:
+        no more waiting than rounds without (to see whether re-timing them could pay);
+        `can_be_ahead`: the round may find its drafts drafted ahead (the rule above)."""
+        if not self.num_drafted:
             return None
         base = median(self.undrafted) if self.undrafted else 0.0
         if draft_length == 0 or is_stale:
             return base
+        ahead = max(median(self.ahead), base) if self.ahead else None
+        if not self.drafted:  # every draft timed came ahead
+            return ahead
         fixed, per_token = self.line
-        return max(fixed + per_token * draft_length, base)
+        fresh = max(fixed + per_token * draft_length, base)
+        if not can_be_ahead or ahead is None:
+            return fresh
+        share = self.hit_rate
+        return share * ahead + (1.0 - share) * fresh

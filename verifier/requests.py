@@ -102,6 +102,7 @@ class ServerRequest:
     unsent: list[int] = field(default_factory=list)  # tokens kept back until streamed
     stats: RequestStats = field(default_factory=RequestStats)
     draft_length: int = 0  # what the drafter was last asked for (Open/Verdict.draft_length; 0: none)
+    may_come_ahead: bool = False  # the round its draft was asked after verified a trunk: it may be drafted ahead
     is_on_drafter: bool = False  # the drafter was told of it (Open): admitted in a burst, not yet
     round_wait_s: float = 0.0  # from the end of its last round (or admission) to this round's pass
 

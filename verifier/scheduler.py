@@ -67,10 +67,10 @@ class Scheduler:
                 or request.draft_length == 0  # asked for no draft: none is coming
                 or now - request.waiting_since > self.config.draft_timeout_s)
 
-    def next_lengths(self, batch: list[ServerRequest]) -> list[int]:
-        """Each request's next draft length (verifier.speculation); none where only the
-        target's own token is left to produce."""
-        lengths = self.speculation.choose([request.request_id for request in batch])
+    def next_lengths(self, batch: list[ServerRequest], verified_trunk: list[bool] | None = None) -> list[int]:
+        """Each request's next draft length (verifier.speculation; `verified_trunk`: whether its
+        round just verified a trunk); none where only the target's own token is left to produce."""
+        lengths = self.speculation.choose([request.request_id for request in batch], verified_trunk)
         return [0 if request.needs_no_draft() else length for request, length in zip(batch, lengths)]
 
     def is_gathering(self, ready: list[ServerRequest], is_drafter_absent: bool) -> bool:

@@ -16,7 +16,7 @@ from verifier.config import VerifierConfig
 from verifier.drafter_link import DrafterLink
 from verifier.engine import TargetEngine
 from verifier.receiving import Receiving
-from verifier.requests import ServerRequest
+from verifier.requests import RoundPlan, ServerRequest
 from verifier.scheduler import Scheduler
 from verifier.stats import ServerStats
 from verifier.stopping import finish
@@ -97,7 +97,7 @@ class VerifierServer(Receiving):
         result) each, or None when the pass failed (those requests end with the error)."""
         is_solo_pass = self.pick_threads()
         plans = self.scheduler.plan(requests)
-        self.observe_wait(requests)
+        self.observe_wait(requests, plans)
         now = time.monotonic()
         for request in requests:
             request.round_wait_s = now - request.waiting_since
@@ -125,7 +125,7 @@ class VerifierServer(Receiving):
         for request, plan, result in rounds:
             self.speculation.observe_lookup(request.request_id, request.committed_length - len(result.appended),
                                             _num_matching(plan.lookup, result.appended))
-        lengths = self.scheduler.next_lengths(requests)
+        lengths = self.scheduler.next_lengths(requests, [bool(plan.trunk) for _, plan, _ in rounds])
         committed = []
         for (request, plan, result), length in zip(rounds, lengths):
             log.debug("round %s: waited %.1f ms for its draft (%s), trunk %d, %d accepted", request.request_id[:8],
@@ -162,6 +162,7 @@ class VerifierServer(Receiving):
             if not request.is_on_drafter:
                 continue  # the drafter has no room for it (open_admitted)
             request.draft_length = length
+            request.may_come_ahead = bool(plan.trunk)  # the drafter pre-drafts for a trunk's outcomes
             self.link.send(Verdict(request_id=request.request_id, committed_length=request.committed_length,
                                     appended=result.appended, num_trunk_verified=len(plan.trunk),
                                     num_trunk_accepted=result.num_trunk_accepted,
@@ -170,12 +171,16 @@ class VerifierServer(Receiving):
         self.last_round_end = time.monotonic() if self.requests else None
         self.open_admitted()  # those admitted from the queue as others ended
 
-    def observe_wait(self, requests: list[ServerRequest]) -> None:
+    def observe_wait(self, requests: list[ServerRequest], plans: list[RoundPlan]) -> None:
         """How long the target stood idle before this pass, prefills excluded: the cost on the
-        critical path of the drafts these requests were asked for (the longest of them)."""
+        critical path of the drafts these requests were asked for (the longest of them), and
+        whether they could have been drafted ahead and were (verifier.pass_cost.DraftWait)."""
         if self.last_round_end is not None and not self.link.is_absent:
             idle = time.monotonic() - self.last_round_end - self.prefill_s
-            self.speculation.wait.observe(max(request.draft_length for request in requests), idle)
+            drafting = [(request, plan) for request, plan in zip(requests, plans) if request.draft_length > 0]
+            self.speculation.wait.observe(max(request.draft_length for request in requests), idle,
+                                          could_be_ahead=all(request.may_come_ahead for request, _ in drafting),
+                                          was_ahead=bool(drafting) and all(plan.is_predraft for _, plan in drafting))
         self.prefill_s = 0.0
 
     def pick_threads(self) -> bool:
@@ -234,6 +239,7 @@ class VerifierServer(Receiving):
         self.link.gave_work()
         request.is_on_drafter = True
         request.draft_length = self.scheduler.next_lengths([request])[0]
+        request.may_come_ahead = False  # the first block is drafted on the prompt
         request.waiting_since = time.monotonic()  # its first draft is due from now
         self.link.send(Open(request_id=request.request_id, token_ids=list(request.session.tokens),
                              max_new_tokens=request.max_new_tokens - request.num_output,

@@ -7,9 +7,12 @@ lengths k_i that maximise the expected tokens committed per second of their next
 
 where E_i(k) is how many tokens past its own the target is expected to accept from a k-token
 greedy trunk and the verifier's root lookup, pass() the fitted cost of verifying those B rows
-(verifier.pass_cost), and wait(k) the time the verifier stands idle for drafts of k tokens (a
-line fitted to the rounds: the drafter's steps where they are on the critical path, near zero
-where a pre-draft was ready).
+(verifier.pass_cost), and wait(k) the time the verifier stands idle for drafts of k tokens
+(verifier.pass_cost.DraftWait: a line fitted to the rounds drafted on the verdict, the
+drafter's steps on the critical path; mixed with the near-zero wait of drafts drafted ahead by
+the measured share of rounds that were, where every drafting row's round verified a trunk, the
+drafter's pre-drafts being for a trunk's outcomes). So with the speculation cache a drafting
+request keeps drafting where each round's hit pays for its pass.
 k = 0 sends a request to the target alone; its drafter still feeds the committed text through
 the draft to keep its cache and its Agreement in step, so E_i stays known and drafting comes
 back as soon as it pays.
@@ -89,28 +92,32 @@ class SpeculationDecision:
         computed, padding = self._size(widths)
         self.passes.observe(len(widths), computed, seconds, padding, is_drafting)
 
-    def choose(self, request_ids: list[str]) -> list[int]:
-        """Each request's next draft length (0: the target alone), by the rule above."""
+    def choose(self, request_ids: list[str], verified_trunk: list[bool] | None = None) -> list[int]:
+        """Each request's next draft length (0: the target alone), by the rule above;
+        `verified_trunk`: whether each request's round just verified a trunk (its next block may
+        then be drafted ahead)."""
         n, longest = len(request_ids), self.max_length
         if n == 0 or longest == 0:
             return [0] * n
-        if self.passes.coefficients is None or min(len(self.wait.drafted), len(self.wait.undrafted)) < MIN_TIMED:
+        if self.passes.coefficients is None or min(self.wait.num_drafted, len(self.wait.undrafted)) < MIN_TIMED:
             self.is_exploring_draft = not self.is_exploring_draft
             return [longest if self.is_exploring_draft else 0] * n
         expected = [self.expected(request_id) for request_id in request_ids]
-        best = self.best(expected)
+        trunks = verified_trunk if verified_trunk is not None else [False] * n
+        best = self.best(expected, trunks)
         self.num_undrafted_rounds = 0 if any(best) else self.num_undrafted_rounds + 1
         if self.num_undrafted_rounds >= RETIME_AFTER:
-            best = self.best(expected, is_stale=True)
+            best = self.best(expected, trunks, is_stale=True)
             self.num_undrafted_rounds = 0
         return best
 
-    def best(self, expected: list[list[float]], is_stale: bool = False) -> list[int]:
+    def best(self, expected: list[list[float]], verified_trunk: list[bool], is_stale: bool = False) -> list[int]:
         best, best_rate = [0] * len(expected), -1.0
         for threshold in sorted({e[1] for e in expected}, reverse=True):  # a tie goes to fewer draft tokens
             for length in range(self.max_length + 1):
                 lengths = [length if e[1] >= threshold else 0 for e in expected]
-                rate = self.rate(lengths, expected, is_stale)
+                can_be_ahead = all(t for t, k in zip(verified_trunk, lengths) if k)
+                rate = self.rate(lengths, expected, is_stale, can_be_ahead)
                 if rate > best_rate:
                     best, best_rate = lengths, rate
         return best
@@ -131,12 +138,13 @@ class SpeculationDecision:
         mine = own.expected_committed(longest)
         return [(n * e + PRIOR_POSITIONS * p) / (n + PRIOR_POSITIONS) for e, p in zip(mine, prior)]
 
-    def rate(self, lengths: list[int], expected: list[list[float]], is_stale: bool = False) -> float:
+    def rate(self, lengths: list[int], expected: list[list[float]], is_stale: bool = False,
+             can_be_ahead: bool = False) -> float:
         committed = sum(1.0 + e[k] for k, e in zip(lengths, expected))
         computed, padding = self._size([1 + k for k in lengths])
         longest = max(lengths)
         seconds = self.passes.estimate(len(lengths), computed, padding, is_drafting=longest > 0)
-        seconds += self.wait.estimate(longest, is_stale)
+        seconds += self.wait.estimate(longest, is_stale, can_be_ahead)
         return committed / max(seconds, 1e-9)
 
     def _size(self, widths: list[int]) -> tuple[float, float]:

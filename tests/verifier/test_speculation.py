@@ -219,3 +219,34 @@ def test_a_draft_wait_is_a_fixed_cost_plus_a_cost_per_token():
     wait.observe(8, 2.0)
     assert wait.estimate(4) == pytest.approx(0.018, abs=1e-6)
     assert wait.estimate(0) == pytest.approx(0.0001)
+
+
+def test_drafts_drafted_ahead_cost_their_share_of_the_wait_and_only_after_a_trunk():
+    """w(k) = h * w_ahead + (1 - h) * w_fresh(k): h is the share of rounds that could come ahead
+    (their round before verified a trunk) that did; a round after one with no trunk waits w_fresh."""
+    wait = DraftWait()
+    for _ in range(4):
+        for length in (2, 8):
+            wait.observe(length, 0.010 + 0.005 * length)  # drafted on the verdict
+        wait.observe(0, 0.0005)
+    for was_ahead in (True, True, True, False):
+        wait.observe(8, 0.001 if was_ahead else 0.050, could_be_ahead=True, was_ahead=was_ahead)
+    assert wait.hit_rate == pytest.approx(0.75)
+    fresh = 0.010 + 0.005 * 4
+    assert wait.estimate(4) == pytest.approx(fresh, abs=1e-6)  # after a round with no trunk
+    assert wait.estimate(4, can_be_ahead=True) == pytest.approx(0.75 * 0.001 + 0.25 * fresh, abs=1e-6)
+    assert wait.estimate(0, can_be_ahead=True) == pytest.approx(0.0005)
+
+
+def test_a_request_whose_drafts_come_ahead_keeps_drafting_where_fresh_drafts_would_not_pay():
+    """Fresh drafts that cost more than they commit send a request to the target alone; with the
+    speculation cache answering most verdicts at once, the same request drafts on after a trunk,
+    and a round after one with no trunk (nothing to pre-draft for) still sees the fresh cost."""
+    chosen = decision(wait_per_token=0.030)  # a slow drafter: 30 ms a draft token on the verdict
+    chosen.open("r")
+    agree(chosen, "r", [1, 1, 1, 0], HISTORY)
+    assert chosen.choose(["r"], verified_trunk=[True]) == [0]  # nothing came ahead yet
+    for _ in range(8):
+        chosen.wait.observe(GAMMA, 0.001, could_be_ahead=True, was_ahead=True)
+    assert chosen.choose(["r"], verified_trunk=[True])[0] > 0
+    assert chosen.choose(["r"], verified_trunk=[False]) == [0]
