@@ -57,7 +57,7 @@ def wait_healthy(port: int, process: subprocess.Popen, seconds: float = 900) -> 
     raise RuntimeError(f"server not healthy (exit code {process.poll()})")
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.vllm", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
@@ -65,6 +65,11 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--servers", default="vllm,vllm-ngram,vllm+ouroboros", help="which, comma-separated, of vllm, vllm-ngram, vllm+ouroboros, ouroboros")
     parser.add_argument("--door-flags", default="", help="extra flags for `serve --verifier vllm`, in one string")
+    return parser
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
     prompts = humaneval_prompts(args.limit)
     counts = [int(c) for c in args.clients.split(",")]

@@ -23,11 +23,12 @@ def test_the_flag_reference_is_the_parsers():
 
 def test_every_readme_flag_exists():
     """A flag the README names (`--like-this`) is one some command takes (or `python -m
-    bench.simulate`)."""
-    from bench.simulate import build_parser
+    bench.simulate`, `python -m bench.vllm`)."""
+    from bench import simulate, vllm
 
     known = set(re.findall(r"`(--[a-z0-9-]+)`", flag_doc()))
-    known |= {flag for action in build_parser()._actions for flag in action.option_strings}
+    for parser in (simulate.build_parser(), vllm.build_parser()):
+        known |= {flag for action in parser._actions for flag in action.option_strings}
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", (ROOT / "README.md").read_text()))
     foreign = {"--no-deps", "--speculative-config", "--standalone", "--nproc-per-node", "--nnodes",
                "--rdzv-backend", "--rdzv-endpoint", "--help", "--tensor-parallel-size"}
