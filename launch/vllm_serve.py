@@ -17,7 +17,7 @@ from pathlib import Path
 
 from launch import config as cfg
 from launch.workers import REFUSED_EXIT_CODE
-from verifier.vllm_door import ENDPOINT_ENV, FINGERPRINT_ENV, TIMEOUT_ENV
+from verifier.vllm_door import ENDPOINT_ENV, FINGERPRINT_ENV, LOOKUP_ENV, TIMEOUT_ENV
 
 VLLM_VERSION = "0.32.0"  # the vLLM CPU build the door is tested against (make install-vllm)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +44,9 @@ def vllm_command(args: argparse.Namespace, python: str, model_dir: str) -> list[
 
 def vllm_env(args: argparse.Namespace, drafter_endpoint: str, fingerprint: str) -> dict[str, str]:
     env = dict(os.environ)
-    timeout = cfg.verifier_config(args).draft_timeout_s
-    env.update({ENDPOINT_ENV: drafter_endpoint, FINGERPRINT_ENV: fingerprint, TIMEOUT_ENV: str(timeout),
+    config = cfg.verifier_config(args)
+    env.update({ENDPOINT_ENV: drafter_endpoint, FINGERPRINT_ENV: fingerprint, TIMEOUT_ENV: str(config.draft_timeout_s),
+                LOOKUP_ENV: str(config.own_lookup_tokens),
                 "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)})
     return cpu_env(env) if args.target_device == "cpu" else env
 

@@ -34,9 +34,11 @@ class AgreementTrace:
             run += 1
         return run, index + run == len(self.bits)
 
-    def expected_committed(self, max_length: int) -> list[float]:
+    def expected_committed(self, max_length: int, is_chain: bool = False) -> list[float]:
         """C(k) - 1 for k = 0..max_length, over the recent round starts p: a k-token trunk and
-        the root lookup are verified side by side, so a round accepts max(min(run(p), k), m(p)).
+        the root lookup are verified side by side, so a round accepts max(min(run(p), k), m(p));
+        where only a chain is verified (`is_chain`: vLLM's door sends the lookup only in a round
+        without a draft), min(run(p), k) for k > 0 and m(p) for k = 0.
         A run still going counts only for the k it already reaches (as in expected_accepted).
         Without round starts covered yet, over every judged position with no lookup."""
         samples = [(*found, matched) for p, matched in self.lookups if (found := self.run_at(p)) is not None]
@@ -44,7 +46,8 @@ class AgreementTrace:
             return self.expected_accepted(max_length)
         expected = []
         for k in range(max_length + 1):
-            known = [max(min(run, k), matched) for run, is_open, matched in samples if not is_open or run >= k]
+            known = [(min(run, k) if is_chain and k else max(min(run, k), matched))
+                     for run, is_open, matched in samples if not is_open or run >= k]
             expected.append(sum(known) / len(known) if known else float(k))
         return expected
 
@@ -67,3 +70,31 @@ class AgreementTrace:
             count = counted + sum(closed.values())
             expected.append(total / count if count else float(k))
         return expected
+
+
+class OfferedLookups:
+    """The lookups a request was offered at its latest round starts, each judged once the
+    committed text shows how many of its tokens were the target's: a chain verifier (vLLM)
+    verifies a lookup only in rounds it is sent, so it is judged against what came later."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[int, list[int]]] = deque(maxlen=HISTORY // 2)  # (round start, lookup)
+
+    def offer(self, position: int, lookup: list[int]) -> None:
+        self.pending.append((position, list(lookup)))
+
+    def judge(self, tokens: list[int]) -> list[tuple[int, int]]:
+        """(round start, lookup tokens right) for each offered lookup the committed `tokens`
+        now decide: all of it committed, or a token that differs; the rest wait."""
+        judged, waiting = [], deque(maxlen=self.pending.maxlen)
+        for position, lookup in self.pending:
+            seen = tokens[position : position + len(lookup)]
+            matched = 0
+            while matched < len(seen) and seen[matched] == lookup[matched]:
+                matched += 1
+            if matched == len(lookup) or matched < len(seen):
+                judged.append((position, matched))
+            else:
+                waiting.append((position, lookup))
+        self.pending = waiting
+        return judged

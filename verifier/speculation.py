@@ -20,7 +20,9 @@ back as soon as it pays.
 E_i(k) is measured, never assumed: the mean, over the request's recent round starts p, of
 max(min(run(p), k), m(p)), where run(p) counts the draft's consecutive teacher-forced
 agreements from p (protocol.messages.Agreement: exactly what a greedy trunk drafted at p would
-have had accepted) and m(p) the root lookup's tokens that were right there. A request with
+have had accepted) and m(p) the root lookup's tokens that were right there (where one chain is
+verified, vLLM's door, the lookup goes only in rounds without a draft: min(run(p), k) for k > 0,
+m(p) for k = 0). A request with
 little evidence yet leans on a prior: the latest trace with evidence (the text before it), else
 a coin flip per token, which asks for short drafts. Candidates: every common length
 0..max, with rows whose one-token yield is below a threshold at 0. Until both kinds of round
@@ -49,9 +51,10 @@ RETIME_AFTER = 256
 
 
 class SpeculationDecision:
-    def __init__(self, skips_padding: bool = False) -> None:
+    def __init__(self, skips_padding: bool = False, is_chain: bool = False) -> None:
         self.max_length = 0  # the drafter's --gamma, from its Hello (0: no drafter yet)
         self.skips_padding = skips_padding  # the engine computes only real tokens (kvcache.packed)
+        self.is_chain = is_chain  # one path is verified: the lookup only in rounds without a draft (vLLM)
         self.passes = PassCostModel()
         self.traces: dict[str, AgreementTrace] = {}
         self.latest: AgreementTrace | None = None  # the latest trace with evidence: a new request's prior
@@ -129,13 +132,13 @@ class SpeculationDecision:
         longest = self.max_length
         own = self.traces.get(request_id)
         if self.latest is not None and self.latest is not own:
-            prior = self.latest.expected_committed(longest)
+            prior = self.latest.expected_committed(longest, self.is_chain)
         else:
             prior = [sum(COIN_FLIP ** j for j in range(1, k + 1)) for k in range(longest + 1)]
         n = len(own.bits) if own is not None else 0
         if n == 0:
             return prior
-        mine = own.expected_committed(longest)
+        mine = own.expected_committed(longest, self.is_chain)
         return [(n * e + PRIOR_POSITIONS * p) / (n + PRIOR_POSITIONS) for e, p in zip(mine, prior)]
 
     def rate(self, lengths: list[int], expected: list[list[float]], is_stale: bool = False,

@@ -13,6 +13,10 @@ Rules:
   matches is opened, a session no row matched is closed.
 - Draft lengths per row come from the speculation decision (verifier.speculation), timed on
   vLLM's own steps: the time between two `propose` calls is a pass of the rows' widths.
+- A row asked for no draft (or whose draft did not come) is sent its prompt lookup (the
+  verifier's own, protocol.prompt_lookup): vLLM verifies one chain, so the decision weighs the
+  draft's trunk against the lookup (SpeculationDecision(is_chain=True)), each lookup judged
+  against the text committed after it.
 - `propose` never waits longer than the draft timeout: a drafter slow, absent or dead yields
   empty drafts, so vLLM decodes alone and nothing is lost; a drafter that says Hello again is
   re-synced from the rows' text.
@@ -33,6 +37,9 @@ from protocol.errors import ProtocolError
 from protocol.messages import Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
 from protocol.rules import is_usable_at
 from protocol.sockets import recv_routed
+from protocol.prompt_lookup import NgramIndex
+from verifier.acceptance import OfferedLookups
+from verifier.config import VerifierConfig
 from verifier.drafter_link import DrafterLink
 from verifier.speculation import SpeculationDecision
 
@@ -41,8 +48,10 @@ log = logging.getLogger("ouroboros.vllm")
 ENDPOINT_ENV = "OUROBOROS_DRAFTER_ENDPOINT"  # where the link binds; the drafter connects there
 FINGERPRINT_ENV = "OUROBOROS_TOKENIZER_FINGERPRINT"  # models.loading.tokenizer_fingerprint of the target
 TIMEOUT_ENV = "OUROBOROS_DRAFT_TIMEOUT"  # seconds a step may wait for drafts (--draft-timeout)
+LOOKUP_ENV = "OUROBOROS_OWN_LOOKUP_TOKENS"  # prompt-lookup tokens a row without a draft is sent (--own-lookup-tokens)
 DEFAULT_TIMEOUT_S = 0.5
 MATCH_KEY = 16  # leading tokens that key the sessions (a row is then checked in full)
+LOOKUP = VerifierConfig()  # the prompt lookup's n-grams, as the verifier's own
 
 
 @dataclass
@@ -54,6 +63,9 @@ class Session:
     proposed: list[int] = field(default_factory=list)  # what vLLM was given to verify
     drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> the latest draft there
     is_new: bool = True  # matched for the first time this step: vLLM's step included its prefill
+    index: NgramIndex = field(default_factory=lambda: NgramIndex(LOOKUP.lookup_ngram, LOOKUP.lookup_min_ngram))
+    lookup: list[int] = field(default_factory=list)  # the prompt lookup at the committed end, this step
+    offered: OfferedLookups = field(default_factory=OfferedLookups)
 
 
 class DrafterDoor:
@@ -61,8 +73,10 @@ class DrafterDoor:
     `step` with rows of committed tokens, as vLLM's runner does)."""
 
     def __init__(self, endpoint: str, fingerprint: str, vocab_size: int, max_tokens: int,
-                 draft_timeout_s: float = DEFAULT_TIMEOUT_S, max_model_len: int = 1 << 20) -> None:
+                 draft_timeout_s: float = DEFAULT_TIMEOUT_S, max_model_len: int = 1 << 20,
+                 lookup_tokens: int = LOOKUP.own_lookup_tokens) -> None:
         self.fingerprint, self.vocab_size, self.max_tokens = fingerprint, vocab_size, max_tokens
+        self.lookup_tokens = lookup_tokens
         self.draft_timeout_s, self.max_model_len = draft_timeout_s, max_model_len
         self.link = DrafterLink(zmq.Context.instance(), draft_timeout_s)  # its socket and who the drafter is
         self.socket = self.link.socket
@@ -73,11 +87,11 @@ class DrafterDoor:
         self.sessions: dict[str, Session] = {}
         self.by_key: dict[tuple[int, ...], list[str]] = {}
         self.key_lengths: set[int] = set()  # the lengths of the keys in by_key
-        self.decision = SpeculationDecision(skips_padding=True)
+        self.decision = SpeculationDecision(skips_padding=True, is_chain=True)
         self.last_return: float | None = None  # when the previous step handed vLLM its drafts
         self.last_widths: list[int] = []
         self.counters = {"steps": 0, "drafts_asked": 0, "drafts_served": 0, "draft_tokens": 0,
-                         "accepted_tokens": 0, "handshakes": 0, "timeouts": 0}
+                         "accepted_tokens": 0, "handshakes": 0, "timeouts": 0, "lookups_served": 0}
         log.info("waiting for a drafter at %s", self.endpoint)
 
     # ---- one vLLM step ----
@@ -91,6 +105,8 @@ class DrafterDoor:
                 session is not None and not session.is_new for session in matched):
             self.decision.observe_pass(self.last_widths, started - self.last_return, is_drafting=False)
         live = [(i, s) for i, s in enumerate(matched) if s is not None]
+        for i, session in live:
+            self.look_up(session, rows[i])
         lengths = self.decision.choose([s.request_id for _, s in live]) if not self.is_absent else [0] * len(live)
         room = self.max_sessions - sum(session.asked >= 0 for session in self.sessions.values())
         for (i, session), length in zip(live, lengths):
@@ -173,11 +189,24 @@ class DrafterDoor:
                               or b > len(row)}  # still usable, or drafted ahead of the text
         session.tokens, session.asked, session.proposed = list(row), length, []
 
+    def look_up(self, session: Session, row: list[int]) -> None:
+        """Judge the row's earlier lookups against its text, and find its lookup at the end."""
+        for position, matched in session.offered.judge(row):
+            self.decision.observe_lookup(session.request_id, position, matched)
+        room = min(self.lookup_tokens, self.max_tokens, self.max_model_len - len(row) - 1)
+        session.lookup = session.index.lookup(row, len(row), room) if room > 0 else []
+        if session.lookup:
+            session.offered.offer(len(row), session.lookup)
+
     def usable(self, session: Session) -> list[int]:
         """The trunk of a draft usable at the committed end (the rebase rule, its tokens up to
-        the end equal to the committed ones) from the end on, at most what was asked; [] if none."""
+        the end equal to the committed ones) from the end on, at most what was asked; else the
+        row's prompt lookup (maybe [])."""
         trunk = self.find(session)[: max(session.asked, 0)]
         self.counters["drafts_served"] += bool(trunk)
+        if not trunk:
+            self.counters["lookups_served"] += bool(session.lookup)
+            return list(session.lookup)
         return trunk
 
     def find(self, session: Session) -> list[int]:
@@ -274,6 +303,7 @@ class OuroborosProposer:
             os.environ[ENDPOINT_ENV], os.environ[FINGERPRINT_ENV],
             int(model.get_vocab_size()), int(spec.num_speculative_tokens),
             float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), int(model.max_model_len),
+            int(os.environ.get(LOOKUP_ENV, LOOKUP.own_lookup_tokens)),
         )
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:

@@ -8,7 +8,7 @@ import pytest
 from verifier.config import VerifierConfig
 from verifier.requests import ServerRequest
 from verifier.scheduler import Scheduler
-from verifier.acceptance import HISTORY, AgreementTrace
+from verifier.acceptance import HISTORY, AgreementTrace, OfferedLookups
 from verifier.pass_cost import DraftWait
 from verifier.speculation import MIN_TIMED, PRIOR_POSITIONS, RETIME_AFTER, SpeculationDecision
 
@@ -206,6 +206,36 @@ def test_where_the_verifiers_own_lookup_already_gets_the_tokens_a_draft_adds_not
             chosen.observe_lookup(request_id, p, matched)
     assert chosen.choose(["copied"]) == [0]
     assert chosen.choose(["fresh"])[0] > 0
+
+
+def test_where_one_chain_is_verified_the_lookup_counts_only_in_rounds_without_a_draft():
+    """vLLM verifies one path: a k-token trunk accepts min(run, k) whatever the lookup had, a
+    round without a draft the lookup's m; side by side (our verifier) the better of the two."""
+    trace = AgreementTrace()
+    trace.add(10, [1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0])  # runs from 10: 1, from 18: 3
+    trace.lookups.extend([(10, 4), (18, 0)])
+    assert trace.expected_committed(3) == [2.0, 2.5, 3.0, 3.5]  # max(min(run, k), m) over (1, 4), (3, 0)
+    assert trace.expected_committed(3, is_chain=True) == [2.0, 1.0, 1.5, 2.0]
+    chain = decision()
+    chain.is_chain = True
+    for request_id, matched in (("copied", 4), ("fresh", 0)):
+        chain.open(request_id)
+        agree(chain, request_id, [1, 1, 0, 1, 0, 1, 1, 1, 0, 0], HISTORY)
+        for p in range(100, 100 + HISTORY, 2):
+            chain.observe_lookup(request_id, p, matched)
+    assert chain.choose(["copied"]) == [0]  # the lookup, not a draft that agrees less than it
+    assert chain.choose(["fresh"])[0] > 0
+
+
+def test_an_offered_lookup_is_judged_once_the_text_decides_it():
+    offered = OfferedLookups()
+    offered.offer(3, [7, 8, 9])
+    offered.offer(5, [1, 2])
+    assert offered.judge([0, 0, 0, 7, 8]) == []  # 7, 8 right so far; 9 not yet committed
+    assert offered.judge([0, 0, 0, 7, 8, 1, 5]) == [(3, 2), (5, 1)]  # 8 then 1: the first's third token was wrong
+    assert offered.judge([0, 0, 0, 7, 8, 1, 5, 6]) == []  # each judged once
+    offered.offer(8, [4])
+    assert offered.judge([0, 0, 0, 7, 8, 1, 5, 6, 4]) == [(8, 1)]
 
 
 def test_a_draft_wait_is_a_fixed_cost_plus_a_cost_per_token():

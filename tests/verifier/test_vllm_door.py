@@ -147,3 +147,15 @@ def test_rows_keep_their_sessions_by_text_and_rows_alike_get_one_each(door):
     assert set(door.sessions) == ids  # each row found its own session again
     door.step([short + [9, 9, 4]])
     assert len(door.sessions) == 1 and door.sessions.popitem()[1].tokens == short + [9, 9, 4]
+
+
+def test_a_row_without_a_draft_is_sent_its_prompt_lookup_and_each_lookup_is_judged(door):
+    """No drafter yet: vLLM still gets the text's own continuation (the verifier's prompt
+    lookup), and the decision learns how much of each was right from the text committed after."""
+    row = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3]
+    assert door.step([row]) == [[4, 5, 6, 7, 1]]  # after the latest earlier "1 2 3", at most 5 tokens
+    session = next(iter(door.sessions.values()))
+    door.step([row + [4, 5, 9]])  # vLLM accepted 4, 5 and sampled 9
+    assert list(door.decision.traces[session.request_id].lookups) == [(len(row), 2)]
+    assert door.counters["lookups_served"] == 1 and door.counters["drafts_served"] == 0
+    assert door.step([[9, 8]]) == [[]]  # nothing to copy: no draft
