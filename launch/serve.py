@@ -27,6 +27,9 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--verifier", choices=["ours", "vllm"], default="ours",
                        help="who verifies: our verifier process, or vLLM's OpenAI server (needs --http; "
                             "`make install-vllm`) with our drafter as its proposer")
+    serve.add_argument("--drafter-metrics", type=int, default=None, metavar="PORT",
+                       help="with --verifier vllm: our drafter's counters (its presence, restarts, pre-draft hits, "
+                            "draft waits) at http://--http-host:PORT/metrics, beside vLLM's own /metrics")
     serve.add_argument("--vllm-python", default=None,
                        help="the interpreter of vLLM's venv (default $OUROBOROS_VLLM_PYTHON, else .venv-vllm/bin/python)")
     serve.set_defaults(vllm_args=[])
@@ -234,6 +237,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return run_vllm_serve(args)
     if args.vllm_args:
         raise ValueError("flags after `--` go to vLLM: they need --verifier vllm")
+    if args.drafter_metrics is not None:
+        raise ValueError("--drafter-metrics is for --verifier vllm: our own HTTP door's /metrics has these counters")
     stop_requested = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_requested.set())

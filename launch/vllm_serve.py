@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from launch import config as cfg
+from launch.door_metrics import DrafterMetrics
 from launch.workers import REFUSED_EXIT_CODE
 from verifier.vllm_door import ENDPOINT_ENV, FINGERPRINT_ENV, LOOKUP_ENV, TIMEOUT_ENV
 
@@ -104,6 +105,7 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    metrics = start_metrics(args, drafter_endpoint)
     vllm = subprocess.Popen(vllm_command(args, python, model_dir), env=vllm_env(args, drafter_endpoint, fingerprint))
     drafter = subprocess.Popen(drafter_command(args, drafter_endpoint))
     restarts, is_ready = 0, False
@@ -114,11 +116,16 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
             if vllm.poll() is not None:
                 print(f"ouroboros: vLLM exited with code {vllm.returncode}; stopping", file=sys.stderr, flush=True)
                 return vllm.returncode or 1
-            drafter, restarts = _keep_drafter(drafter, args, drafter_endpoint, restarts)
+            drafter, restarted = _keep_drafter(drafter, args, drafter_endpoint, restarts)
+            if metrics is not None:
+                metrics.restarts.inc(restarted - restarts)
+                metrics.poll()
+            restarts = restarted
             if not is_ready and is_healthy(health):
                 is_ready = True
+                extra = f"; our drafter's counters at {metrics.url}" if metrics is not None else ""
                 print(f"ouroboros: vLLM {VLLM_VERSION} serving http://{args.http_host}:{args.http}/v1 with our drafter "
-                      f"on {args.draft_device} (Ctrl-C to stop)", flush=True)
+                      f"on {args.draft_device}{extra} (Ctrl-C to stop)", flush=True)
             elif not is_ready and time.monotonic() > deadline:
                 print(f"ouroboros: vLLM not up after {args.ready_timeout:.0f} s (--ready-timeout); stopping",
                       file=sys.stderr, flush=True)
@@ -127,6 +134,19 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         _stop_all([child for child in (drafter, vllm) if child is not None])
+        if metrics is not None:
+            metrics.close()
+
+
+def start_metrics(args: argparse.Namespace, door_endpoint: str) -> DrafterMetrics | None:
+    if args.drafter_metrics is None:
+        return None
+    if not 0 <= args.drafter_metrics <= 65535 or args.drafter_metrics == args.http:
+        raise ValueError(f"--drafter-metrics {args.drafter_metrics}: give a free port other than --http's")
+    try:
+        return DrafterMetrics(door_endpoint, args.http_host, args.drafter_metrics)
+    except OSError as exc:
+        raise ValueError(f"--drafter-metrics {args.drafter_metrics}: cannot serve on {args.http_host}: {exc}") from exc
 
 
 def _keep_drafter(drafter: subprocess.Popen | None, args: argparse.Namespace, endpoint: str, restarts: int

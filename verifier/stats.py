@@ -21,17 +21,18 @@ class ServerStats:
     num_predraft_misses: int = 0
     draft_wait_s: float = 0.0
 
-    def record_round(self, num_trunk_verified: int, num_trunk_accepted: int, is_predraft: bool = False,
+    def record_round(self, num_trunk_verified: int, num_trunk_accepted: int, is_predraft: bool | None = False,
                      wait_s: float = 0.0) -> None:
         """One request's round. Like vLLM's counters: a draft is a round that verified drafted
         tokens; accepted tokens are the drafted ones the target kept (the trunk's prefix). Of
         those, a hit's draft was drafted ahead (ready when the verdict came); `wait_s` is how long
-        the target stood idle for it."""
+        the target stood idle for it. is_predraft None: not the drafter's (vLLM's door sent the
+        prompt lookup), neither a hit nor a miss."""
         self.num_rounds += 1
         if num_trunk_verified == 0:
             return
-        self.num_predraft_hits += int(is_predraft)
-        self.num_predraft_misses += int(not is_predraft)
+        self.num_predraft_hits += int(is_predraft is True)
+        self.num_predraft_misses += int(is_predraft is False)
         self.draft_wait_s += wait_s
         self.num_drafts += 1
         self.num_draft_tokens += num_trunk_verified

@@ -8,9 +8,8 @@ endpoint the drafter connects to, opens a session per request, sends each step's
 tokens as a Verdict and collects the Drafts.
 
 Rules:
-- vLLM passes no request ids, so a row is matched to the session whose tokens are a prefix of
-  the row's committed tokens (rows with equal text draft alike anyway); a row no session
-  matches is opened, a session no row matched is closed.
+- vLLM passes no request ids: a row is matched to its session by its text (verifier.door_sessions);
+  a session no row matched is closed.
 - Draft lengths per row come from the speculation decision (verifier.speculation), timed on
   vLLM's own steps: the time between two `propose` calls is a pass of the rows' widths.
 - A row asked for no draft (or whose draft did not come) is sent its prompt lookup (the
@@ -20,6 +19,8 @@ Rules:
 - `propose` never waits longer than the draft timeout: a drafter slow, absent or dead yields
   empty drafts, so vLLM decodes alone and nothing is lost; a drafter that says Hello again is
   re-synced from the rows' text.
+- A StatusQuery on the drafter endpoint (launch.door_metrics) is answered between steps with the
+  door's counters as a Status (verifier.stats): the drafter's presence, handshakes, pre-draft hits.
 Imports neither torch nor vLLM: it runs inside vLLM's process beside vLLM's own torch.
 """
 from __future__ import annotations
@@ -27,21 +28,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
-from dataclasses import dataclass, field
 
 import zmq
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.messages import Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Verdict
+from protocol.messages import (Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Status,
+                               StatusQuery, Verdict)
 from protocol.rules import is_usable_at
 from protocol.sockets import recv_routed
-from protocol.prompt_lookup import NgramIndex
-from verifier.acceptance import OfferedLookups
 from verifier.config import VerifierConfig
+from verifier.door_sessions import LOOKUP, RowSessions, Session
 from verifier.drafter_link import DrafterLink
 from verifier.speculation import SpeculationDecision
+from verifier.stats import ServerStats
 
 log = logging.getLogger("ouroboros.vllm")
 
@@ -50,22 +50,6 @@ FINGERPRINT_ENV = "OUROBOROS_TOKENIZER_FINGERPRINT"  # models.loading.tokenizer_
 TIMEOUT_ENV = "OUROBOROS_DRAFT_TIMEOUT"  # seconds a step may wait for drafts (--draft-timeout)
 LOOKUP_ENV = "OUROBOROS_OWN_LOOKUP_TOKENS"  # prompt-lookup tokens a row without a draft is sent (--own-lookup-tokens)
 DEFAULT_TIMEOUT_S = 0.5
-MATCH_KEY = 16  # leading tokens that key the sessions (a row is then checked in full)
-LOOKUP = VerifierConfig()  # the prompt lookup's n-grams, as the verifier's own
-
-
-@dataclass
-class Session:
-    request_id: str
-    tokens: list[int]
-    key: tuple[int, ...] = ()  # its first MATCH_KEY tokens (fewer for a shorter prompt)
-    asked: int = 0  # draft tokens asked for the round that starts at len(tokens)
-    proposed: list[int] = field(default_factory=list)  # what vLLM was given to verify
-    drafts: dict[int, Draft] = field(default_factory=dict)  # base length -> the latest draft there
-    is_new: bool = True  # matched for the first time this step: vLLM's step included its prefill
-    index: NgramIndex = field(default_factory=lambda: NgramIndex(LOOKUP.lookup_ngram, LOOKUP.lookup_min_ngram))
-    lookup: list[int] = field(default_factory=list)  # the prompt lookup at the committed end, this step
-    offered: OfferedLookups = field(default_factory=OfferedLookups)
 
 
 class DrafterDoor:
@@ -84,14 +68,13 @@ class DrafterDoor:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.is_absent = True
         self.max_sessions = 0  # rows the drafter keeps at once (its Hello); the rest decode alone
-        self.sessions: dict[str, Session] = {}
-        self.by_key: dict[tuple[int, ...], list[str]] = {}
-        self.key_lengths: set[int] = set()  # the lengths of the keys in by_key
+        self.rows = RowSessions()
+        self.sessions = self.rows.sessions
         self.decision = SpeculationDecision(skips_padding=True, is_chain=True)
         self.last_return: float | None = None  # when the previous step handed vLLM its drafts
         self.last_widths: list[int] = []
-        self.counters = {"steps": 0, "drafts_asked": 0, "drafts_served": 0, "draft_tokens": 0,
-                         "accepted_tokens": 0, "handshakes": 0, "timeouts": 0, "lookups_served": 0}
+        self.stats = ServerStats()  # vLLM's meanings, answered as a Status
+        self.counters = {"steps": 0, "drafts_asked": 0, "drafts_served": 0, "timeouts": 0, "lookups_served": 0}
         log.info("waiting for a drafter at %s", self.endpoint)
 
     # ---- one vLLM step ----
@@ -101,6 +84,8 @@ class DrafterDoor:
         started = time.monotonic()
         self.drain()
         matched = self.match(rows)
+        if self.last_return is not None:
+            self.stats.record_pass(started - self.last_return, self.is_absent)
         if self.last_return is not None and self.last_widths and all(
                 session is not None and not session.is_new for session in matched):
             self.decision.observe_pass(self.last_widths, started - self.last_return, is_drafting=False)
@@ -115,13 +100,15 @@ class DrafterDoor:
                 continue
             room -= session.asked < 0
             self.advance(session, rows[i], min(length, self.max_tokens, self.max_model_len - len(rows[i]) - 1))
-        waited = self.wait_for_drafts([s for _, s in live if s.asked > 0])
+        asking = [s for _, s in live if s.asked > 0]
+        ready = {s.request_id for s in asking if self.find(s)}
+        waited = self.wait_for_drafts(asking)
         if live and not self.is_absent:
             self.decision.wait.observe(max(max(s.asked, 0) for _, s in live), waited)
         drafts: list[list[int]] = [[] for _ in rows]
         for i, session in live:
-            drafts[i] = session.proposed = self.usable(session)
-            session.is_new = False
+            drafts[i] = session.proposed = self.usable(session, session.request_id in ready)
+            session.wait_s, session.is_new = waited, False
         self.counters["steps"] += 1
         self.last_widths = [1 + len(drafts[i]) for i, _ in live]
         self.last_return = time.monotonic()
@@ -129,41 +116,14 @@ class DrafterDoor:
 
     def match(self, rows: list[list[int] | None]) -> list[Session | None]:
         """Each row's session (opened where none matches); sessions left unmatched are closed."""
-        claimed: set[str] = set()
-        matched: list[Session | None] = []
-        for row in rows:
-            if row is None:
-                matched.append(None)
-                continue
-            keys = {tuple(row[:n]) for n in self.key_lengths}
-            candidates = [self.sessions[r] for key in keys for r in self.by_key.get(key, ())
-                          if r not in claimed and len(self.sessions[r].tokens) <= len(row)]
-            found = max((s for s in candidates if row[: len(s.tokens)] == s.tokens), key=lambda s: len(s.tokens),
-                        default=None)
-            if found is None:
-                found = self.open(row)
-            claimed.add(found.request_id)
-            matched.append(found)
-        for request_id in [r for r in self.sessions if r not in claimed]:
-            self.close(request_id)
+        matched, ended = self.rows.match(rows)
+        for session in matched:
+            if session is not None and session.is_new:
+                self.decision.open(session.request_id)
+        for request_id in ended:
+            self.decision.close(request_id)
+            self.send(Close(request_id=request_id))
         return matched
-
-    def open(self, row: list[int]) -> Session:
-        session = Session(uuid.uuid4().hex, list(row), tuple(row[:MATCH_KEY]), asked=-1)  # -1: not opened there yet
-        self.sessions[session.request_id] = session
-        self.by_key.setdefault(session.key, []).append(session.request_id)
-        self.key_lengths = {len(key) for key in self.by_key}
-        self.decision.open(session.request_id)
-        return session
-
-    def close(self, request_id: str) -> None:
-        session = self.sessions.pop(request_id)
-        self.by_key[session.key].remove(request_id)
-        if not self.by_key[session.key]:
-            del self.by_key[session.key]
-            self.key_lengths = {len(key) for key in self.by_key}
-        self.decision.close(request_id)
-        self.send(Close(request_id=request_id))
 
     def advance(self, session: Session, row: list[int], length: int) -> None:
         """Tell the drafter what the row committed since (or open it there) and ask for a draft."""
@@ -175,14 +135,14 @@ class DrafterDoor:
             appended = row[len(session.tokens):]
             if not appended:  # nothing new (vLLM re-ran the row): the same draft still stands
                 return
-            accepted = _common_prefix(session.proposed, appended)
-            self.counters["draft_tokens"] += len(session.proposed)
-            self.counters["accepted_tokens"] += min(accepted, len(appended) - 1)
+            accepted = min(_common_prefix(session.proposed, appended), len(appended) - 1)
+            self.stats.record_round(len(session.proposed), accepted, session.is_drafted, session.wait_s)
+            self.stats.generation_tokens += len(appended)
             self.send(Verdict(
                 request_id=session.request_id, committed_length=len(row), appended=appended,
-                num_trunk_verified=len(session.proposed), num_trunk_accepted=min(accepted, len(appended) - 1),
+                num_trunk_verified=len(session.proposed), num_trunk_accepted=accepted,
                 # the target's tokens up to its correction: what vLLM's rejection sampler tells
-                trunk_predictions=appended[: min(accepted, len(appended) - 1) + 1], branch_predictions=[],
+                trunk_predictions=appended[: accepted + 1], branch_predictions=[],
                 draft_length=length,
             ))
             session.drafts = {b: d for b, d in session.drafts.items() if is_usable_at(b, len(d.trunk), len(row))
@@ -198,12 +158,13 @@ class DrafterDoor:
         if session.lookup:
             session.offered.offer(len(row), session.lookup)
 
-    def usable(self, session: Session) -> list[int]:
+    def usable(self, session: Session, was_ready: bool) -> list[int]:
         """The trunk of a draft usable at the committed end (the rebase rule, its tokens up to
         the end equal to the committed ones) from the end on, at most what was asked; else the
-        row's prompt lookup (maybe [])."""
+        row's prompt lookup (maybe []). Notes whether it was the drafter's, ready before the wait."""
         trunk = self.find(session)[: max(session.asked, 0)]
         self.counters["drafts_served"] += bool(trunk)
+        session.is_drafted = was_ready if trunk else None
         if not trunk:
             self.counters["lookups_served"] += bool(session.lookup)
             return list(session.lookup)
@@ -235,16 +196,19 @@ class DrafterDoor:
 
     # ---- the drafter's messages ----
     def drain(self, limit: int = 1024) -> None:
+        asking: set[bytes] = set()  # who sent a StatusQuery: answered once each, after the drain
         for _ in range(limit):
             try:
                 identity, frame = recv_routed(self.socket)
                 msg = decode(frame)
             except zmq.Again:
-                return
+                break
             except (ValueError, ProtocolError) as exc:
                 log.warning("dropped a malformed message from the drafter: %s", exc)
                 continue
-            if isinstance(msg, Hello):
+            if isinstance(msg, StatusQuery):
+                asking.add(identity)
+            elif isinstance(msg, Hello):
                 self.hello(identity, msg)
             elif identity != self.link.identity:
                 continue  # a drafter that was replaced
@@ -258,6 +222,14 @@ class DrafterDoor:
                 self.decision.observe_agreement(msg.request_id, msg.start, msg.agreed)
             elif isinstance(msg, Resync) and msg.request_id in self.sessions:
                 self.sessions[msg.request_id].asked = -1  # re-opened at the next step
+        for identity in asking:
+            self.send(self.status(), identity)
+
+    def status(self) -> Status:
+        """The door's counters as our verifier's Status (running: rows at the drafter; queued: rows vLLM decodes alone)."""
+        at_drafter = sum(session.asked >= 0 for session in self.sessions.values())
+        config = VerifierConfig(max_sessions=max(self.max_sessions, 1), max_queue=0)
+        return self.stats.as_status("metrics", at_drafter, len(self.sessions) - at_drafter, config, not self.is_absent)
 
     def hello(self, identity: bytes, msg: Hello) -> None:
         if msg.tokenizer_fingerprint != self.fingerprint:
@@ -269,7 +241,7 @@ class DrafterDoor:
         self.link.identity, self.is_absent = identity, False
         self.send(HelloAck(vocab_size=self.vocab_size))
         if is_new:
-            self.counters["handshakes"] += 1
+            self.stats.num_drafter_handshakes += 1
             self.decision.reset_drafter(min(max(msg.max_draft_length, 0), self.max_tokens))
             self.max_sessions = max(msg.max_sessions, 0)
             log.info("drafter %s connected (room for %d rows); re-syncing %d requests", msg.drafter_id,

@@ -6,12 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import torch
 
 from models.loading import load_model, load_tokenizer, tokenizer_fingerprint
 from tests.conftest import reference_greedy
+from launch.door_metrics import DrafterMetrics
 from verifier.vllm_door import DrafterDoor
 
 PROMPTS = ["def add(a, b):", "Once upon a time", "import numpy as np\n"]
@@ -78,7 +80,7 @@ def test_drafts_are_accepted_and_finished_rows_are_closed(door, target, tiny_dir
         wait_for_drafter(door)
         texts, accepted = decode(door, target, prompts, 64)
         assert texts == [reference_greedy(target, p, 64) for p in prompts]
-        assert 0 < door.counters["accepted_tokens"] <= accepted  # it learns of a row's last step only if the row stays
+        assert 0 < door.stats.num_accepted_tokens <= accepted  # it learns of a row's last step only if the row stays
         door.step([])  # the next step, without the finished rows: their sessions are closed
         assert len(door.sessions) == 0
     finally:
@@ -128,10 +130,10 @@ def test_a_killed_drafter_costs_one_timeout_and_a_restarted_one_is_re_synced(doo
     restarted = start_drafter(door.endpoint, tiny_dirs["target"])
     try:
         wait_for_drafter(door)
-        before = door.counters["accepted_tokens"]
+        before = door.stats.num_accepted_tokens
         texts, _ = decode(door, target, [row], 48)
         assert texts[0] == reference_greedy(target, row, 48)
-        assert door.counters["handshakes"] == 2 and door.counters["accepted_tokens"] > before
+        assert door.stats.num_drafter_handshakes == 2 and door.stats.num_accepted_tokens > before
     finally:
         restarted.kill()
         restarted.wait()
@@ -159,3 +161,45 @@ def test_a_row_without_a_draft_is_sent_its_prompt_lookup_and_each_lookup_is_judg
     assert list(door.decision.traces[session.request_id].lookups) == [(len(row), 2)]
     assert door.counters["lookups_served"] == 1 and door.counters["drafts_served"] == 0
     assert door.step([[9, 8]]) == [[]]  # nothing to copy: no draft
+
+
+def scrape(metrics: DrafterMetrics, door: DrafterDoor, name: str, seconds: float = 10.0) -> float:
+    """The series `name` on the metrics page, once the door answered a question asked after now."""
+    deadline, asked_after = time.monotonic() + seconds, time.monotonic()
+    while time.monotonic() < deadline:
+        metrics.poll()
+        door.drain()  # what vLLM's next step does first
+        if metrics.age.answered is not None and metrics.age.answered > asked_after:
+            break
+        time.sleep(0.05)
+    with urllib.request.urlopen(metrics.url, timeout=5) as reply:
+        page = reply.read().decode()
+    return next(float(line.split()[-1]) for line in page.splitlines() if line.startswith(name + " "))
+
+
+def test_the_drafters_counters_are_served_beside_vllms_metrics(door, target, tiny_dirs):
+    """launch.door_metrics asks the door between steps and serves what it says: a drafter
+    present, its drafts, the ones that were ready, and a SIGKILLed drafter's absence."""
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    prompt = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    metrics = DrafterMetrics(door.endpoint, "127.0.0.1", 0)
+    drafter = start_drafter(door.endpoint, tiny_dirs["target"])
+    try:
+        assert scrape(metrics, door, "ouroboros:drafter_present") == 0
+        wait_for_drafter(door)
+        decode(door, target, [prompt], 48)
+        assert scrape(metrics, door, "ouroboros:drafter_present") == 1
+        hits, misses = (scrape(metrics, door, f"ouroboros:predraft_{kind}_total") for kind in ("hits", "misses"))
+        served = door.counters["drafts_served"]  # each was verified at the step after, but maybe the last
+        assert served - 1 <= hits + misses <= served and hits + misses > 0
+        assert scrape(metrics, door, "ouroboros:spec_decode_num_accepted_tokens_total") == door.stats.num_accepted_tokens
+        drafter.kill()
+        drafter.wait()
+        row = prompt + verify(target, prompt, [])
+        for _ in range(3):
+            row += verify(target, row, door.step([row])[0])
+        assert scrape(metrics, door, "ouroboros:drafter_present") == 0
+    finally:
+        drafter.kill()
+        drafter.wait()
+        metrics.close()
