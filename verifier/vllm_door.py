@@ -21,12 +21,17 @@ Rules:
   re-synced from the rows' text.
 - A StatusQuery on the drafter endpoint (launch.door_metrics) is answered between steps with the
   door's counters as a Status (verifier.stats): the drafter's presence, handshakes, pre-draft hits.
+- vLLM calls `propose` only while it has running requests, so the proposer's watch thread tends
+  the link between steps: it takes the drafter's messages, answers status queries, and once no
+  step came for IDLE_S closes the rows' sessions (a finished request's, here and at the drafter).
+  A step slower than that only costs a re-open: the row is matched afresh by its text.
 Imports neither torch nor vLLM: it runs inside vLLM's process beside vLLM's own torch.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import zmq
@@ -50,6 +55,8 @@ FINGERPRINT_ENV = "OUROBOROS_TOKENIZER_FINGERPRINT"  # models.loading.tokenizer_
 TIMEOUT_ENV = "OUROBOROS_DRAFT_TIMEOUT"  # seconds a step may wait for drafts (--draft-timeout)
 LOOKUP_ENV = "OUROBOROS_OWN_LOOKUP_TOKENS"  # prompt-lookup tokens a row without a draft is sent (--own-lookup-tokens)
 DEFAULT_TIMEOUT_S = 0.5
+IDLE_S = 10.0  # no vLLM step for this long: it has no running request, so its rows' sessions are closed
+WATCH_S = 0.5  # how often the watch thread tends the link between steps
 
 
 class DrafterDoor:
@@ -113,6 +120,14 @@ class DrafterDoor:
         self.last_widths = [1 + len(drafts[i]) for i, _ in live]
         self.last_return = time.monotonic()
         return drafts
+
+    def tend(self) -> None:
+        """Between steps: the drafter's messages and status queries; once no step came for
+        IDLE_S, every session closed and the next step's timing started afresh."""
+        self.drain()
+        if self.last_return is not None and time.monotonic() - self.last_return > IDLE_S:
+            self.match([])
+            self.last_return, self.last_widths = None, []
 
     def match(self, rows: list[list[int] | None]) -> list[Session | None]:
         """Each row's session (opened where none matches); sessions left unmatched are closed."""
@@ -277,11 +292,23 @@ class OuroborosProposer:
             float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), int(model.max_model_len),
             int(os.environ.get(LOOKUP_ENV, LOOKUP.own_lookup_tokens)),
         )
+        self.lock = threading.Lock()  # the door's socket is one thread's at a time
+        threading.Thread(target=self.watch, name="ouroboros-door", daemon=True).start()
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
         rows = [token_ids_cpu[i, : int(num_tokens_no_spec[i])].tolist() if len(sampled) else None
                 for i, sampled in enumerate(sampled_token_ids)]
-        return self.door.step(rows)
+        with self.lock:
+            return self.door.step(rows)
+
+    def watch(self) -> None:
+        while True:
+            time.sleep(WATCH_S)
+            with self.lock:
+                try:
+                    self.door.tend()
+                except Exception:  # the watch must outlive a bad moment: vLLM's steps tend the link too
+                    log.exception("tending the drafter link between steps failed")
 
     def load_model(self, *args, **kwargs) -> None:
         """No model on vLLM's side: the draft lives in the drafter process."""

@@ -14,7 +14,7 @@ import torch
 from models.loading import load_model, load_tokenizer, tokenizer_fingerprint
 from tests.conftest import reference_greedy
 from launch.door_metrics import DrafterMetrics
-from verifier.vllm_door import DrafterDoor
+from verifier.vllm_door import IDLE_S, DrafterDoor
 
 PROMPTS = ["def add(a, b):", "Once upon a time", "import numpy as np\n"]
 
@@ -203,3 +203,16 @@ def test_the_drafters_counters_are_served_beside_vllms_metrics(door, target, tin
         drafter.kill()
         drafter.wait()
         metrics.close()
+
+
+def test_once_vllm_stops_stepping_its_rows_sessions_are_closed(door):
+    """vLLM calls propose only while requests run: the watch's tend() closes what the last
+    step's rows left open once no step came for IDLE_S, and a row that comes back is re-opened."""
+    door.step([[5, 6, 7], [8, 9]])
+    door.tend()
+    assert len(door.sessions) == 2  # it just stepped
+    door.last_return -= IDLE_S + 1
+    door.tend()
+    assert door.sessions == {} and door.status().running + door.status().queued == 0
+    door.step([[5, 6, 7, 1]])
+    assert [s.tokens for s in door.sessions.values()] == [[5, 6, 7, 1]]

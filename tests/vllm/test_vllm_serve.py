@@ -20,6 +20,7 @@ import pytest
 from bench.prompts import humaneval_prompts
 from models.loading import resolve_path
 from launch.vllm_serve import DEFAULT_VLLM_PYTHON, cpu_env
+from verifier.vllm_door import IDLE_S
 
 PYTHON = os.environ.get("OUROBOROS_VLLM_PYTHON") or str(DEFAULT_VLLM_PYTHON)
 pytestmark = pytest.mark.skipif(not os.access(PYTHON, os.X_OK), reason="vLLM's venv is missing: run `make install-vllm`")
@@ -133,10 +134,14 @@ def test_greedy_text_equals_vllm_alone_and_drafts_are_accepted(door, reference):
 
 
 def test_eight_clients_at_once(door, reference):
-    port, _, _ = door
+    port, _, metrics = door
     with ThreadPoolExecutor(8) as pool:
         texts = list(pool.map(lambda p: complete(port, p), PROMPTS))
     assert texts == [reference[p] for p in PROMPTS]
+    time.sleep(IDLE_S + 3)  # vLLM idle: the door's watch closes the finished rows' sessions, here and at the drafter
+    found = ours(metrics)
+    assert found["ouroboros:num_requests_running"] == found["ouroboros:num_requests_waiting"] == 0
+    assert found["ouroboros:drafter_status_age_seconds"] < 3  # answered while vLLM idles
 
 
 def test_a_killed_drafter_loses_nothing_and_comes_back(door, reference):
