@@ -76,3 +76,10 @@ class RowSessions:
         if not self.by_key[session.key]:
             del self.by_key[session.key]
             self.key_lengths = {len(key) for key in self.by_key}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n

@@ -11,20 +11,15 @@ Rules:
 - vLLM passes no request ids: a row is matched to its session by its text (verifier.door_sessions);
   a session no row matched is closed.
 - Draft lengths per row come from the speculation decision (verifier.speculation), timed on
-  vLLM's own steps: the time between two `propose` calls is a pass of the rows' widths.
-- A row asked for no draft (or whose draft did not come) is sent its prompt lookup (the
-  verifier's own, protocol.prompt_lookup): vLLM verifies one chain, so the decision weighs the
-  draft's trunk against the lookup (SpeculationDecision(is_chain=True)), each lookup judged
-  against the text committed after it.
-- `propose` never waits longer than the draft timeout: a drafter slow, absent or dead yields
-  empty drafts, so vLLM decodes alone and nothing is lost; a drafter that says Hello again is
-  re-synced from the rows' text.
-- A StatusQuery on the drafter endpoint (launch.door_metrics) is answered between steps with the
-  door's counters as a Status (verifier.stats): the drafter's presence, handshakes, pre-draft hits.
-- vLLM calls `propose` only while it has running requests, so the proposer's watch thread tends
-  the link between steps: it takes the drafter's messages, answers status queries, and once no
-  step came for IDLE_S closes the rows' sessions (a finished request's, here and at the drafter).
-  A step slower than that only costs a re-open: the row is matched afresh by its text.
+  vLLM's steps (the time between two `propose` calls is a pass of the rows' widths). vLLM verifies
+  one chain: a row asked for no draft, or whose draft is late, gets its prompt lookup, and the
+  decision weighs the trunk against it (is_chain), each lookup judged by the text after it.
+- `propose` never waits longer than the draft timeout: a drafter slow, absent or dead leaves vLLM
+  decoding with the lookup alone, nothing lost; a drafter that says Hello again is re-synced.
+- A StatusQuery on the drafter endpoint (launch.door_metrics) is answered with the door's
+  counters as a Status (verifier.stats). vLLM calls `propose` only while requests run, so a watch
+  thread tends the link between steps (messages, queries) and, once no step came for IDLE_S,
+  closes the rows' sessions here and at the drafter; a slower step only costs a re-open.
 Imports neither torch nor vLLM: it runs inside vLLM's process beside vLLM's own torch.
 """
 from __future__ import annotations
@@ -43,7 +38,7 @@ from protocol.messages import (Agreement, Close, Draft, Error, ErrorCode, Hello,
 from protocol.rules import is_usable_at
 from protocol.sockets import recv_routed
 from verifier.config import VerifierConfig
-from verifier.door_sessions import LOOKUP, RowSessions, Session
+from verifier.door_sessions import LOOKUP, RowSessions, Session, common_prefix
 from verifier.drafter_link import DrafterLink
 from verifier.speculation import SpeculationDecision
 from verifier.stats import ServerStats
@@ -93,9 +88,8 @@ class DrafterDoor:
         matched = self.match(rows)
         if self.last_return is not None:
             self.stats.record_pass(started - self.last_return, self.is_absent)
-        if self.last_return is not None and self.last_widths and all(
-                session is not None and not session.is_new for session in matched):
-            self.decision.observe_pass(self.last_widths, started - self.last_return, is_drafting=False)
+            if self.last_widths and all(session is not None and not session.is_new for session in matched):
+                self.decision.observe_pass(self.last_widths, started - self.last_return, is_drafting=False)
         live = [(i, s) for i, s in enumerate(matched) if s is not None]
         for i, session in live:
             self.look_up(session, rows[i])
@@ -150,7 +144,7 @@ class DrafterDoor:
             appended = row[len(session.tokens):]
             if not appended:  # nothing new (vLLM re-ran the row): the same draft still stands
                 return
-            accepted = min(_common_prefix(session.proposed, appended), len(appended) - 1)
+            accepted = min(common_prefix(session.proposed, appended), len(appended) - 1)
             self.stats.record_round(len(session.proposed), accepted, session.is_drafted, session.wait_s)
             self.stats.generation_tokens += len(appended)
             self.send(Verdict(
@@ -267,13 +261,6 @@ class DrafterDoor:
 
     def send(self, msg, identity: bytes | None = None) -> None:
         self.link.send(msg, identity)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < len(a) and n < len(b) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 class OuroborosProposer:
