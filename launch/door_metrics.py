@@ -11,7 +11,6 @@ http://HOST:PORT/metrics. While vLLM is idle the door does not run, so the figur
 its latest step."""
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,12 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from gateway.metrics import PREFIX, StatusCollector
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
+from protocol.codec import encode
 from protocol.messages import Status, StatusQuery
-from protocol.sockets import make_socket
-
-log = logging.getLogger("ouroboros.launch")
+from protocol.sockets import make_socket, waiting_messages
 
 ASK_EVERY_S = 1.0
 ASK_AGAIN_AFTER_S = 30.0  # a question unanswered this long (vLLM idle, or restarted) is asked again
@@ -64,14 +60,7 @@ class DrafterMetrics:
 
     def poll(self) -> None:
         """Take the door's answers; ask again when none is outstanding. Never blocks."""
-        while True:
-            try:
-                msg = decode(self.socket.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            except (ValueError, ProtocolError) as exc:
-                log.warning("dropped a malformed message from the door: %s", exc)
-                continue
+        for _, msg in waiting_messages(self.socket, "door", is_routed=False):
             if isinstance(msg, Status):
                 self.status.update(msg)
                 self.age.answered, self.asked = time.monotonic(), None

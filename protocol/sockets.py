@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Iterator
 
 import zmq
 
+from protocol.codec import decode
+from protocol.errors import ProtocolError
 from protocol.messages import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
@@ -76,3 +79,19 @@ def recv_routed(socket: zmq.Socket) -> tuple[bytes, bytes]:
     if len(parts) != 2:
         raise ValueError(f"expected identity + one frame, got {len(parts)} frames")
     return parts[0], parts[1]
+
+
+def waiting_messages(socket: zmq.Socket, peer: str, is_routed: bool, limit: int = 1024) -> Iterator[tuple[bytes, object]]:
+    """The decoded messages waiting on `socket`, at most `limit`, without blocking: (identity,
+    message) from a ROUTER (`is_routed`), (b"", message) otherwise. A malformed one is logged
+    (naming `peer`) and skipped."""
+    for _ in range(limit):
+        try:
+            identity, frame = recv_routed(socket) if is_routed else (b"", socket.recv(zmq.NOBLOCK))
+            msg = decode(frame)
+        except zmq.Again:
+            return
+        except (ValueError, ProtocolError) as exc:
+            log.warning("dropped a malformed message from the %s: %s", peer, exc)
+            continue
+        yield identity, msg

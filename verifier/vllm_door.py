@@ -31,12 +31,10 @@ import time
 
 import zmq
 
-from protocol.codec import decode
-from protocol.errors import ProtocolError
 from protocol.messages import (Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Status,
                                StatusQuery, Verdict)
 from protocol.rules import is_usable_at
-from protocol.sockets import recv_routed
+from protocol.sockets import waiting_messages
 from verifier.config import VerifierConfig
 from verifier.door_sessions import LOOKUP, RowSessions, Session, common_prefix
 from verifier.drafter_link import DrafterLink
@@ -206,15 +204,7 @@ class DrafterDoor:
     # ---- the drafter's messages ----
     def drain(self, limit: int = 1024) -> None:
         asking: set[bytes] = set()  # who sent a StatusQuery: answered once each, after the drain
-        for _ in range(limit):
-            try:
-                identity, frame = recv_routed(self.socket)
-                msg = decode(frame)
-            except zmq.Again:
-                break
-            except (ValueError, ProtocolError) as exc:
-                log.warning("dropped a malformed message from the drafter: %s", exc)
-                continue
+        for identity, msg in waiting_messages(self.socket, "drafter", is_routed=True, limit=limit):
             if isinstance(msg, StatusQuery):
                 asking.add(identity)
             elif isinstance(msg, Hello):
