@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from gateway.metrics import PREFIX, StatusCollector
 from protocol.codec import encode
+from protocol.curve import secure_client
 from protocol.messages import Status, StatusQuery
 from protocol.sockets import make_socket, waiting_messages
 
@@ -42,8 +43,10 @@ class _Age:
 
 
 class DrafterMetrics:
-    def __init__(self, door_endpoint: str, host: str, port: int) -> None:
+    def __init__(self, door_endpoint: str, host: str, port: int, curve_keys: str | None = None) -> None:
         self.socket = make_socket(zmq.Context.instance(), zmq.DEALER, hwm=16)
+        if curve_keys is not None:  # the door admits only authorized keys (serve --curve-keys)
+            secure_client(self.socket, curve_keys)
         self.socket.connect(door_endpoint)
         self.registry = CollectorRegistry()
         self.status = StatusCollector()

@@ -30,6 +30,12 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--drafter-metrics", type=int, default=None, metavar="PORT",
                        help="with --verifier vllm: our drafter's counters (its presence, restarts, pre-draft hits, "
                             "draft waits) at http://--http-host:PORT/metrics, beside vLLM's own /metrics")
+    serve.add_argument("--drafter-bind", default=None, metavar="ENDPOINT",
+                       help="with --verifier vllm: where vLLM's worker listens for our drafter, e.g. "
+                            "tcp://0.0.0.0:5600 (default a free port on 127.0.0.1; off this machine use --curve-keys)")
+    serve.add_argument("--remote-drafter", action="store_true",
+                       help="with --verifier vllm: start no drafter here; one elsewhere runs `ouroboros drafter "
+                            "--connect tcp://THIS-HOST:PORT [--curve-keys DIR]` to --drafter-bind's port")
     serve.add_argument("--vllm-python", default=None,
                        help="the interpreter of vLLM's venv (default $OUROBOROS_VLLM_PYTHON, else .venv-vllm/bin/python)")
     serve.set_defaults(vllm_args=[])
@@ -239,6 +245,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError("flags after `--` go to vLLM: they need --verifier vllm")
     if args.drafter_metrics is not None:
         raise ValueError("--drafter-metrics is for --verifier vllm: our own HTTP door's /metrics has these counters")
+    if args.drafter_bind is not None or args.remote_drafter:
+        raise ValueError("--drafter-bind and --remote-drafter are for --verifier vllm (our verifier's drafter link is "
+                         "`ouroboros verifier --drafter-bind`)")
     stop_requested = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_requested.set())

@@ -18,12 +18,14 @@ from pathlib import Path
 from launch import config as cfg
 from launch.door_metrics import DrafterMetrics
 from launch.workers import REFUSED_EXIT_CODE
-from verifier.vllm_door import ENDPOINT_ENV, FINGERPRINT_ENV, LOOKUP_ENV, TIMEOUT_ENV
+from protocol.curve import check_keys
+from protocol.sockets import warn_if_public
+from verifier.vllm_proposer import CURVE_ENV, ENDPOINT_ENV, FINGERPRINT_ENV, LOOKUP_ENV, TIMEOUT_ENV
 
 VLLM_VERSION = "0.32.0"  # the vLLM CPU build the door is tested against (make install-vllm)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
-PROPOSER = "verifier.vllm_door.OuroborosProposer"
+PROPOSER = "verifier.vllm_proposer.OuroborosProposer"
 
 
 def vllm_python(args: argparse.Namespace) -> str:
@@ -43,22 +45,83 @@ def vllm_command(args: argparse.Namespace, python: str, model_dir: str) -> list[
             "--speculative-config", json.dumps(spec), *args.vllm_args]
 
 
-def vllm_env(args: argparse.Namespace, drafter_endpoint: str, fingerprint: str) -> dict[str, str]:
+def vllm_env(args: argparse.Namespace, drafter_endpoint: str, fingerprint: str, workers: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     config = cfg.verifier_config(args)
     env.update({ENDPOINT_ENV: drafter_endpoint, FINGERPRINT_ENV: fingerprint, TIMEOUT_ENV: str(config.draft_timeout_s),
-                LOOKUP_ENV: str(config.own_lookup_tokens),
+                LOOKUP_ENV: str(config.own_lookup_tokens), CURVE_ENV: args.curve_keys or "",
                 "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)})
-    return cpu_env(env) if args.target_device == "cpu" else env
+    return cpu_env(env, workers) if args.target_device == "cpu" else env
 
 
-def cpu_env(env: dict[str, str]) -> dict[str, str]:
-    """For vLLM's CPU build, unless set: its threads on every core, none held back, a 2 GiB KV cache."""
+def cpu_env(env: dict[str, str], workers: int = 1) -> dict[str, str]:
+    """For vLLM's CPU build, unless set: its workers' threads over every core (vLLM wants one core
+    list per worker, `|` between them), none held back, a 2 GiB KV cache each."""
     env = dict(env)
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", core_lists(os.cpu_count() or 1, workers))
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     return env
+
+
+def core_lists(cores: int, workers: int) -> str:
+    """Contiguous equal shares of the cores, one per worker; with fewer cores than workers, worker
+    i on core i mod cores (they share)."""
+    if workers <= cores:
+        share = cores // workers
+        return "|".join(f"{i * share}-{(i + 1) * share - 1}" for i in range(workers))
+    return "|".join(str(i % cores) for i in range(workers))
+
+
+PARALLEL_FLAGS = {"tensor": ("--tensor-parallel-size", "-tp"), "pipeline": ("--pipeline-parallel-size", "-pp"),
+                  "data": ("--data-parallel-size", "-dp")}
+
+
+def parallel_sizes(vllm_args: list[str]) -> dict[str, int]:
+    """vLLM's --tensor/--pipeline/--data-parallel-size among the flags after `--` (1 where absent)."""
+    sizes = dict.fromkeys(PARALLEL_FLAGS, 1)
+    for i, arg in enumerate(vllm_args):
+        flag, _, value = arg.partition("=")
+        for kind, names in PARALLEL_FLAGS.items():
+            if flag in names:
+                value = value if _ else (vllm_args[i + 1] if i + 1 < len(vllm_args) else "")
+                if not value.isdigit() or int(value) < 1:
+                    raise ValueError(f"{flag} {value!r} (after --): give a positive whole number")
+                sizes[kind] = int(value)
+    if sizes["pipeline"] > 1:
+        raise ValueError(f"--pipeline-parallel-size {sizes['pipeline']}: vLLM {VLLM_VERSION} fails at start with a "
+                         "custom proposer and pipeline parallelism (its first stages build no proposer); use "
+                         "--tensor-parallel-size")
+    if sizes["data"] > 1:
+        raise ValueError(f"--data-parallel-size {sizes['data']}: our drafter serves one vLLM engine; run one "
+                         "`serve --verifier vllm` per engine, each with its own --drafter-bind")
+    return sizes
+
+
+def drafter_endpoints(args: argparse.Namespace) -> tuple[str, str]:
+    """(where the door binds, where this machine connects to it): --drafter-bind, else a free
+    loopback port. A tcp port already taken fails here, in one line, before vLLM loads."""
+    if args.drafter_bind is None:
+        if args.remote_drafter:
+            raise ValueError("--remote-drafter: give --drafter-bind tcp://HOST:PORT, the endpoint the drafter "
+                             "elsewhere connects to")
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        return endpoint, endpoint
+    endpoint = args.drafter_bind
+    if not endpoint.startswith("tcp://"):
+        return endpoint, endpoint
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"--drafter-bind {endpoint}: give tcp://HOST:PORT with a port from 1 to 65535")
+    bare = host.strip("[]")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET) as probe:
+            probe.bind(("" if bare in ("*", "0.0.0.0") else bare, int(port)))
+    except OSError as exc:
+        raise ValueError(f"--drafter-bind {endpoint}: cannot bind there: {exc.strerror or exc}") from exc
+    warn_if_public(bare, is_authenticated=args.curve_keys is not None)
+    local = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(bare)
+    return endpoint, f"tcp://{local}:{port}" if local else endpoint
 
 
 def drafter_command(args: argparse.Namespace, endpoint: str) -> list[str]:
@@ -72,7 +135,7 @@ def drafter_command(args: argparse.Namespace, endpoint: str) -> list[str]:
     threads = args.drafter_threads or args.threads_per_process
     return [sys.executable, "-m", "launch.cli", "drafter", "--connect", endpoint, "--device", args.draft_device,
             "--threads", str(threads), "--max-sessions", str(args.max_sessions), *cfg.model_argv(args),
-            *cfg.algorithm_argv(args),
+            *cfg.algorithm_argv(args), *(["--curve-keys", args.curve_keys] if args.curve_keys else []),
             *(["--pool-file", args.pool_file] if args.pool_file else [])]
 
 
@@ -98,16 +161,20 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
         raise ValueError("--verifier vllm serves vLLM's OpenAI API: give --http PORT")
     if args.gamma < 1:
         raise ValueError(f"--gamma must be >= 1 with --verifier vllm, got {args.gamma}")
+    workers = parallel_sizes(args.vllm_args)["tensor"]
     python = vllm_python(args)
+    if args.curve_keys is not None:
+        check_keys(args.curve_keys, as_client=not args.remote_drafter or args.drafter_metrics is not None)
+    bind_endpoint, drafter_endpoint = drafter_endpoints(args)
     model_dir = resolve_path(args.target)
     fingerprint = tokenizer_fingerprint(load_tokenizer(args.target))
-    drafter_endpoint = f"tcp://127.0.0.1:{free_port()}"
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     metrics = start_metrics(args, drafter_endpoint)
-    vllm = subprocess.Popen(vllm_command(args, python, model_dir), env=vllm_env(args, drafter_endpoint, fingerprint))
-    drafter = subprocess.Popen(drafter_command(args, drafter_endpoint))
+    vllm = subprocess.Popen(vllm_command(args, python, model_dir),
+                            env=vllm_env(args, bind_endpoint, fingerprint, workers))
+    drafter = None if args.remote_drafter else subprocess.Popen(drafter_command(args, drafter_endpoint))
     restarts, is_ready = 0, False
     health = f"http://{args.http_host}:{args.http}/health"
     deadline = time.monotonic() + args.ready_timeout
@@ -124,8 +191,9 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
             if not is_ready and is_healthy(health):
                 is_ready = True
                 extra = f"; our drafter's counters at {metrics.url}" if metrics is not None else ""
+                where = (f"connecting to {bind_endpoint}" if args.remote_drafter else f"on {args.draft_device}")
                 print(f"ouroboros: vLLM {VLLM_VERSION} serving http://{args.http_host}:{args.http}/v1 with our drafter "
-                      f"on {args.draft_device}{extra} (Ctrl-C to stop)", flush=True)
+                      f"{where}{extra} (Ctrl-C to stop)", flush=True)
             elif not is_ready and time.monotonic() > deadline:
                 print(f"ouroboros: vLLM not up after {args.ready_timeout:.0f} s (--ready-timeout); stopping",
                       file=sys.stderr, flush=True)
@@ -144,7 +212,7 @@ def start_metrics(args: argparse.Namespace, door_endpoint: str) -> DrafterMetric
     if not 0 <= args.drafter_metrics <= 65535 or args.drafter_metrics == args.http:
         raise ValueError(f"--drafter-metrics {args.drafter_metrics}: give a free port other than --http's")
     try:
-        return DrafterMetrics(door_endpoint, args.http_host, args.drafter_metrics)
+        return DrafterMetrics(door_endpoint, args.http_host, args.drafter_metrics, args.curve_keys)
     except OSError as exc:
         raise ValueError(f"--drafter-metrics {args.drafter_metrics}: cannot serve on {args.http_host}: {exc}") from exc
 

@@ -79,10 +79,22 @@ def secure_client(sock: zmq.Socket, directory: str | os.PathLike) -> None:
 
 def start_authenticator(ctx: zmq.Context, directory: str | os.PathLike) -> ThreadAuthenticator:
     """Admit only the public keys in DIR/authorized/ to the CURVE servers of this context."""
+    check_keys(directory, as_client=False)
     authorized = Path(directory) / AUTHORIZED
-    if not authorized.is_dir() or not any(authorized.glob("*.key")):
-        raise CurveKeyError(f"no authorized public keys in {authorized}: make keys with `ouroboros keys {directory}`")
     auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(authorized))
     return auth
+
+
+def check_keys(directory: str | os.PathLike, *, as_server: bool = True, as_client: bool = True) -> None:
+    """Fail in one line, before anything starts, when DIR lacks the keys a side needs: the server
+    its key pair and an authorized key, a client its key pair and the server's public key."""
+    if as_server:
+        _load(directory, SERVER, secret=True)
+        authorized = Path(directory) / AUTHORIZED
+        if not authorized.is_dir() or not any(authorized.glob("*.key")):
+            raise CurveKeyError(f"no authorized public keys in {authorized}: make keys with `ouroboros keys {directory}`")
+    if as_client:
+        _load(directory, SERVER, secret=False)
+        _load(directory, CLIENT, secret=True)

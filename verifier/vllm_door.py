@@ -1,8 +1,8 @@
 """vLLM verifies, our drafter drafts: the link between vLLM's proposer hook and a drafter process.
 
 vLLM (`speculative_config={"method": "custom_class", "model":
-"verifier.vllm_door.OuroborosProposer", ...}`) calls `propose` after every engine step with the
-tokens each row of its batch has committed; it verifies what we return with its own rejection
+"verifier.vllm_proposer.OuroborosProposer", ...}`) calls `propose` after every engine step with
+the tokens each row of its batch has committed; it verifies what we return with its own rejection
 sampler. To our drafter this link is a verifier like ours (protocol.messages): it binds the
 endpoint the drafter connects to, opens a session per request, sends each step's committed
 tokens as a Verdict and collects the Drafts.
@@ -20,17 +20,18 @@ Rules:
   counters as a Status (verifier.stats). vLLM calls `propose` only while requests run, so a watch
   thread tends the link between steps (messages, queries) and, once no step came for IDLE_S,
   closes the rows' sessions here and at the drafter; a slower step only costs a re-open.
+- With CURVE keys (--curve-keys, for a drafter on another machine) only drafters holding an
+  authorized key complete the handshake; the traffic is encrypted.
 Imports neither torch nor vLLM: it runs inside vLLM's process beside vLLM's own torch.
 """
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 
 import zmq
 
+from protocol.curve import secure_server, start_authenticator
 from protocol.messages import (Agreement, Close, Draft, Error, ErrorCode, Hello, HelloAck, Open, Resync, Status,
                                StatusQuery, Verdict)
 from protocol.rules import is_usable_at
@@ -43,10 +44,6 @@ from verifier.stats import ServerStats
 
 log = logging.getLogger("ouroboros.vllm")
 
-ENDPOINT_ENV = "OUROBOROS_DRAFTER_ENDPOINT"  # where the link binds; the drafter connects there
-FINGERPRINT_ENV = "OUROBOROS_TOKENIZER_FINGERPRINT"  # models.loading.tokenizer_fingerprint of the target
-TIMEOUT_ENV = "OUROBOROS_DRAFT_TIMEOUT"  # seconds a step may wait for drafts (--draft-timeout)
-LOOKUP_ENV = "OUROBOROS_OWN_LOOKUP_TOKENS"  # prompt-lookup tokens a row without a draft is sent (--own-lookup-tokens)
 DEFAULT_TIMEOUT_S = 0.5
 IDLE_S = 10.0  # no vLLM step for this long: it has no running request, so its rows' sessions are closed
 WATCH_S = 0.5  # how often the watch thread tends the link between steps
@@ -58,12 +55,16 @@ class DrafterDoor:
 
     def __init__(self, endpoint: str, fingerprint: str, vocab_size: int, max_tokens: int,
                  draft_timeout_s: float = DEFAULT_TIMEOUT_S, max_model_len: int = 1 << 20,
-                 lookup_tokens: int = LOOKUP.own_lookup_tokens) -> None:
+                 lookup_tokens: int = LOOKUP.own_lookup_tokens, curve_keys: str | None = None) -> None:
         self.fingerprint, self.vocab_size, self.max_tokens = fingerprint, vocab_size, max_tokens
         self.lookup_tokens = lookup_tokens
         self.draft_timeout_s, self.max_model_len = draft_timeout_s, max_model_len
         self.link = DrafterLink(zmq.Context.instance(), draft_timeout_s)  # its socket and who the drafter is
         self.socket = self.link.socket
+        self.authenticator = None
+        if curve_keys is not None:  # only drafters holding a key in DIR/authorized/ get a frame through
+            self.authenticator = start_authenticator(zmq.Context.instance(), curve_keys)
+            secure_server(self.socket, curve_keys)
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.is_absent = True
@@ -252,40 +253,7 @@ class DrafterDoor:
     def send(self, msg, identity: bytes | None = None) -> None:
         self.link.send(msg, identity)
 
-
-class OuroborosProposer:
-    """vLLM's custom_class proposer: `Class(vllm_config)`, then `propose` after every step."""
-
-    def __init__(self, vllm_config) -> None:
-        missing = [name for name in (ENDPOINT_ENV, FINGERPRINT_ENV) if not os.environ.get(name)]
-        if missing:
-            raise RuntimeError(f"{' and '.join(missing)} not set: start vLLM with our drafter through "
-                               "`ouroboros serve --verifier vllm`, which sets them")
-        spec = vllm_config.speculative_config
-        model = vllm_config.model_config
-        self.door = DrafterDoor(
-            os.environ[ENDPOINT_ENV], os.environ[FINGERPRINT_ENV],
-            int(model.get_vocab_size()), int(spec.num_speculative_tokens),
-            float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), int(model.max_model_len),
-            int(os.environ.get(LOOKUP_ENV, LOOKUP.own_lookup_tokens)),
-        )
-        self.lock = threading.Lock()  # the door's socket is one thread's at a time
-        threading.Thread(target=self.watch, name="ouroboros-door", daemon=True).start()
-
-    def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
-        rows = [token_ids_cpu[i, : int(num_tokens_no_spec[i])].tolist() if len(sampled) else None
-                for i, sampled in enumerate(sampled_token_ids)]
-        with self.lock:
-            return self.door.step(rows)
-
-    def watch(self) -> None:
-        while True:
-            time.sleep(WATCH_S)
-            with self.lock:
-                try:
-                    self.door.tend()
-                except Exception:  # the watch must outlive a bad moment: vLLM's steps tend the link too
-                    log.exception("tending the drafter link between steps failed")
-
-    def load_model(self, *args, **kwargs) -> None:
-        """No model on vLLM's side: the draft lives in the drafter process."""
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()

@@ -14,6 +14,7 @@ import torch
 from models.loading import load_model, load_tokenizer, tokenizer_fingerprint
 from tests.conftest import reference_greedy
 from launch.door_metrics import DrafterMetrics
+from protocol.curve import create_keys
 from verifier.vllm_door import IDLE_S, DrafterDoor
 
 PROMPTS = ["def add(a, b):", "Once upon a time", "import numpy as np\n"]
@@ -216,3 +217,31 @@ def test_once_vllm_stops_stepping_its_rows_sessions_are_closed(door):
     assert door.sessions == {} and door.status().running + door.status().queued == 0
     door.step([[5, 6, 7, 1]])
     assert [s.tokens for s in door.sessions.values()] == [[5, 6, 7, 1]]
+
+
+def test_with_curve_keys_only_a_drafter_holding_them_is_admitted(target, tiny_dirs, tmp_path):
+    """`serve --verifier vllm --curve-keys DIR` (a drafter on another machine): one without the
+    keys never completes the handshake, and vLLM decodes with the lookup; one with them drafts."""
+    keys = str(create_keys(tmp_path / "keys"))
+    tokenizer = load_tokenizer(tiny_dirs["target"])
+    door = DrafterDoor("tcp://127.0.0.1:0", tokenizer_fingerprint(tokenizer), len(tokenizer), 6, draft_timeout_s=0.5,
+                       curve_keys=keys)
+    intruder = start_drafter(door.endpoint, tiny_dirs["target"])
+    try:
+        with pytest.raises(AssertionError, match="no drafter said Hello"):
+            wait_for_drafter(door, seconds=20.0)  # its model loads in a few seconds; its Hello never gets through
+        assert intruder.poll() is None and door.stats.num_drafter_handshakes == 0
+        intruder.kill()
+        drafter = start_drafter(door.endpoint, tiny_dirs["target"], "--curve-keys", keys)
+        try:
+            wait_for_drafter(door)
+            prompts = [tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]]
+            texts, accepted = decode(door, target, prompts, 48)
+            assert texts == [reference_greedy(target, prompts[0], 48)] and door.counters["drafts_served"] > 0
+        finally:
+            drafter.kill()
+            drafter.wait()
+    finally:
+        intruder.kill()
+        intruder.wait()
+        door.close()
