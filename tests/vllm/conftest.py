@@ -2,6 +2,7 @@
 own greedy text without speculation, which every test here compares with."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,6 +82,20 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextlib.contextmanager
+def serving(*flags: str):
+    """`ouroboros serve --verifier vllm [flags]`, healthy: (its HTTP port, the process, the --drafter-metrics port)."""
+    port, metrics = free_port(), free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "serve", "--verifier", "vllm", "--http", str(port),
+                                "--max-len", "2048", "--ready-timeout", str(START_S), "--drafter-metrics", str(metrics),
+                                *flags], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        wait_healthy(port, process)
+        yield port, process, metrics
+    finally:
+        stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from protocol.curve import create_keys
-from tests.vllm.conftest import HAS_VLLM, PROMPTS, START_S, complete, counters, drafted, free_port, ours, stop, wait_healthy
+from tests.vllm.conftest import HAS_VLLM, PROMPTS, complete, counters, drafted, free_port, ours, serving
 
 pytestmark = pytest.mark.skipif(not HAS_VLLM, reason="vLLM's venv is missing: run `make install-vllm`")
 
@@ -26,18 +26,10 @@ def keys(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def parallel_door(keys):
-    port, metrics = free_port(), free_port()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    process = subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "serve", "--verifier", "vllm", "--http", str(port),
-                                "--max-len", "2048", "--ready-timeout", str(START_S), "--drafter-metrics", str(metrics),
-                                "--remote-drafter", "--drafter-bind", endpoint, "--curve-keys", keys,
-                                "--", "--tensor-parallel-size", "3"],
-                               stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    try:
-        wait_healthy(port, process)
+    with serving("--remote-drafter", "--drafter-bind", endpoint, "--curve-keys", keys,
+                 "--", "--tensor-parallel-size", "3") as (port, _, metrics):
         yield port, metrics, endpoint
-    finally:
-        stop(process)
 
 
 def start_drafter(endpoint: str, log: Path, *flags: str) -> subprocess.Popen:

@@ -5,14 +5,13 @@ SIGKILLed mid-load that comes back."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
 
-from tests.vllm.conftest import HAS_VLLM, PROMPTS, START_S, complete, counters, drafted, free_port, ours, stop, wait_healthy
+from tests.vllm.conftest import HAS_VLLM, PROMPTS, complete, counters, drafted, ours, serving
 from verifier.vllm_door import IDLE_S
 
 pytestmark = pytest.mark.skipif(not HAS_VLLM, reason="vLLM's venv is missing: run `make install-vllm`")
@@ -20,15 +19,8 @@ pytestmark = pytest.mark.skipif(not HAS_VLLM, reason="vLLM's venv is missing: ru
 
 @pytest.fixture(scope="module")
 def door(reference):
-    port, metrics = free_port(), free_port()
-    process = subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "serve", "--verifier", "vllm", "--http", str(port),
-                                "--max-len", "2048", "--ready-timeout", str(START_S), "--drafter-metrics", str(metrics)],
-                               stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    try:
-        wait_healthy(port, process)
-        yield port, process, metrics
-    finally:
-        stop(process)
+    with serving() as started:
+        yield started
 
 
 def drafters(serve: subprocess.Popen) -> list[psutil.Process]:
