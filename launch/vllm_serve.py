@@ -191,9 +191,10 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
             if not is_ready and is_healthy(health):
                 is_ready = True
                 extra = f"; our drafter's counters at {metrics.url}" if metrics is not None else ""
-                where = (f"connecting to {bind_endpoint}" if args.remote_drafter else f"on {args.draft_device}")
-                print(f"ouroboros: vLLM {VLLM_VERSION} serving http://{args.http_host}:{args.http}/v1 with our drafter "
-                      f"{where}{extra} (Ctrl-C to stop)", flush=True)
+                where = (f"a drafter started elsewhere at {bind_endpoint}" if args.remote_drafter
+                         else f"our drafter on {args.draft_device}")
+                print(f"ouroboros: vLLM {VLLM_VERSION} serving http://{args.http_host}:{args.http}/v1 with {where}{extra} "
+                      "(Ctrl-C to stop)", flush=True)
             elif not is_ready and time.monotonic() > deadline:
                 print(f"ouroboros: vLLM not up after {args.ready_timeout:.0f} s (--ready-timeout); stopping",
                       file=sys.stderr, flush=True)
