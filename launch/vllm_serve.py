@@ -98,6 +98,15 @@ def parallel_sizes(vllm_args: list[str]) -> dict[str, int]:
     return sizes
 
 
+def shared_gpu(draft_device: str, workers: int) -> str | None:
+    """vLLM's workers take the first `workers` visible GPUs: a drafter on one of them shares it."""
+    kind, _, index = draft_device.partition(":")
+    if kind != "cuda" or not (index or "0").isdigit() or int(index or 0) >= workers:
+        return None
+    return (f"--draft-device {draft_device} is one of vLLM's GPUs (cuda:0..cuda:{workers - 1} with "
+            f"--tensor-parallel-size {workers}): the drafter shares it; give it cuda:{workers} for its own")
+
+
 def drafter_endpoints(args: argparse.Namespace) -> tuple[str, str]:
     """(where the door binds, where this machine connects to it): --drafter-bind, else a free
     loopback port. A tcp port already taken fails here, in one line, before vLLM loads."""
@@ -162,6 +171,8 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
     if args.gamma < 1:
         raise ValueError(f"--gamma must be >= 1 with --verifier vllm, got {args.gamma}")
     workers = parallel_sizes(args.vllm_args)["tensor"]
+    if not args.remote_drafter and (warning := shared_gpu(args.draft_device, workers)):
+        print(f"ouroboros: warning: {warning}", file=sys.stderr, flush=True)
     python = vllm_python(args)
     if args.curve_keys is not None:
         check_keys(args.curve_keys, as_client=not args.remote_drafter or args.drafter_metrics is not None)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from launch.vllm_serve import core_lists, drafter_command, drafter_endpoints, parallel_sizes
+from launch.vllm_serve import core_lists, drafter_command, drafter_endpoints, parallel_sizes, shared_gpu
 from ouroboros.cli import build_parser
 from protocol.curve import create_keys
 from verifier.vllm_proposer import ENDPOINT_ENV, FINGERPRINT_ENV, OuroborosProposer, is_output_rank
@@ -65,6 +65,11 @@ def test_each_cpu_worker_gets_its_own_cores_where_there_are_enough():
     assert core_lists(2, 1) == "0-1"
     assert core_lists(16, 4) == "0-3|4-7|8-11|12-15"
     assert core_lists(2, 3) == "0|1|0"
+
+
+def test_a_drafter_on_one_of_vllms_gpus_is_warned_of():
+    assert shared_gpu("cuda:2", 2) is None and shared_gpu("cpu", 4) is None
+    assert "cuda:2 for its own" in shared_gpu("cuda:1", 2) and shared_gpu("cuda", 1)
 
 
 def serve_args(*flags: str):
