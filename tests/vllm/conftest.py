@@ -23,6 +23,10 @@ HAS_VLLM = os.access(PYTHON, os.X_OK)
 PROMPTS = humaneval_prompts(8)
 NEW_TOKENS = 48
 START_S = 600  # vLLM compiles the model at its first start on a CPU
+# A module's first test also waits for its fixtures: vLLM alone for the reference text, then the
+# door (two starts of up to START_S each on a slow CPU); pytest's 600 s per test does not cover them.
+NEEDS_VLLM = [pytest.mark.skipif(not HAS_VLLM, reason="vLLM's venv is missing: run `make install-vllm`"),
+              pytest.mark.timeout(3 * START_S)]
 
 
 def free_port() -> int:

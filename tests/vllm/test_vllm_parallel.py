@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from protocol.curve import create_keys
-from tests.vllm.conftest import HAS_VLLM, PROMPTS, complete, counters, drafted, free_port, ours, serving
+from tests.vllm.conftest import NEEDS_VLLM, PROMPTS, complete, counters, drafted, free_port, ours, serving
 
-pytestmark = pytest.mark.skipif(not HAS_VLLM, reason="vLLM's venv is missing: run `make install-vllm`")
+pytestmark = NEEDS_VLLM
 
 
 @pytest.fixture(scope="module")

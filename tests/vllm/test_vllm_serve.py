@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
-from tests.vllm.conftest import HAS_VLLM, PROMPTS, complete, counters, drafted, ours, serving
+from tests.vllm.conftest import NEEDS_VLLM, PROMPTS, complete, counters, drafted, ours, serving
 from verifier.vllm_door import IDLE_S
 
-pytestmark = pytest.mark.skipif(not HAS_VLLM, reason="vLLM's venv is missing: run `make install-vllm`")
+pytestmark = NEEDS_VLLM
 
 
 @pytest.fixture(scope="module")
