@@ -19,9 +19,6 @@ from protocol.client import Client
 from verifier.engine import TargetEngine
 from verifier.sampling import SamplingParams
 
-CONTENDERS = ("target", "target-1thread", "target-engine", "hf-assisted", "hf-prompt-lookup", "sequential",
-              "sequential-1thread", "pipeline")
-
 
 @dataclass
 class Outcome:

@@ -19,31 +19,10 @@ from tqdm import tqdm
 from bench.run import load_prompts
 from launch.reference import target_alone
 from launch.sequential import engine_alone
-from launch.serve import LocalPipeline, add_serve_flags
+from launch.serve import LocalPipeline
 from models.loading import for_engine, load_model, load_tokenizer
 from protocol.async_client import AsyncClient
 from verifier.engine import TargetEngine
-
-
-def add_stress_parser(sub) -> None:
-    stress = sub.add_parser("stress", help="concurrent clients against the pipeline, outputs checked")
-    mode = stress.add_mutually_exclusive_group()
-    mode.add_argument("--connect", metavar="ADDR", help="a running `ouroboros serve`")
-    mode.add_argument("--spawn", action="store_true", help="start the pipeline here (the default)")
-    stress.add_argument("--clients", type=int, default=8)
-    stress.add_argument("--requests", type=int, default=32)
-    stress.add_argument("--max-new-tokens", type=int, default=32)
-    stress.add_argument("--prompts", metavar="FILE.jsonl", help="prompts (default: HumanEval)")
-    stress.add_argument("--kill-drafter-after", type=float, default=None, metavar="SECONDS",
-                        help="SIGKILL the drafter once, this long into the run (needs --spawn)")
-    stress.add_argument("--timeout", type=float, default=300.0, help="seconds of server silence per request")
-    stress.add_argument("--http", action="store_true",
-                        help="also drive the OpenAI HTTP door (an `ouroboros http-door` process in front of the "
-                             "same verifier) with the same clients, interleaved with the ZeroMQ door")
-    stress.add_argument("--rounds", type=int, default=1, help="runs per door; the report gives medians")
-    stress.add_argument("--json", metavar="OUT.json")
-    add_serve_flags(stress)
-    stress.set_defaults(port=0)
 
 
 @dataclass

@@ -17,7 +17,6 @@ import torch
 from bench.pass_costs import EnginePasses
 from bench.prompts import load_prompts
 from distill.data import target_continuations
-from launch import config as cfg
 from models.loading import for_engine, load_pair
 
 GAMMAS = range(1, 17)
@@ -95,17 +94,6 @@ def format_report(report: dict) -> str:
         "acceptance by draft position: " + " ".join(f"{a:.2f}" for a in report["acceptance_by_position"]),
         "tokens per round by gamma: " + ", ".join(f"{g}: {per_round[g]:.2f}" for g in per_round),
     ])
-
-
-def add_eval_draft_parser(sub) -> None:
-    ev = sub.add_parser("eval-draft", help="a draft's agreement with its target on the target's own continuations")
-    ev.add_argument("--prompts", metavar="FILE.jsonl",
-                    help="one JSON object per line with a 'prompt' (default: HumanEval)")
-    ev.add_argument("--limit", type=int, default=20, help="prompts to use")
-    ev.add_argument("--max-new-tokens", type=int, default=128, help="target continuation length per prompt")
-    ev.add_argument("--threads", type=int, default=1, help="torch threads (the step ratio is measured on these)")
-    ev.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
-    cfg.add_model_flags(ev)
 
 
 def run_eval_draft(args: argparse.Namespace) -> int:

@@ -20,11 +20,10 @@ import torch
 from tqdm import tqdm
 
 from distill.chat_requests import chat_request, doc_paragraphs, docstring_sentences
+from distill.flags import DEFAULT_KINDS, KINDS
 from distill.data import EXCLUDED_PACKAGES, extra_sources, read_text, site_package_sources
-from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
+from models.loading import default_device, load_model, load_tokenizer
 
-KINDS = ("code", "prose", "chat")
-DEFAULT_KINDS = {"code": 0.5, "prose": 0.25, "chat": 0.25}
 PROSE_SUFFIXES = (".md", ".rst", ".txt")
 MIN_PROMPT_CHARS = 120
 DEF_LINE = re.compile(r"^\s*(def |class |async def |@|#)|\"\"\"\s*$")  # a def, a comment, a docstring's end
@@ -69,22 +68,6 @@ def chat_prompt(rng: random.Random, code_files: list[Path], prose_files: list[Pa
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def parse_kinds(text: str) -> dict[str, float]:
-    """--kinds code=0.5,prose=0.25,chat=0.25: the share of prompts of each kind."""
-    weights = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        if name.strip() not in KINDS:
-            raise argparse.ArgumentTypeError(f"--kinds: unknown kind {name.strip()!r} (kinds: {', '.join(KINDS)})")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--kinds: {part!r} needs a number, as in chat=0.5") from None
-    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise argparse.ArgumentTypeError(f"--kinds {text}: weights must be >= 0 with a positive sum")
-    return weights
-
-
 def make_prompts(rng: random.Random, code_files: list[Path], prose_files: list[Path], tokenizer, count: int,
                  max_chars: int, kinds: dict[str, float] = DEFAULT_KINDS) -> list[tuple[str, str]]:
     """One batch of `count` prompts, all of one kind drawn by the --kinds weights: a batch is
@@ -126,32 +109,6 @@ def continue_batch(target, tokenizer, prompts: list[str], max_new_tokens: int, t
     return texts
 
 
-def add_draft_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("draft-data", help="write the target's own continuations as draft training text")
-    p.add_argument("--target", default=BUILTIN_TARGET)
-    p.add_argument("--out", required=True, help="directory for the sample files (appended to)")
-    p.add_argument("--minutes", type=float, default=30.0, help="stop after this long (default 30)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--max-prompt-chars", type=int, default=1200)
-    p.add_argument("--sampled-fraction", type=float, default=0.5, help="share of batches sampled at --temperature")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--data", nargs="+", default=[], metavar="PATH", help="more prompt sources (files or dirs)")
-    p.add_argument("--kinds", type=parse_kinds, default=DEFAULT_KINDS, metavar="KIND=W,...",
-                   help="share of each prompt kind: code (a source cut at a def), prose (docs cut at a "
-                        "paragraph), chat (requests of seven kinds in the chat template); "
-                        "default code=0.5,prose=0.25,chat=0.25")
-    p.add_argument("--samples", type=int, default=None,
-                   help="stop after writing this many samples (with --minutes, whichever comes first)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the target generates (a GPU writes thousands of tokens/s)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="the target's weights while generating (float32 gives the target's own text)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
 def run_draft_data(args: argparse.Namespace) -> int:
     checks = {"--minutes must be > 0": args.minutes > 0, "--batch-size must be >= 1": args.batch_size >= 1,
               "--max-new-tokens must be >= 1": args.max_new_tokens >= 1,
@@ -162,6 +119,7 @@ def run_draft_data(args: argparse.Namespace) -> int:
         if not is_ok:
             raise ValueError(message)
     torch.set_num_threads(args.threads)
+    args.device = default_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = load_model(args.target, args.device, args.dtype).requires_grad_(False)

@@ -15,13 +15,13 @@ from tqdm import tqdm
 from distill.checkpoint import Progress, read_checkpoint, restore, write_checkpoint
 from distill.curve import agreements, eval_sets, record_point
 from distill.evaluate import evaluate, format_report
+from distill.flags import SCHEDULES
 from distill.data import ChunkStream, coverage, prefetched, training_files
 from distill.student import choose_vocab, distill_loss, init_training, initial_draft, new_vocabulary
 from models.draft import build_student, check_layers, save_draft, target_fingerprint
-from models.loading import BUILTIN_TARGET, load_model, load_tokenizer
+from models.loading import default_device, load_model, load_tokenizer
 
 WARMUP_STEPS = 10
-SCHEDULES = ("constant", "cosine")
 FINAL_LR_FRACTION = 0.1  # where the cosine schedule ends, as a share of --lr
 
 
@@ -87,59 +87,6 @@ class TrainConfig:
                 "data_repeat": self.data_repeat, "revocab": self.revocab}
 
 
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,1, got {text!r}") from None
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
-def add_train_draft_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train-draft", help="distil a small draft model from a target")
-    p.add_argument("--target", default=BUILTIN_TARGET, help="target model: built-in name, path or hub id")
-    p.add_argument("--out", required=True, help="output directory: draft, checkpoint, eval cache")
-    p.add_argument("--layers", type=_layers, default=(0, 1), help="target layers the draft starts from, e.g. 0,1")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=_positive(float), help="training minutes in this run (default 10)")
-    budget.add_argument("--tokens", type=_positive(int), help="training tokens in this run")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--data", nargs="+", default=[], metavar="PATH", help="extra text files or directories")
-    p.add_argument("--no-site-packages", action="store_true", help="train on --data only")
-    p.add_argument("--data-repeat", type=int, default=1, help="weigh --data files this many times (e.g. the "
-                   "target's own continuations from `ouroboros draft-data`)")
-    p.add_argument("--init", default=None, metavar="DRAFT", help="start from this draft (a directory, or "
-                   "smollm2-135m-draft): its layers and vocabulary; --layers and --vocab-size must match")
-    p.add_argument("--revocab", action="store_true", help="with --init: choose the output vocabulary afresh "
-                   "from this run's data (rows the draft had keep their weights, new rows start from the target's)")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="the forwards' arithmetic: bf16 autocast (about 2x on a CPU with AVX512-BF16 or AMX), "
-                        "fp32, or auto: bf16 on CUDA, fp32 elsewhere")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--schedule", default="constant", choices=SCHEDULES,
-                   help="learning rate after warm-up: constant, or cosine down to a tenth over this run's budget")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--vocab-size", type=int, default=8192, help="draft output vocabulary (0 = full)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--checkpoint-every-minutes", type=float, default=5.0)
-    p.add_argument("--eval-prompts", type=int, default=20, help="held-out prompts per set for the report and curve")
-    p.add_argument("--eval-file", action="append", default=[], metavar="PROMPTS.jsonl",
-                   help="another held-out set (e.g. bench/prompts/chat.jsonl), on the curve beside HumanEval")
-    p.add_argument("--eval-new-tokens", type=int, default=64, help="target tokens per held-out prompt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p
-
-
 def train_config(args: argparse.Namespace) -> TrainConfig:
     minutes = args.minutes if args.minutes is not None or args.tokens is not None else 10.0
     return TrainConfig(
@@ -148,7 +95,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         seq_len=args.seq_len, batch_size=args.batch_size, vocab_size=args.vocab_size, threads=args.threads,
         checkpoint_every_minutes=args.checkpoint_every_minutes, eval_prompts=args.eval_prompts, seed=args.seed,
         eval_files=tuple(args.eval_file), eval_new_tokens=args.eval_new_tokens,
-        device=args.device, init=args.init, data_repeat=args.data_repeat, schedule=args.schedule,
+        device=default_device(args.device), init=args.init, data_repeat=args.data_repeat, schedule=args.schedule,
         revocab=args.revocab, precision=args.precision,
     )
 

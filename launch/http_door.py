@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from launch.config import add_security_flags
+from launch.config import DEFAULT_TARGET, add_security_flags
 from protocol.sockets import is_loopback
 
 
@@ -21,12 +21,9 @@ def add_http_flags(parser: argparse.ArgumentParser, port_flag: str) -> None:
 
 
 def add_http_door_parser(sub) -> None:
-    # here, not at the top: the model names come with torch; `--help` stays fast
-    from models.loading import BUILTIN_TARGET
-
     door = sub.add_parser("http-door", help="the OpenAI-compatible HTTP door for a running verifier")
     door.add_argument("--connect", required=True, metavar="ADDR", help="the verifier's client endpoint")
-    door.add_argument("--target", default=BUILTIN_TARGET, help="the served target: its name and chat template")
+    door.add_argument("--target", default=DEFAULT_TARGET, help="the served target: its name and chat template")
     door.add_argument("--timeout", type=float, default=600.0, help="seconds of verifier silence per request")
     add_http_flags(door, "--port")
     add_security_flags(door)

@@ -24,6 +24,13 @@ from models.draft import EMBEDDING_KEY, TargetEmbedding, build_student, load_dra
 BUILTIN_TARGET = "smollm2-135m"
 BUILTIN_DRAFT = "smollm2-135m-draft"  # distilled by `ouroboros train-draft`, shipped in models/builtin/
 BUILTIN_DRAFT_DIR = Path(__file__).parent / "builtin" / BUILTIN_DRAFT
+
+
+def default_device(device: str | None) -> str:
+    """A command's --device, which defaults to the first GPU where there is one."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.run import add_bench_parser
-from bench.stress import add_stress_parser
-from distill.evaluate import add_eval_draft_parser
-from distill.onpolicy import add_draft_data_parser
-from distill.train import add_train_draft_parser
+from bench.flags import add_bench_parser, add_stress_parser
+from distill.flags import add_draft_data_parser, add_eval_draft_parser, add_train_draft_parser
 from launch import cli as launch_cli
 from launch.serve import add_serve_flags
 

@@ -2,6 +2,8 @@
 included, goes from a package to one below it. The layers, bottom up: protocol and kvcache;
 drafter, verifier and gateway; models; launch; bench; distill; ouroboros (the command)."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +81,14 @@ def test_the_protocol_imports_no_torch_and_drafter_and_verifier_never_meet():
         assert "torch" not in names, path
     graph = package_graph()
     assert "verifier" not in graph["drafter"] and "drafter" not in graph["verifier"]
+
+
+def test_the_command_line_parses_without_torch():
+    """`ouroboros --help`, and the parent of `ouroboros serve`, load no model library: every
+    command's flags live in torch-free modules, and a command imports torch only when it runs."""
+    script = ("import sys, ouroboros.cli as cli; parser = cli.build_parser(); "
+              "[parser.parse_args(argv) for argv in (['serve'], ['bench'], ['stress'], ['eval-draft'], "
+              "['train-draft', '--out', 'x'], ['draft-data', '--out', 'x'], ['http-door', '--connect', 'tcp://x:1'])]; "
+              "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr

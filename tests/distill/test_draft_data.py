@@ -5,7 +5,8 @@ import argparse
 
 import pytest
 
-from distill.onpolicy import add_draft_data_parser, continue_batch, run_draft_data
+from distill.flags import add_draft_data_parser
+from distill.onpolicy import continue_batch, run_draft_data
 from models.loading import load_model, load_tokenizer
 from tests.conftest import reference_greedy
 
@@ -66,7 +67,8 @@ def test_chat_requests_cover_every_kind_vary_and_avoid_the_held_out_sets():
 def test_a_batch_is_one_kind_and_chat_prompts_use_the_chat_template(tmp_path):
     import random
 
-    from distill.onpolicy import make_prompts, parse_kinds
+    from distill.flags import parse_kinds
+    from distill.onpolicy import make_prompts
     from models.loading import BUILTIN_TARGET
 
     tokenizer = load_tokenizer(BUILTIN_TARGET)
@@ -86,7 +88,7 @@ def test_a_batch_is_one_kind_and_chat_prompts_use_the_chat_template(tmp_path):
 def test_bad_kinds_are_refused_by_name(text, message):
     with pytest.raises(SystemExit):
         parse("--out", "x", "--kinds", text)
-    from distill.onpolicy import parse_kinds
+    from distill.flags import parse_kinds
 
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         parse_kinds(text)

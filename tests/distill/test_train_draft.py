@@ -11,7 +11,8 @@ from distill.evaluate import teacher_forced_agreement
 from models.draft import build_student, load_draft_dir, save_draft
 from distill import data as train_data
 from distill.data import ChunkStream, Cursor, extra_sources, site_package_sources
-from distill.train import add_train_draft_parser, run_train_draft
+from distill.flags import add_train_draft_parser
+from distill.train import run_train_draft
 from tests.conftest import TINY_VOCAB, reference_greedy, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
