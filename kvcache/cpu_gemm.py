@@ -1,22 +1,23 @@
-"""Our CPU kernels for AVX-512 machines, built on first use: the GEMM for small M
-(kvcache/cpu_gemm.cpp, float32 and bfloat16), the batch-invariant attention
-(kvcache/cpu_attention.cpp, used through kvcache.cpu_attention) and bfloat16 RMSNorm
-(kvcache/cpu_norm.cpp, through kvcache.norms).
+"""Our CPU kernels, built on first use: the GEMM for small M (float32 and bfloat16), the
+batch-invariant attention (used through kvcache.cpu_attention) and bfloat16 RMSNorm (through
+kvcache.norms). Two builds of the same entry points: kvcache/cpu_{gemm,attention,norm}.cpp for
+AVX-512 CPUs, and kvcache/cpu_{gemm,attention,norm}_avx2.cpp (8-lane vectors, bfloat16 widened to
+float32 in registers) for CPUs with AVX2 and FMA but no AVX-512.
 
 oneDNN's and MKL's kernels read the weights more than once or run far below the core's peak for
 the 4-48 rows of a verification pass; ours streams each weight once (measured on this repo's
 2-core Xeon, 1 thread, the built-in target's 210 decoder linears: 30 / 34 / 38 / 45 ms at 1 / 4
 / 8 / 16 rows, against oneDNN packed 42 / 46 / 53 / 64 ms and plain 35 / 55 / 72 / 76 ms).
 
-bfloat16 needs AVX512-BF16 (`bf16_unusable_reason`). Both kernels compute each row's result in
+On AVX-512, bfloat16 needs AVX512-BF16 (`bf16_unusable_reason`). Every kernel computes each row's result in
 the same order whatever else is in the call, so a wide pass gives a row bit for bit what a
 one-row pass gives it.
 
 The C++ sources are compiled with the system's C++ compiler ($CXX, else g++) against the running
 torch's headers into a cache folder ($OUROBOROS_KERNEL_DIR, else $XDG_CACHE_HOME/ouroboros/kernels,
 by default ~/.cache/ouroboros/kernels), named by a hash of the source, flags and torch version,
-so every process and every later run reuses it. Where it cannot be built or run (no AVX-512, no
-compiler, a non-OpenMP torch), `kernel()` says why once in the log and callers keep oneDNN."""
+so every process and every later run reuses it. Where it cannot be built or run (neither AVX-512
+nor AVX2, no compiler, a non-OpenMP torch), `kernel()` says why once in the log and callers keep oneDNN."""
 from __future__ import annotations
 
 import ctypes
@@ -33,14 +34,30 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_gemm.cpp", "cpu_attention.cpp", "cpu_norm.cpp"))
+_HERE = Path(__file__).parent
+# per instruction set (torch's name for what the CPU offers): the sources and their ISA flags
+BUILDS = {
+    "AVX512": (("cpu_gemm.cpp", "cpu_attention.cpp", "cpu_norm.cpp"),
+               ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]),
+    "AVX2": (("cpu_gemm_avx2.cpp", "cpu_attention_avx2.cpp", "cpu_norm_avx2.cpp"), ["-mavx2", "-mfma", "-mf16c"]),
+}
+HEADERS = ("cpu_avx2.h",)
 _ptr, _int = ctypes.c_void_p, ctypes.c_int64
+
+
+def isa() -> str:
+    """The build this CPU takes: "AVX512", else "AVX2" (its AVX-512 kernels need more than AVX2)."""
+    return "AVX512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "AVX2"
+
+
+def sources() -> tuple[Path, ...]:
+    return tuple(_HERE / name for name in BUILDS[isa()][0])
 
 
 def _flags() -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch.compiled_with_cxx11_abi())
-    return ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC",
+    return ["-O3", *BUILDS[isa()][1], "-fopenmp", "-std=c++17", "-shared", "-fPIC",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}"]
 
 
@@ -58,8 +75,8 @@ def _cache_dir() -> Path:
 
 def unusable_reason() -> str | None:
     """Why this machine cannot run the kernel, or None."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512",):
-        return f"the CPU offers {torch.backends.cpu.get_cpu_capability()}, not AVX-512"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX2"):
+        return f"the CPU offers {torch.backends.cpu.get_cpu_capability()}, neither AVX-512 nor AVX2"
     if "OpenMP" not in torch.__config__.parallel_info():
         return "this torch does not use OpenMP threads"
     if shutil.which(os.environ.get("CXX", "g++")) is None:
@@ -70,7 +87,7 @@ def unusable_reason() -> str | None:
 def bf16_unusable_reason() -> str | None:
     """Why this machine cannot run the bfloat16 GEMM, or None."""
     reason = unusable_reason()
-    if reason is None and not torch.cpu._is_avx512_bf16_supported():
+    if reason is None and isa() == "AVX512" and not torch.cpu._is_avx512_bf16_supported():
         reason = "the CPU has no AVX512-BF16"
     return reason
 
@@ -79,7 +96,7 @@ def build() -> Path:
     """Compile the kernel unless a build of this very source already sits in the cache; returns
     the shared library's path. Raises RuntimeError with the compiler's words on failure."""
     compiler = os.environ.get("CXX", "g++")
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*sources(), *(_HERE / name for name in HEADERS)))
     key = hashlib.sha256(source + " ".join(_flags() + _libs()).encode() + torch.__version__.encode()).hexdigest()[:16]
     target = _cache_dir() / f"cpu_gemm-{key}.so"
     if target.exists():
@@ -88,10 +105,10 @@ def build() -> Path:
     handle, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        done = subprocess.run([compiler, *_flags(), *map(str, SOURCES), "-o", scratch, *_libs()],
+        done = subprocess.run([compiler, *_flags(), *map(str, sources()), "-o", scratch, *_libs()],
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"building {', '.join(path.name for path in SOURCES)} failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"building {', '.join(path.name for path in sources())} failed:\n{done.stderr[-2000:]}")
         os.replace(scratch, target)  # atomic: a process building beside us finds a whole file
     finally:
         if os.path.exists(scratch):
