@@ -7,7 +7,7 @@
 // Layout: W is packed once into panels of 16 output features; panel p is K steps of 16 elements,
 // packed[(p*K + k)*16 + j] = W[p*16 + j][k] (zeros past N), float32 or bfloat16 bits. A tile of up
 // to 6 rows x 16 features keeps 12 accumulators in registers: per step it loads 2 weight vectors
-// and broadcasts 6 inputs into 12 FMAs. For M > 6 the K loop is cut into chunks so that every row
+// and broadcasts 6 inputs into 12 FMAs; M > 6 is shared out evenly among ceil(M / 6) tiles. For M > 6 the K loop is cut into chunks so that every row
 // block of a panel reuses the chunk from L1 (the partial sums wait in float32, exactly); the first
 // block prefetches the next chunk into L2 meanwhile. Panels are shared among ATen's threads.
 //
@@ -39,15 +39,38 @@ struct BF16 {
   static __m256 load(const uint16_t* w) { return load_bf16(w); }
 };
 
+// Row i's two sums: the bias added on the last chunk, then float32 partial sums to y, or on the
+// last chunk bfloat16 to yb where given.
+inline void finish(__m256 first_half, __m256 second_half, int64_t at, int cols, float* y, uint16_t* yb, const float* bias,
+                   bool last) {
+  const __m256 halves[2] = {first_half, second_half};
+  for (int j = 0; j < 2; ++j) {
+    if (cols <= 8 * j) break;
+    const __m256 sum = _mm256_add_ps(halves[j], (last && bias) ? load(bias + 8 * j, cols - 8 * j) : _mm256_setzero_ps());
+    if (last && yb)
+      store(yb + at + 8 * j, sum, cols - 8 * j);
+    else
+      store(y + at + 8 * j, sum, cols - 8 * j);
+  }
+}
+
+// The accumulators are named variables, one pair per row (OURO_ROWS): GCC 12 keeps an array of
+// vectors on the stack and stores it back at every k, which ran the tile at a third of its speed.
+#define OURO_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
 template <class T, int MB>
 void tile(const float* xt, int64_t M, int64_t m0, const typename T::Elem* panel, int64_t k0, int64_t k1, float* y,
           uint16_t* yb, int64_t N, int64_t n0, const float* bias, bool first, bool last, const char* ahead, int64_t ahead_step,
           bool to_l2) {
+  static_assert(MB >= 1 && MB <= kRowBlock, "a tile holds 1 to 6 rows");
   const int cols = N - n0 >= kPanel ? int(kPanel) : int(N - n0);
-  __m256 acc[MB][2];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < 2; ++j)
-      acc[i][j] = first ? _mm256_setzero_ps() : load(y + (m0 + i) * N + n0 + 8 * j, cols - 8 * j);
+#define OURO_START(i)                                                              \
+  __m256 acc##i##a = _mm256_setzero_ps(), acc##i##b = _mm256_setzero_ps();         \
+  if (MB > i && !first) {                                                          \
+    acc##i##a = load(y + (m0 + i) * N + n0, cols);                                 \
+    acc##i##b = load(y + (m0 + i) * N + n0 + 8, cols - 8);                         \
+  }
+  OURO_ROWS(OURO_START)
   const float* xk = xt + k0 * M + m0;
   const typename T::Elem* w = panel + k0 * kPanel;
   for (int64_t k = k0; k < k1; ++k, xk += M, w += kPanel) {
@@ -59,22 +82,20 @@ void tile(const float* xt, int64_t M, int64_t m0, const typename T::Elem* panel,
       ahead += ahead_step;
     }
     const __m256 w0 = T::load(w), w1 = T::load(w + 8);
-    for (int i = 0; i < MB; ++i) {
-      const __m256 x = _mm256_broadcast_ss(xk + i);
-      acc[i][0] = _mm256_fmadd_ps(w0, x, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(w1, x, acc[i][1]);
-    }
+#define OURO_STEP(i)                                        \
+  if constexpr (MB > i) {                                   \
+    const __m256 x = _mm256_broadcast_ss(xk + i);           \
+    acc##i##a = _mm256_fmadd_ps(w0, x, acc##i##a);          \
+    acc##i##b = _mm256_fmadd_ps(w1, x, acc##i##b);          \
   }
-  for (int j = 0; j < 2 && cols > 8 * j; ++j) {
-    const __m256 b = (last && bias) ? load(bias + n0 + 8 * j, cols - 8 * j) : _mm256_setzero_ps();
-    for (int i = 0; i < MB; ++i) {
-      const __m256 sum = _mm256_add_ps(acc[i][j], b);
-      if (last && yb)
-        store(yb + (m0 + i) * N + n0 + 8 * j, sum, cols - 8 * j);
-      else
-        store(y + (m0 + i) * N + n0 + 8 * j, sum, cols - 8 * j);
-    }
+    OURO_ROWS(OURO_STEP)
   }
+#define OURO_FINISH(i) \
+  if constexpr (MB > i) finish(acc##i##a, acc##i##b, (m0 + i) * N + n0, cols, y, yb, bias ? bias + n0 : nullptr, last);
+  OURO_ROWS(OURO_FINISH)
+#undef OURO_START
+#undef OURO_STEP
+#undef OURO_FINISH
 }
 
 template <class T>
@@ -88,6 +109,7 @@ template <class T>
 void panels(const float* xt, int64_t M, int64_t K, const typename T::Elem* packed, int64_t N, const float* bias, float* y,
             uint16_t* yb, int64_t p_begin, int64_t p_end) {
   const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  const int64_t per_block = (M + blocks - 1) / blocks;  // rows shared out evenly: a 2-row tile would wait on its FMAs' latency
   const int64_t chunk = blocks == 1 ? K : kChunk;
   const int64_t step = kPanel * sizeof(typename T::Elem);  // bytes per k
   for (int64_t p = p_begin; p < p_end; ++p) {
@@ -96,8 +118,8 @@ void panels(const float* xt, int64_t M, int64_t K, const typename T::Elem* packe
       const int64_t k1 = k0 + chunk < K ? k0 + chunk : K;
       const char* here = reinterpret_cast<const char*>(panel + k0 * kPanel);
       const char* ahead = blocks == 1 ? here + kPrefetchBytes : here + (k1 - k0) * step;  // the next chunk
-      for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
-        const int64_t rows = M - m0 < kRowBlock ? M - m0 : kRowBlock;
+      for (int64_t m0 = 0; m0 < M; m0 += per_block) {
+        const int64_t rows = M - m0 < per_block ? M - m0 : per_block;
         Tiles<T>::by_rows[rows](xt, M, m0, panel, k0, k1, y, yb, N, p * kPanel, bias, k0 == 0, k1 == K,
                                 m0 == 0 ? ahead : nullptr, step, blocks > 1);
       }

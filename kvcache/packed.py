@@ -4,11 +4,11 @@ A k-token pass through HF's plain `nn.Linear` costs far more than a 1-token pass
 although the weights are read once either way: the GEMM kernels for small M are poor. Each
 `nn.Linear` is swapped for a `PackedLinear` with the same name, shapes and results (float rounding
 aside), so any architecture keeps working. Its packed copy is, where the machine allows, our own
-float32 kernel's panel layout (kvcache.cpu_gemm: AVX-512, streams each weight once), else
+kernel's panel layout (kvcache.cpu_gemm: AVX-512 or AVX2, streams each weight once), else
 oneDNN's blocked layout. Inference only: packed layers have no gradient.
 
-bfloat16 weights take our bfloat16 kernel where the CPU has AVX512-BF16, for every number of
-rows: a row's result is then the same bits whatever else is in the pass (batch invariance), which
+bfloat16 weights take our bfloat16 kernel (AVX-512 with AVX512-BF16, or AVX2), for every number
+of rows: a row's result is then the same bits whatever else is in the pass (batch invariance), which
 a verification pass needs to agree with one-token decoding. Elsewhere they take oneDNN, which does
 not promise it (logged once).
 
@@ -64,7 +64,9 @@ def has_packed_layers(model: torch.nn.Module) -> bool:
 class PackedLinear(torch.nn.Module):
     """y = x W^T + b. Both layouts are kept, twice the linear weights' memory (--no-packed-weights
     saves it):
-    - `kernel` (float32 on AVX-512): ours for up to KERNEL_MAX_ROWS input rows, else the plain W;
+    - `kernel` (float32 and bfloat16 on AVX-512 or AVX2): ours; float32 for up to KERNEL_MAX_ROWS
+      input rows, else the plain W;
+    - `plain`: the plain W alone, where oneDNN cannot pack this dtype on this CPU;
     - `onednn`: oneDNN's blocked W for more than PLAIN_MAX_ROWS rows, else the plain W (measured
       on one AVX-512 core, 90 576x1536 matrices: plain 23 / 25 / 43 / 55 / 59 ms at 1 / 2 / 4 / 8
       / 16 rows, packed 25 / 26 / 30 / 34 / 44 ms)."""
@@ -80,7 +82,11 @@ class PackedLinear(torch.nn.Module):
         if library is not None:
             packed = cpu_gemm.pack(library, linear.weight)
         else:
-            packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+            except RuntimeError as error:  # e.g. bfloat16 on a CPU without AVX-512 or AVX-NE-CONVERT
+                _say_once(f"{linear.weight.dtype} linear layers stay plain: oneDNN cannot pack them here ({error})")
+                self.backend, packed = "plain", torch.empty(0)
         self.register_buffer("packed_weight", packed, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +107,7 @@ class PackedLinear(torch.nn.Module):
             if x.numel() <= KERNEL_MAX_ROWS * self.in_features and x.dtype == torch.float32:
                 return cpu_gemm.linear(cpu_gemm.kernel(), x, self.packed_weight, self.out_features, bias)
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        if x.numel() <= PLAIN_MAX_ROWS * self.in_features:
+        if self.backend == "plain" or x.numel() <= PLAIN_MAX_ROWS * self.in_features:
             return torch.nn.functional.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, bias, "none", [], "")
 
