@@ -1,5 +1,6 @@
-"""Our float32 CPU GEMM (kvcache/cpu_gemm.cpp) against torch's, on shapes that do not fit its
-blocks, on one thread and several; and the fallback to oneDNN still computes the same."""
+"""Our float32 CPU GEMM (kvcache/cpu_gemm.cpp, or cpu_gemm_avx2.cpp without AVX-512) against
+torch's, on shapes that do not fit its blocks, on one thread and several; a row's bits in any
+batch; and the fallback to oneDNN still computes the same."""
 import pytest
 import torch
 
@@ -31,6 +32,19 @@ def test_the_kernel_computes_x_times_w_transposed(threads, out_features, in_feat
             torch.testing.assert_close(with_bias.double(), expected + bias.double(), atol=1e-4, rtol=1e-5)
     finally:
         torch.set_num_threads(before)
+
+
+@needs_kernel
+@pytest.mark.parametrize("out_features,in_features", [(49, 37), (130, 1000)])
+def test_a_float32_row_is_the_same_bits_in_any_batch(out_features, in_features):
+    library = cpu_gemm.kernel()
+    torch.manual_seed(in_features)
+    weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
+    packed = cpu_gemm.pack(library, weight)
+    x = torch.randn(KERNEL_MAX_ROWS, in_features)
+    alone = torch.cat([cpu_gemm.linear(library, x[i : i + 1], packed, out_features, bias) for i in range(len(x))])
+    for rows in (2, 5, 7, 8, 13, 16, 17, 40, KERNEL_MAX_ROWS):  # one tile, several, several k chunks
+        assert torch.equal(cpu_gemm.linear(library, x[:rows], packed, out_features, bias), alone[:rows]), rows
 
 
 @needs_kernel
