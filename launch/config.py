@@ -29,7 +29,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-packed-weights", action="store_true",
                         help="keep HF's plain linear layers (by default, on a CPU, the engines' weights are "
-                             "prepacked for our AVX-512 GEMM, float32 or bfloat16, else oneDNN, which makes a "
+                             "prepacked for our CPU GEMM (AVX-512 or AVX2), float32 or bfloat16, else oneDNN, which makes a "
                              "many-token pass cheaper; in bfloat16 the plain layers are not batch-invariant, so "
                              "speculation may then change the text at near-ties)")
     parser.add_argument("--no-cuda-graphs", action="store_true",
